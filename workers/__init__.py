@@ -1,0 +1,12 @@
+"""Partial Recovery Manager: bring a service back after an incident, feature by feature.
+
+The Celery app lives in :mod:`workers.celery` (``celery -A workers worker``); importing this
+package does not import Celery or Redis, so the pure core (plans, graph, states, health)
+stays usable anywhere.
+"""
+
+from workers.errors import RecoveryError
+from workers.states import FeatureHealth, FeatureState, Reason, RunStatus
+
+__all__ = ["FeatureHealth", "FeatureState", "Reason", "RecoveryError", "RunStatus"]
+__version__ = "0.1.0"

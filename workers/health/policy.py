@@ -1,0 +1,108 @@
+"""The health policy of a feature: thresholds, evidence requirements and the metric source.
+
+Pure pydantic; no I/O. Used by plans (plan-level defaults, per-feature overrides) and by
+:class:`workers.health.Evaluator`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "HealthPolicy",
+    "HttpSourceConfig",
+    "PrometheusSourceConfig",
+    "RateThresholds",
+]
+
+Source = Literal["redis", "prometheus", "http", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateThresholds(_Strict):
+    """A bad-event rate: ``healthy`` is acceptable (p0), ``unhealthy`` is clearly bad (p1)."""
+
+    healthy: float = Field(gt=0, lt=1)
+    unhealthy: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RateThresholds:
+        if self.unhealthy is not None and self.unhealthy <= self.healthy:
+            raise ValueError(
+                f"unhealthy ({self.unhealthy}) must be greater than healthy ({self.healthy})"
+            )
+        return self
+
+    @property
+    def p0(self) -> float:
+        return self.healthy
+
+    @property
+    def p1(self) -> float:
+        """The clearly-bad rate; default ``max(5·p0, p0 + 0.01)`` capped below 1."""
+        if self.unhealthy is not None:
+            return self.unhealthy
+        return min(max(5 * self.healthy, self.healthy + 0.01), 0.999)
+
+
+class PrometheusSourceConfig(_Strict):
+    """Instant queries returning raw cumulative counters; we difference them per tick."""
+
+    url: str = "http://127.0.0.1:9090"
+    requests_query: str
+    errors_query: str
+    slow_query: str | None = None
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    stale_after_s: float = Field(default=30.0, gt=0)
+
+
+class HttpSourceConfig(_Strict):
+    """A probe URL: each probe is one request; non-2xx or failure is an error."""
+
+    url: str
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    probes_per_tick: int = Field(default=5, ge=1, le=100)
+    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+
+
+class HealthPolicy(_Strict):
+    """How a feature's health is judged.
+
+    ``source: none`` means no metrics: the feature is promoted on dwell time alone.
+    """
+
+    source: Source = "redis"
+    error_rate: RateThresholds = RateThresholds(healthy=0.01, unhealthy=0.05)
+    slow_rate: RateThresholds | None = RateThresholds(healthy=0.05, unhealthy=0.2)
+    slow_call_s: float = Field(default=1.0, gt=0)
+    #: custom bad-event counters reported as ``bad:<name>``, each with its own rates
+    custom: dict[str, RateThresholds] = Field(default_factory=dict)
+    min_requests: int = Field(default=20, ge=1)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5, description="false rollback rate")
+    beta: float = Field(default=0.05, gt=0, lt=0.5, description="false promotion rate")
+    #: fast guard: roll back at once at >= this error share over >= guard_min_requests
+    guard_error_share: float = Field(default=0.5, gt=0, le=1)
+    guard_min_requests: int = Field(default=10, ge=1)
+    #: truncation of an undecided sequential test, in requests (time is the caller's)
+    max_requests: int = Field(default=20_000, ge=1)
+    #: variance inflation for bursty errors (1 = plain binomial)
+    overdispersion: float = Field(default=1.0, ge=1)
+    #: data older than this is stale -> UNKNOWN
+    stale_after_s: float = Field(default=10.0, gt=0)
+    #: CUSUM decision threshold (in log-likelihood units) for ENABLED features
+    cusum_threshold: float = Field(default=8.0, gt=0)
+    prometheus: PrometheusSourceConfig | None = None
+    http: HttpSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_config(self) -> HealthPolicy:
+        if self.source == "prometheus" and self.prometheus is None:
+            raise ValueError("source 'prometheus' needs a 'prometheus' section with queries")
+        if self.source == "http" and self.http is None:
+            raise ValueError("source 'http' needs an 'http' section with a url")
+        return self

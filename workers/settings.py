@@ -1,0 +1,44 @@
+"""Settings from the environment (prefix ``RECOVERY_``), read once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Process settings. Every field maps to ``RECOVERY_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RECOVERY_", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    namespace: str = Field(default="recovery", pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")
+    beat_interval_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    metrics_tick_s: int = Field(default=1, ge=1)
+    metrics_ttl_s: int = Field(default=3600, ge=10)
+    run_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    events_maxlen: int = Field(default=100_000, ge=1000)
+    max_features: int = Field(default=10_000, ge=1)
+    #: self-freeze: more than this share of a run's features UNHEALTHY within the window
+    freeze_share: float = Field(default=0.5, gt=0, le=1)
+    freeze_window_s: float = Field(default=60.0, gt=0)
+    freeze_min_features: int = Field(default=3, ge=1)
+    #: how many times a crashing step task is retried before the feature fails
+    task_max_retries: int = Field(default=3, ge=0)
+    task_time_limit_s: int = Field(default=120, ge=1)
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
