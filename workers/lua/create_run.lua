@@ -1,0 +1,63 @@
+-- create_run.lua — persist a new run, or return the active run of the same plan.
+--
+-- KEYS[1] run hash          <ns>:run:<id>
+-- KEYS[2] run plan          <ns>:run:<id>:plan
+-- KEYS[3] runs zset         <ns>:runs
+-- KEYS[4] active plans      <ns>:active:plans
+-- KEYS[5] active features   <ns>:active:features
+-- KEYS[6] events stream     <ns>:run:<id>:events
+-- KEYS[7] ready zset        <ns>:run:<id>:ready
+-- KEYS[8] flags hash        <ns>:flags
+-- ARGV[1] run id   ARGV[2] plan name   ARGV[3] now   ARGV[4] plan (JSON)
+-- ARGV[5] features (JSON [[name, rank, [dependency, ...]], ...] in dispatch order)
+-- ARGV[6] max_parallel   ARGV[7] feature key prefix   ARGV[8] events max length
+--
+-- Returns {"CREATED", run id, already enabled feature...} | {"EXISTS", active run id}
+--       | {"OVERLAP", other run id, feature}.
+-- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
+local existing = redis.call('HGET', KEYS[4], ARGV[2])
+if existing then return {'EXISTS', existing} end
+local feats = cjson.decode(ARGV[5])
+for _, f in ipairs(feats) do
+  local other = redis.call('HGET', KEYS[5], f[1])
+  if other then return {'OVERLAP', other, f[1]} end
+end
+local enabled = {}
+local out = {'CREATED', ARGV[1]}
+local n_enabled = 0
+for _, f in ipairs(feats) do
+  local raw = redis.call('HGET', KEYS[8], f[1])
+  if raw then
+    local ok, flag = pcall(cjson.decode, raw)
+    if ok and type(flag) == 'table' and flag['state'] == 'ENABLED' then
+      enabled[f[1]] = true
+      n_enabled = n_enabled + 1
+      table.insert(out, f[1])
+    end
+  end
+end
+local now = ARGV[3]
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'plan', ARGV[2], 'status', 'RUNNING',
+  'started_at', now, 'finished_at', '', 'max_parallel', ARGV[6], 'total', #feats,
+  'enabled', n_enabled, 'quarantined', 0, 'blocked', 0, 'reason', '')
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
+for _, f in ipairs(feats) do
+  local pending = 0
+  for _, d in ipairs(f[3]) do
+    if not enabled[d] then pending = pending + 1 end
+  end
+  local state = enabled[f[1]] and 'ENABLED' or 'DISABLED'
+  redis.call('HSET', ARGV[7] .. f[1], 'state', state, 'percent', enabled[f[1]] and 100 or 0,
+    'step', -1, 'health', 'UNKNOWN', 'attempts', 0, 'quarantined', 0, 'blocked', 0,
+    'reason', enabled[f[1]] and 'already_enabled' or '', 'pending', pending, 'token', 0,
+    'version', 0, 'updated_at', now, 'state_since', now, 'rank', f[2])
+  redis.call('HSET', KEYS[5], f[1], ARGV[1])
+  if pending == 0 and not enabled[f[1]] then redis.call('ZADD', KEYS[7], f[2], f[1]) end
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'run_started',
+  'feature', '', 'from', '', 'to', 'RUNNING', 'percent', '', 'reason', 'started',
+  'worker', '', 'task_id', '', 'evidence', cjson.encode({plan = ARGV[2], features = #feats,
+  already_enabled = n_enabled}), 'ts', now)
+return out

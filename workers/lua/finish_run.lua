@@ -1,0 +1,33 @@
+-- finish_run.lua — give a run its final status once, release its plan and features.
+--
+-- KEYS[1] run hash         <ns>:run:<id>
+-- KEYS[2] active plans     <ns>:active:plans
+-- KEYS[3] active features  <ns>:active:features
+-- KEYS[4] events stream    <ns>:run:<id>:events
+-- ARGV[1] run id   ARGV[2] final status   ARGV[3] now   ARGV[4] reason
+-- ARGV[5] features (JSON list of names)   ARGV[6] events max length
+-- ARGV[7] TTL (s) for the run's keys      ARGV[8] run key prefix <ns>:run:<id>
+--
+-- Returns {"FINISHED", status} or {"ALREADY", status} (nothing changed).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return redis.error_reply('NORUN ' .. ARGV[1]) end
+if status ~= 'RUNNING' and status ~= 'PENDING' then return {'ALREADY', status} end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'reason', ARGV[4])
+local plan = redis.call('HGET', KEYS[1], 'plan')
+if redis.call('HGET', KEYS[2], plan) == ARGV[1] then redis.call('HDEL', KEYS[2], plan) end
+local names = cjson.decode(ARGV[5])
+for _, f in ipairs(names) do
+  if redis.call('HGET', KEYS[3], f) == ARGV[1] then redis.call('HDEL', KEYS[3], f) end
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'run_finished',
+  'feature', '', 'from', status, 'to', ARGV[2], 'percent', '', 'reason', ARGV[4],
+  'worker', '', 'task_id', '', 'evidence', '{}', 'ts', ARGV[3])
+local ttl = ARGV[7]
+local prefix = ARGV[8]
+for _, suffix in ipairs({'', ':plan', ':events', ':due', ':ready', ':testing'}) do
+  redis.call('EXPIRE', prefix .. suffix, ttl)
+end
+for _, f in ipairs(names) do
+  redis.call('EXPIRE', prefix .. ':feature:' .. f, ttl)
+end
+return {'FINISHED', ARGV[2]}
