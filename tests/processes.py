@@ -96,3 +96,98 @@ class RedisServer:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def celery_bin() -> str:
+    path = VENV_BIN / "celery"
+    return str(path) if path.exists() else need_binary("celery")
+
+
+class CeleryProcess:
+    """A real ``celery -A workers`` worker or beat process, with its own environment."""
+
+    def __init__(self, kind: str, env: dict[str, str], name: str = "w1", *, concurrency: int = 4,
+                 pool: str = "threads", logfile: Path | None = None) -> None:  # fmt: skip
+        self.kind = kind
+        self.name = name
+        self.env = {**os.environ, **env}
+        self.concurrency = concurrency
+        self.pool = pool
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"prm-{kind}-"))
+        self.logfile = logfile or self.tmp / f"{kind}-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def args(self) -> list[str]:
+        if self.kind == "worker":
+            return [
+                celery_bin(), "-A", "workers", "worker", "-P", self.pool,
+                "-c", str(self.concurrency), "-n", f"{self.name}@%h", "-Q", "recovery,rollback",
+                "--without-gossip", "--without-mingle", "-l", "WARNING",
+            ]  # fmt: skip
+        return [
+            celery_bin(), "-A", "workers", "beat", "-l", "WARNING",
+            "-s", str(self.tmp / "beat-schedule"), "--pidfile", str(self.tmp / "beat.pid"),
+        ]  # fmt: skip
+
+    def start(self) -> CeleryProcess:
+        out = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            self.args(), env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the worker and its pool children)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

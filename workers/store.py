@@ -209,6 +209,8 @@ class TransitionResult:
     flags_version: int = 0
     ready: tuple[str, ...] = ()
     refused: str = ""
+    #: with ``refused == "DEPENDENTS"``: the direct dependents still TESTING/ENABLED
+    blocking: tuple[str, ...] = ()
 
 
 _ERRORS: dict[str, type[ConflictError] | type[UnknownFeature] | type[UnknownRun]] = {
@@ -545,7 +547,9 @@ class Store:
             ],
         )
         if res[0] != "OK":
-            return TransitionResult(applied=False, refused=str(res[0]))
+            return TransitionResult(
+                applied=False, refused=str(res[0]), blocking=tuple(str(x) for x in res[1:])
+            )
         return TransitionResult(
             applied=True,
             version=int(res[1]),

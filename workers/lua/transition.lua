@@ -23,7 +23,9 @@
 -- ARGV[19] flags channel <ns>:flags
 --
 -- Returns {"OK", feature version, flags version, newly ready dependent...}
---      or {"NOSLOT"} (max_parallel features already TESTING) / {"NOTREADY", pending}.
+--      or {"NOSLOT"} (max_parallel features already TESTING) / {"NOTREADY", pending}
+--      or {"DEPENDENTS", name...}: leaving ENABLED while a direct dependent is still
+--         TESTING/ENABLED (roll those back first; the caller retries its cascade).
 -- Errors: NOFEATURE, STALE <current token>, CHANGED <state> <version>, ILLEGAL <from>><to>,
 --         FROZEN, INACTIVE <run status>, QUARANTINED.
 local fkey = KEYS[1]
@@ -44,6 +46,7 @@ if ARGV[12] == '1' then
   if redis.call('EXISTS', KEYS[9]) == 1 then return redis.error_reply('FROZEN') end
   local status = redis.call('HGET', KEYS[8], 'status')
   if status ~= 'RUNNING' then return redis.error_reply('INACTIVE ' .. tostring(status)) end
+  if redis.call('HGET', KEYS[8], 'stopping') == '1' then return redis.error_reply('INACTIVE stopping') end
 end
 if state == 'DISABLED' and to == 'TESTING' then
   if cur[5] == '1' then return redis.error_reply('QUARANTINED') end
@@ -51,6 +54,15 @@ if state == 'DISABLED' and to == 'TESTING' then
   if pending > 0 then return {'NOTREADY', pending} end
   local limit = tonumber(redis.call('HGET', KEYS[8], 'max_parallel') or '1')
   if redis.call('SCARD', KEYS[5]) >= limit then return {'NOSLOT'} end
+end
+
+if state == 'ENABLED' and to == 'DISABLED' then
+  local busy = {'DEPENDENTS'}
+  for _, d in ipairs(cjson.decode(ARGV[17])) do
+    local ds = redis.call('HGET', ARGV[16] .. d[1], 'state')
+    if ds == 'TESTING' or ds == 'ENABLED' then table.insert(busy, d[1]) end
+  end
+  if #busy > 1 then return busy end
 end
 
 local now = ARGV[10]

@@ -1,0 +1,64 @@
+"""The Celery app: ``celery -A workers worker|beat|flower`` finds ``app`` here.
+
+JSON only; late acks with reject-on-worker-lost; prefetch 1; time limits well below the
+broker visibility timeout; task events on (Flower); a ``rollback`` queue every worker
+consumes beside the default one, so a rollback never waits behind forward work.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from workers.settings import Settings, get_settings
+
+__all__ = ["DEFAULT_QUEUE", "ROLLBACK_QUEUE", "app"]
+
+DEFAULT_QUEUE = "recovery"
+ROLLBACK_QUEUE = "rollback"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app for these settings (the worker's, or a sender's in tests)."""
+    settings = settings or get_settings()
+    celery = Celery("workers", include=["workers.tasks"], set_as_current=False)
+    celery.conf.update(
+        broker_url=settings.effective_broker_url,
+        broker_connection_retry_on_startup=True,
+        # a dead worker's unacked task comes back after this; the beat's reconciliation
+        # usually re-issues the work long before, so it only bounds the worst case
+        broker_transport_options={"visibility_timeout": max(300, settings.task_time_limit_s * 3)},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 10),
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(ROLLBACK_QUEUE)),
+        task_routes={
+            "recovery.rollback_feature": {"queue": ROLLBACK_QUEUE},
+            "recovery.abort": {"queue": ROLLBACK_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "recovery-tick": {
+                "task": "recovery.tick",
+                "schedule": settings.beat_interval_s,
+                # a tick that waited longer than a few intervals is useless: drop it
+                "options": {"expires": max(2.0, settings.beat_interval_s * 5)},
+            }
+        },
+        timezone="UTC",
+    )
+    return celery
+
+
+app = make_app()
+app.set_current()
