@@ -764,10 +764,19 @@ class PartialRecoveryManager:
     def rollback_by_name(
         self, feature: str, note: str, *, by: str = "operator"
     ) -> tuple[str, list[str]]:
-        """Manual rollback of a feature of whichever active run owns it."""
+        """Manual rollback of a feature: in the active run that owns it, else in the newest
+        run where it is still on. Returns the run id and what was rolled back, in order."""
         run_id = self.store.run_of_feature(feature)
         if run_id is None:
-            raise UnknownFeature(f"no active run has a feature named {feature!r}")
+            for candidate in self.store.runs(50):
+                try:
+                    if self.store.feature(candidate, feature).state is not S.DISABLED:
+                        run_id = candidate
+                        break
+                except UnknownFeature:
+                    continue
+        if run_id is None:
+            raise UnknownFeature(f"no run has feature {feature!r} turned on; nothing to roll back")
         done = self.rollback_feature(
             run_id, feature, Reason.MANUAL.value, evidence={"note": note, "by": by}, automatic=False
         )
