@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +74,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                # no driver retries: redis-py 6 retries AuthenticationError with backoff
+                redis.Redis(port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping()
                 return
             except redis.exceptions.AuthenticationError:
                 return  # up, but needs a user: good enough

@@ -8,8 +8,10 @@ consumes beside the default one, so a rollback never waits behind forward work.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import beat_init, setup_logging, worker_process_init
 from kombu.entity import Queue
 
+from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
 
 __all__ = ["DEFAULT_QUEUE", "ROLLBACK_QUEUE", "app"]
@@ -62,3 +64,16 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 app = make_app()
 app.set_current()
+
+
+# -- logging: one structlog configuration in every worker process and the beat ----------
+@setup_logging.connect
+def _setup_logging(loglevel: object = None, **_: object) -> None:
+    # connecting this signal tells Celery to leave logging to us (workers.logs)
+    configure_logging(level=loglevel if isinstance(loglevel, (str, int)) else "INFO")
+
+
+@worker_process_init.connect
+@beat_init.connect
+def _ensure_logging(**_: object) -> None:
+    configure_logging()  # idempotent: a no-op when setup_logging ran already

@@ -16,8 +16,11 @@ channel ``<ns>:flags``              pubsub  JSON ``{"feature", "state", "percent
                                             "version"}`` published on every change
 ``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
                                             non-overlapping tick (``tick = floor(unix_s /
-                                            tick_s)``): ``requests``, ``errors``, ``slow``,
-                                            ``bad:<name>``; TTL ``metrics_ttl_s``
+                                            tick_s)``): integer fields ``requests``,
+                                            ``errors``, ``slow``, ``bad:<name>`` (HINCRBY;
+                                            missing = 0; ``requests`` 0 = heartbeat);
+                                            TTL ``metrics_ttl_s`` (EXPIRE on every write,
+                                            see ``workers.health.sources.redis``)
 ==================================  ======  ==============================================
 
 Internal (the store is the only writer):

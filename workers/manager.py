@@ -33,7 +33,7 @@ from workers.health.backoff import backoff_delay
 from workers.plan import Feature, Plan, parse_plan
 from workers.settings import Settings
 from workers.states import FeatureHealth, FeatureState, Reason, RunStatus
-from workers.store import FeatureRecord, RunRecord, Store
+from workers.store import FeatureRecord, Store
 
 __all__ = ["Dispatcher", "PartialRecoveryManager", "StartResult"]
 
@@ -86,12 +86,16 @@ class PartialRecoveryManager:
         *,
         worker: str | None = None,
         clock: Callable[[], float] = time.time,
+        fault_hook: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.dispatcher = dispatcher
         self.worker = worker or _worker_id()
         self.clock = clock
+        # chaos tests only: called as ``fault_hook(point, feature)`` at named points inside
+        # a step (e.g. ``test_feature.claimed``: lease and token held, nothing written yet)
+        self.fault_hook = fault_hook
         self._contexts: OrderedDict[str, _RunContext] = OrderedDict()
 
     # -- run context --------------------------------------------------------------------
@@ -148,39 +152,15 @@ class PartialRecoveryManager:
         return StartResult(rid, True)
 
     # -- dispatch -------------------------------------------------------------------------
-    def dispatch_ready(self, run_id: str, run: RunRecord | None = None) -> list[str]:
+    def dispatch_ready(self, run_id: str) -> list[str]:
         """Send test steps for the best-ranked ready features that fit the free slots.
 
-        Features dispatched within the lease TTL count as occupying a slot (their task is
-        queued); a lost dispatch is re-sent once that time has passed.
+        Picked atomically in Redis; features dispatched within the lease TTL count as
+        occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
         """
-        run = run or self.store.run(run_id)
-        if run.status is not RunStatus.RUNNING or run.raw.get("stopping") == "1":
-            return []
-        if self.store.frozen() is not None:
-            return []
-        testing = self.store.testing_count(run_id)
-        free = run.max_parallel - testing
-        if free <= 0:
-            return []
-        names = self.store.ready(run_id, free + run.max_parallel)
-        if not names:
-            return []
-        now = self.clock()
-        recs = self.store.features(run_id, names)
-        grace = self.settings.lease_ttl_s
-        inflight = [n for n in names if now - _float(recs[n].raw.get("dispatched_at")) < grace]
-        free -= len(inflight)
-        sent: list[str] = []
-        for name in names:
-            if free <= 0:
-                break
-            if name in inflight:
-                continue
-            self.store.update(run_id, name, token=None, fields={"dispatched_at": now})
+        sent = self.store.take_ready(run_id, self.clock(), self.settings.lease_ttl_s)
+        for name in sent:
             self.dispatcher.test_feature(run_id, name)
-            sent.append(name)
-            free -= 1
         if sent:
             log.debug("features_dispatched", run_id=run_id, features=sent)
         return sent
@@ -200,15 +180,13 @@ class PartialRecoveryManager:
         now = self.clock()
         if rec.next_attempt_at > now:
             return "backoff"
-        if spec.depends_on:
-            states = self.store.feature_states(run_id, list(spec.depends_on))
-            if any(states.get(d) != S.ENABLED.value for d in spec.depends_on):
-                return "not_ready"
         try:
             token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
         except LeaseHeld:
             return "leased"
         try:
+            if self.fault_hook is not None:
+                self.fault_hook("test_feature.claimed", feature)
             res = self.store.transition(
                 run_id,
                 feature,
@@ -243,8 +221,7 @@ class PartialRecoveryManager:
             )
             if spec.health.source == "none" and spec.dwell_s <= 0:
                 # nothing to wait for and nothing to measure: walk the ramp now
-                rec = self.store.feature(run_id, feature)
-                self._walk_to_enabled(run_id, ctx, rec, token, task_id)
+                self._walk_to_enabled(run_id, ctx, feature, res.version, token, task_id)
         except ConflictError as exc:
             log.info("test_step_refused", run_id=run_id, feature=feature, why=str(exc))
             return "refused"
@@ -260,16 +237,15 @@ class PartialRecoveryManager:
         )
 
     def _walk_to_enabled(
-        self, run_id: str, ctx: _RunContext, rec: FeatureRecord, token: int, task_id: str
+        self, run_id: str, ctx: _RunContext, name: str, version: int, token: int, task_id: str
     ) -> None:
-        step = rec.step
-        version = rec.version
-        spec = ctx.plan.features[rec.name]
+        step = 0
+        spec = ctx.plan.features[name]
         while step + 1 < len(spec.ramp):
             step += 1
             res = self.store.transition(
                 run_id,
-                rec.name,
+                name,
                 S.TESTING,
                 token=token,
                 percent=spec.ramp[step],
@@ -282,7 +258,7 @@ class PartialRecoveryManager:
                 fields={"step_since": self.clock()},
             )
             version = res.version
-        self._enable(run_id, ctx, rec.name, token, version, {"rule": "dwell"}, task_id)
+        self._enable(run_id, ctx, name, token, version, {"rule": "dwell"}, task_id)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, run_id: str, feature: str, *, task_id: str = "") -> str:
@@ -307,7 +283,7 @@ class PartialRecoveryManager:
             self.store.update(
                 run_id, feature, token=None, remove_due=True, ready_rank=ctx.rank[feature]
             )
-            self.dispatch_ready(run_id, run)
+            self.dispatch_ready(run_id)
             return "requeued"
         if self.store.frozen() is not None:
             self.store.schedule(run_id, feature, now + self.settings.beat_interval_s)
@@ -598,9 +574,9 @@ class PartialRecoveryManager:
             to="ENABLED",
             ready=list(res.ready),
         )
-        run = self.store.run(run_id)
-        self.dispatch_ready(run_id, run)
-        self.check_completion(run_id, run)
+        self.dispatch_ready(run_id)
+        if res.settled >= res.total:
+            self.check_completion(run_id)
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback_feature(
@@ -623,6 +599,13 @@ class PartialRecoveryManager:
         """
         ctx = self.context(run_id)
         self._spec(ctx, feature)
+        log.warning(
+            "rollback_started",
+            run_id=run_id,
+            feature=feature,
+            reason=reason,
+            dependents=ctx.graph.dependents(feature),
+        )
         done: list[str] = []
         for _ in range(5):
             dependents = ctx.graph.dependents(feature)
@@ -641,9 +624,8 @@ class PartialRecoveryManager:
                 if result:
                     done.append(feature)
                 break
-        run = self.store.run(run_id)
-        self.dispatch_ready(run_id, run)
-        self.check_completion(run_id, run)
+        self.dispatch_ready(run_id)
+        self.check_completion(run_id)
         return done
 
     def _rollback_one(
@@ -851,16 +833,17 @@ class PartialRecoveryManager:
                 self.dispatcher.evaluate(run_id, name)
                 sent += 1
             # a TESTING feature always has a due time; restore one lost with a crash
-            due = self.store.due_entries(run_id)
-            for name in self.store.testing(run_id) - due.keys():
-                self.store.schedule(run_id, name, now)
-            sent += len(self.dispatch_ready(run_id, run))
-            self.check_completion(run_id, run)
+            testing = sorted(self.store.testing(run_id))
+            for name, at in zip(testing, self.store.due_scores(run_id, testing), strict=True):
+                if at is None:
+                    self.store.schedule(run_id, name, now)
+            sent += len(self.dispatch_ready(run_id))
+            self.check_completion(run_id)
         return {"sent": sent}
 
-    def check_completion(self, run_id: str, run: RunRecord | None = None) -> RunStatus | None:
+    def check_completion(self, run_id: str) -> RunStatus | None:
         """Finish the run once every feature is enabled, quarantined or blocked."""
-        run = self.store.run(run_id)  # always fresh: the caller's copy may predate a change
+        run = self.store.run(run_id)
         if run.status is not RunStatus.RUNNING or run.settled < run.total:
             return None
         if run.quarantined + run.blocked == 0:

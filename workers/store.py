@@ -207,6 +207,9 @@ class TransitionResult:
     applied: bool
     version: int = 0
     flags_version: int = 0
+    #: the run's enabled + quarantined + blocked features after the change, and its size
+    settled: int = 0
+    total: int = 0
     ready: tuple[str, ...] = ()
     refused: str = ""
     #: with ``refused == "DEPENDENTS"``: the direct dependents still TESTING/ENABLED
@@ -266,6 +269,7 @@ class Store:
                 "create_run",
                 "finish_run",
                 "quarantine",
+                "dispatch",
             )
         }
         self._plan_cache: dict[str, str] = {}
@@ -554,7 +558,9 @@ class Store:
             applied=True,
             version=int(res[1]),
             flags_version=int(res[2]),
-            ready=tuple(str(x) for x in res[3:]),
+            settled=int(res[3]),
+            total=int(res[4]),
+            ready=tuple(str(x) for x in res[5:]),
         )
 
     def update(
@@ -636,6 +642,17 @@ class Store:
         with self._translate():
             return list(self.r.zrange(self.keys.ready(run_id), 0, limit - 1))
 
+    def take_ready(self, run_id: str, now: float, grace_s: float) -> list[str]:
+        """Atomically pick the ready features that fit the free TESTING slots and mark them
+        dispatched (nothing while frozen or once the run stops)."""
+        k = self.keys
+        res = self._run(
+            "dispatch",
+            [k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)],
+            [repr(now), repr(grace_s), k.feature_prefix(run_id)],
+        )
+        return [str(x) for x in res]
+
     def testing_count(self, run_id: str) -> int:
         with self._translate():
             return int(self.r.scard(self.keys.testing(run_id)))
@@ -657,6 +674,16 @@ class Store:
         """Set (or move) a feature's next due time (unfenced; used by reconciliation)."""
         with self._translate():
             self.r.zadd(self.keys.due(run_id), {name: at})
+
+    def due_scores(self, run_id: str, names: Sequence[str]) -> list[float | None]:
+        """Each named feature's due time, or None where it has none (one round trip)."""
+        if not names:
+            return []
+        with self._translate():
+            return [
+                None if v is None else float(v)
+                for v in self.r.zmscore(self.keys.due(run_id), list(names))
+            ]
 
     def due_entries(self, run_id: str) -> dict[str, float]:
         with self._translate():

@@ -10,6 +10,7 @@ reason ``task_failed`` and the run goes on.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -61,7 +62,8 @@ class CeleryDispatcher:
 def _manager_for(pid: int) -> PartialRecoveryManager:
     s = get_settings()
     store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher())
+    hook = _fault if os.environ.get("RECOVERY_FAULTS") else None
+    return PartialRecoveryManager(store, s, CeleryDispatcher(), fault_hook=hook)
 
 
 def get_manager() -> PartialRecoveryManager:
@@ -162,10 +164,27 @@ def _guarded(task: Task, fn: Callable[[], Any]) -> Any:
 
 
 def _fault(name: str, feature: str) -> None:
-    """Fault injection for chaos tests: RECOVERY_FAULTS="crash:<task>:<feature>,..."."""
+    """Fault injection for chaos tests, from ``RECOVERY_FAULTS`` (comma-separated).
+
+    ``crash:<point>:<feature>`` raises (a poison task); ``sleep:<point>:<feature>:<seconds>``
+    stalls there, so a test can pause the worker mid-step. Points are task names
+    (``test_feature``, ``evaluate``: before any Redis access) and the manager's hook points
+    (``test_feature.claimed``: the lease and fencing token are held, nothing written yet).
+    """
     faults = os.environ.get("RECOVERY_FAULTS", "")
-    if faults and f"crash:{name}:{feature}" in faults.split(","):
-        raise RuntimeError(f"injected fault: crash in {name} for {feature}")
+    if not faults:
+        return
+    for fault in faults.split(","):
+        kind, _, rest = fault.partition(":")
+        if kind == "crash" and rest == f"{name}:{feature}":
+            raise RuntimeError(f"injected fault: crash in {name} for {feature}")
+        if kind == "sleep" and rest.startswith(f"{name}:{feature}:"):
+            try:
+                seconds = float(rest.rsplit(":", 1)[1])
+            except ValueError:
+                continue
+            log.warning("fault_sleep", point=name, feature=feature, seconds=seconds)
+            time.sleep(seconds)
 
 
 # -- tasks -----------------------------------------------------------------------------------

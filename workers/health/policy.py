@@ -57,6 +57,8 @@ class PrometheusSourceConfig(_Strict):
     requests_query: str
     errors_query: str
     slow_query: str | None = None
+    #: custom bad-event counters: metric name (as in ``HealthPolicy.custom``) -> query
+    bad_queries: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=2.0, gt=0, le=60)
     stale_after_s: float = Field(default=30.0, gt=0)
 
@@ -105,4 +107,12 @@ class HealthPolicy(_Strict):
             raise ValueError("source 'prometheus' needs a 'prometheus' section with queries")
         if self.source == "http" and self.http is None:
             raise ValueError("source 'http' needs an 'http' section with a url")
+        # a custom rate the source cannot measure would count zero bad events forever
+        # and promote on silence
+        if self.custom and self.source == "http":
+            raise ValueError("custom bad-event rates need source 'redis' or 'prometheus'")
+        if self.custom and self.prometheus is not None and self.source == "prometheus":
+            missing = sorted(set(self.custom) - set(self.prometheus.bad_queries))
+            if missing:
+                raise ValueError(f"prometheus.bad_queries has no query for custom {missing}")
         return self

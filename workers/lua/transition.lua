@@ -22,7 +22,8 @@
 -- ARGV[18] events stream max length (approximate trim)
 -- ARGV[19] flags channel <ns>:flags
 --
--- Returns {"OK", feature version, flags version, newly ready dependent...}
+-- Returns {"OK", feature version, flags version, settled, total, newly ready dependent...}
+--      (settled = the run's enabled + quarantined + blocked features, to spot the end)
 --      or {"NOSLOT"} (max_parallel features already TESTING) / {"NOTREADY", pending}
 --      or {"DEPENDENTS", name...}: leaving ENABLED while a direct dependent is still
 --         TESTING/ENABLED (roll those back first; the caller retries its cascade).
@@ -118,6 +119,8 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[18], '*', 'kind', 'transition',
   'reason', ARGV[6], 'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9],
   'ts', now, 'version', version, 'token', ARGV[5])
 
-local out = {'OK', version, fv}
+local run = redis.call('HMGET', KEYS[8], 'enabled', 'quarantined', 'blocked', 'total')
+local settled = tonumber(run[1] or '0') + tonumber(run[2] or '0') + tonumber(run[3] or '0')
+local out = {'OK', version, fv, settled, tonumber(run[4] or '0')}
 for _, r in ipairs(ready) do table.insert(out, r) end
 return out

@@ -1,0 +1,443 @@
+"""The pure health evaluator: sequential tests on exact counts, no I/O, no clock.
+
+One :class:`Evaluator` judges one feature for one ramp step (``mode="testing"``) or for as
+long as it stays on (``mode="enabled"``). The caller feeds it the counts of each
+non-overlapping tick with :meth:`Evaluator.observe` and reads :attr:`Evaluator.health`,
+:attr:`Evaluator.decision` and :meth:`Evaluator.explain` (the evidence, for audit events).
+Dwell times and maximum durations are the caller's, in real time: the decision here is pure
+statistics on counts.
+
+The statistics, per metric (error rate, slow rate, each custom bad-event rate), with an
+acceptable rate ``p0`` and a clearly-bad rate ``p1`` (:class:`RateThresholds`) and
+``φ`` the policy's over-dispersion factor:
+
+* per-request log-likelihood ratio weights ``a = ln(p1/p0)/φ`` for a bad event and
+  ``b = ln((1−p1)/(1−p0))/φ`` for a good one; after ``n`` requests with ``s`` bad,
+  ``LLR = s·a + (n−s)·b``;
+* TESTING — Wald's SPRT: with ``m`` metrics the false-rollback budget is split
+  (Bonferroni, ``αₘ = α/m``); a metric accepts "bad" at ``LLR ≥ ln((1−β)/αₘ)`` and "good"
+  at ``LLR ≤ ln(β/(1−αₘ))``. Any metric bad → ROLLBACK; every metric good → PROMOTE;
+  no decision before ``min_requests``. An undecided test is truncated at
+  ``max_requests``: each still-open metric is then judged by the sign of its LLR (bad
+  when ``LLR > 0``, i.e. the observed rate is nearer ``p1`` than ``p0`` in KL terms);
+* after a metric accepted "good" (so also while the caller waits out the dwell after
+  PROMOTE) it is watched by the ENABLED-mode CUSUM, so a feature that breaks during the
+  dwell still turns the decision into ROLLBACK;
+* ENABLED — a CUSUM per metric, ``S ← max(0, S + s·a + (n−s)·b)`` per tick: DEGRADED at
+  ``S ≥ h/2``, UNHEALTHY (ROLLBACK) at ``S ≥ h`` (``h = cusum_threshold``);
+* both modes — a fast guard: a tumbling window of at least ``guard_min_requests``
+  requests with an error share ``≥ guard_error_share`` rolls back at once.
+
+Silence never promotes: a stale, empty, NaN or otherwise invalid observation adds no
+evidence and makes the health UNKNOWN and the decision CONTINUE for that tick (a ROLLBACK
+stays a ROLLBACK). ROLLBACK is sticky until :meth:`Evaluator.reset`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from workers.errors import InvalidInput
+from workers.health.policy import HealthPolicy, RateThresholds
+from workers.states import FeatureHealth
+
+if TYPE_CHECKING:
+    from workers.health.sources.base import Sample
+
+__all__ = ["Decision", "Evaluator", "MetricSpec", "metric_specs"]
+
+Mode = Literal["testing", "enabled"]
+#: per-metric status: "open" (SPRT running), "good" (accepted p0, CUSUM-watched),
+#: "watch" (ENABLED mode, CUSUM-watched), "bad" (rolled back)
+Status = Literal["open", "good", "watch", "bad"]
+
+_STATE_VERSION = 1
+_ERROR_METRIC = "error_rate"
+
+
+class Decision(StrEnum):
+    """What the evidence says the caller should do with the feature."""
+
+    CONTINUE = "continue"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One judged metric and its constants, derived from the policy (never persisted)."""
+
+    name: str
+    field: str  # "errors", "slow" or the custom bad-event name
+    p0: float
+    p1: float
+    bad_weight: float  # a = ln(p1/p0)/φ
+    good_weight: float  # b = ln((1−p1)/(1−p0))/φ
+    upper: float  # ln((1−β)/αₘ): accept "bad"
+    lower: float  # ln(β/(1−αₘ)): accept "good"
+
+    def llr(self, n: float, s: float) -> float:
+        """Log-likelihood ratio of ``p1`` against ``p0`` after ``n`` requests, ``s`` bad."""
+        return s * self.bad_weight + (n - s) * self.good_weight
+
+
+def metric_specs(policy: HealthPolicy) -> tuple[MetricSpec, ...]:
+    """The metrics a policy judges, error rate first, with Bonferroni-split bounds.
+
+    The slow rate is judged when the policy sets ``slow_rate`` and the source can measure
+    it (a Prometheus source needs a ``slow_query``); every custom rate is judged.
+    """
+    rates: list[tuple[str, str, RateThresholds]] = [(_ERROR_METRIC, "errors", policy.error_rate)]
+    slow_measured = not (
+        policy.source == "prometheus"
+        and policy.prometheus is not None
+        and policy.prometheus.slow_query is None
+    )
+    if policy.slow_rate is not None and slow_measured:
+        rates.append(("slow_rate", "slow", policy.slow_rate))
+    for name in sorted(policy.custom):
+        rates.append((f"bad:{name}", name, policy.custom[name]))
+    alpha_m = policy.alpha / len(rates)
+    beta = policy.beta
+    phi = policy.overdispersion
+    return tuple(
+        MetricSpec(
+            name=name,
+            field=field,
+            p0=th.p0,
+            p1=th.p1,
+            bad_weight=math.log(th.p1 / th.p0) / phi,
+            good_weight=math.log((1 - th.p1) / (1 - th.p0)) / phi,
+            upper=math.log((1 - beta) / alpha_m),
+            lower=math.log(beta / (1 - alpha_m)),
+        )
+        for name, field, th in rates
+    )
+
+
+class Evaluator:
+    """Sequential health evaluation of one feature; pure, deterministic, serialisable.
+
+    ``mode="testing"``: decisions CONTINUE, PROMOTE ("this step's evidence is good") or
+    ROLLBACK. ``mode="enabled"``: CONTINUE or ROLLBACK. See the module docstring for the
+    statistics. Not thread-safe (one evaluator per feature per tick).
+    """
+
+    def __init__(self, policy: HealthPolicy, mode: Mode = "testing") -> None:
+        if mode not in ("testing", "enabled"):
+            raise InvalidInput(f"unknown evaluator mode {mode!r} (testing or enabled)")
+        self.policy = policy
+        self.mode: Mode = mode
+        self._specs = metric_specs(policy)
+        self.reset()
+
+    # -- public surface ----------------------------------------------------------------
+    @property
+    def health(self) -> FeatureHealth:
+        """The health after the last observation."""
+        return self._health
+
+    @property
+    def decision(self) -> Decision:
+        """The decision after the last observation (ROLLBACK is sticky until reset)."""
+        return self._decision
+
+    @property
+    def requests(self) -> float:
+        """Requests of every fresh, valid observation since creation or the last reset."""
+        return self._requests
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Names of the judged metrics (``error_rate``, ``slow_rate``, ``bad:<name>``)."""
+        return tuple(spec.name for spec in self._specs)
+
+    def reset(self) -> None:
+        """Forget all evidence (after a transition): tests restart, CUSUMs go back to 0."""
+        self._requests: float = 0
+        self._guard_n: float = 0
+        self._guard_bad: float = 0
+        start: Status = "open" if self.mode == "testing" else "watch"
+        self._status: dict[str, Status] = {s.name: start for s in self._specs}
+        self._n: dict[str, float] = {s.name: 0 for s in self._specs}
+        self._s: dict[str, float] = {s.name: 0 for s in self._specs}
+        self._cusum: dict[str, float] = {s.name: 0.0 for s in self._specs}
+        self._wn: dict[str, float] = {s.name: 0 for s in self._specs}  # since CUSUM start
+        self._ws: dict[str, float] = {s.name: 0 for s in self._specs}
+        self._settled_at: dict[str, float] = {s.name: 0 for s in self._specs}
+        self._reason: dict[str, str] = {s.name: "" for s in self._specs}
+        self._health = FeatureHealth.UNKNOWN
+        self._decision = Decision.CONTINUE
+        self._why: dict[str, Any] = {"reason": "no_data"}
+
+    def observe(
+        self,
+        requests: float,
+        errors: float,
+        slow: float = 0,
+        bad: Mapping[str, float] | None = None,
+        stale: bool = False,
+    ) -> FeatureHealth:
+        """Add one tick's counts and return the new health. Never raises on bad data.
+
+        ``bad`` maps custom metric names (without the ``bad:`` prefix) to counts; a
+        missing name counts 0. Stale, empty (0 requests), NaN, negative or inconsistent
+        counts (bad > requests) add no evidence: health UNKNOWN, decision CONTINUE,
+        unless the decision already is ROLLBACK.
+        """
+        if self._decision is Decision.ROLLBACK:
+            return self._health
+        if stale:
+            return self._no_evidence("stale")
+        counts = {"errors": errors, "slow": slow}
+        for spec in self._specs:
+            if spec.field not in counts:
+                counts[spec.field] = (bad or {}).get(spec.field, 0)
+        values = [requests, *counts.values()]
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            return self._no_evidence("invalid")
+        if requests < 0 or any(c < 0 or c > requests for c in counts.values()):
+            return self._no_evidence("invalid")
+        if requests == 0:
+            return self._no_evidence("no_data")
+        self._requests += requests
+        if self._guard(requests, errors):
+            return self._health
+        for spec in self._specs:
+            self._update(spec, requests, counts[spec.field])
+        if self.mode == "testing" and self._requests >= max(
+            self.policy.max_requests, self.policy.min_requests
+        ):
+            self._truncate()
+        self._judge()
+        return self._health
+
+    def observe_sample(self, sample: Sample) -> FeatureHealth:
+        """Observe a source's :class:`Sample`; a failed or stale read is no evidence."""
+        if sample.error is not None and self._decision is not Decision.ROLLBACK:
+            return self._no_evidence("source_error", error=sample.error[:200])
+        return self.observe(
+            sample.requests, sample.errors, sample.slow, sample.bad, stale=not sample.fresh
+        )
+
+    def explain(self) -> dict[str, Any]:
+        """The evidence behind the current health and decision, short and JSON-able.
+
+        Keys: ``health``, ``decision``, ``reason`` (``guard``, ``sprt_bad``, ``sprt_good``,
+        ``truncated_bad``, ``truncated_good``, ``cusum``, ``cusum_degraded``,
+        ``leaning_bad``, ``undecided``, ``watching``, ``min_requests``, ``stale``,
+        ``no_data``, ``invalid``, ``source_error``) and, when a metric drove it,
+        ``metric``, ``requests``, ``bad``, ``rate`` (observed), ``p0``, ``p1``,
+        ``statistic`` and ``bound`` (the one it crossed or is measured against).
+        """
+        out: dict[str, Any] = {"health": str(self._health), "decision": str(self._decision)}
+        for key, value in self._why.items():
+            out[key] = round(value, 6) if isinstance(value, float) else value
+        return out
+
+    # -- persistence -------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able snapshot; :meth:`from_state` restores it exactly."""
+        return {
+            "v": _STATE_VERSION,
+            "mode": self.mode,
+            "requests": self._requests,
+            "guard": [self._guard_n, self._guard_bad],
+            "health": str(self._health),
+            "decision": str(self._decision),
+            "why": dict(self._why),
+            "metrics": {
+                s.name: {
+                    "status": self._status[s.name],
+                    "n": self._n[s.name],
+                    "s": self._s[s.name],
+                    "cusum": self._cusum[s.name],
+                    "wn": self._wn[s.name],
+                    "ws": self._ws[s.name],
+                    "at": self._settled_at[s.name],
+                    "reason": self._reason[s.name],
+                }
+                for s in self._specs
+            },
+        }
+
+    @classmethod
+    def from_state(cls, policy: HealthPolicy, state: Mapping[str, Any]) -> Evaluator:
+        """Rebuild an evaluator from :meth:`to_state` output for the same policy.
+
+        Raises :class:`~workers.errors.InvalidInput` when the state is malformed or was
+        made for a policy with other metrics.
+        """
+        try:
+            if state["v"] != _STATE_VERSION:
+                raise InvalidInput(f"evaluator state version {state['v']!r} is not supported")
+            ev = cls(policy, state["mode"])
+            metrics = state["metrics"]
+            if set(metrics) != set(ev.metrics):
+                raise InvalidInput(
+                    f"evaluator state metrics {sorted(metrics)} do not match the policy's "
+                    f"{sorted(ev.metrics)}"
+                )
+            ev._requests = state["requests"]
+            ev._guard_n, ev._guard_bad = state["guard"]
+            ev._health = FeatureHealth(state["health"])
+            ev._decision = Decision(state["decision"])
+            ev._why = dict(state["why"])
+            for name, m in metrics.items():
+                if m["status"] not in ("open", "good", "watch", "bad"):
+                    raise InvalidInput(f"unknown metric status {m['status']!r}")
+                ev._status[name] = m["status"]
+                ev._n[name] = m["n"]
+                ev._s[name] = m["s"]
+                ev._cusum[name] = m["cusum"]
+                ev._wn[name] = m["wn"]
+                ev._ws[name] = m["ws"]
+                ev._settled_at[name] = m["at"]
+                ev._reason[name] = m["reason"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"malformed evaluator state: {exc!r}") from exc
+        return ev
+
+    # -- internals ---------------------------------------------------------------------
+    def _no_evidence(self, reason: str, **extra: Any) -> FeatureHealth:
+        if self._decision is not Decision.ROLLBACK:
+            self._health = FeatureHealth.UNKNOWN
+            self._decision = Decision.CONTINUE
+            self._why = {"reason": reason, "requests": self._requests, **extra}
+        return self._health
+
+    def _guard(self, requests: float, errors: float) -> bool:
+        """Tumbling guard window: True (and ROLLBACK) when plainly broken."""
+        self._guard_n += requests
+        self._guard_bad += errors
+        if self._guard_n < self.policy.guard_min_requests:
+            return False
+        n, e = self._guard_n, self._guard_bad
+        self._guard_n = self._guard_bad = 0
+        if e / n < self.policy.guard_error_share:
+            return False
+        err = self._specs[0]
+        self._settle(err.name, "bad", "guard")
+        self._rollback(
+            reason="guard",
+            metric=err.name,
+            requests=n,
+            bad=e,
+            rate=e / n,
+            p0=err.p0,
+            p1=err.p1,
+            statistic=e / n,
+            bound=self.policy.guard_error_share,
+        )
+        return True
+
+    def _update(self, spec: MetricSpec, requests: float, bad: float) -> None:
+        name = spec.name
+        status = self._status[name]
+        if status == "open":
+            self._n[name] += requests
+            self._s[name] += bad
+            if self._requests < self.policy.min_requests:
+                return
+            llr = spec.llr(self._n[name], self._s[name])
+            if llr >= spec.upper:
+                self._settle(name, "bad", "sprt_bad")
+            elif llr <= spec.lower:
+                self._settle(name, "good", "sprt_good")
+        elif status in ("good", "watch"):
+            self._wn[name] += requests
+            self._ws[name] += bad
+            self._cusum[name] = max(0.0, self._cusum[name] + spec.llr(requests, bad))
+            fired = self._cusum[name] >= self.policy.cusum_threshold
+            if fired and self._requests >= self.policy.min_requests:
+                self._settle(name, "bad", "cusum")
+
+    def _settle(self, name: str, status: Status, reason: str) -> None:
+        self._status[name] = status
+        self._reason[name] = reason
+        self._settled_at[name] = self._requests
+        if status == "good":
+            self._cusum[name] = 0.0
+            self._wn[name] = self._ws[name] = 0
+
+    def _truncate(self) -> None:
+        for spec in self._specs:
+            if self._status[spec.name] == "open":
+                if spec.llr(self._n[spec.name], self._s[spec.name]) > 0:
+                    self._settle(spec.name, "bad", "truncated_bad")
+                else:
+                    self._settle(spec.name, "good", "truncated_good")
+
+    def _metric_why(self, spec: MetricSpec, reason: str) -> dict[str, Any]:
+        name = spec.name
+        if reason.startswith(("sprt", "truncated")) or reason in ("undecided", "leaning_bad"):
+            n, s = self._n[name], self._s[name]
+            stat = spec.llr(n, s)
+            bound = {"sprt_good": spec.lower, "truncated_bad": 0.0, "truncated_good": 0.0}.get(
+                reason, spec.upper
+            )
+        else:  # a CUSUM watch: counts since the watch started
+            n, s = self._wn[name], self._ws[name]
+            stat = self._cusum[name]
+            bound = self.policy.cusum_threshold
+            if reason in ("cusum_degraded", "watching"):
+                bound = bound / 2
+        return {
+            "reason": reason,
+            "metric": name,
+            "requests": n,
+            "bad": s,
+            "rate": s / n if n else 0.0,
+            "p0": spec.p0,
+            "p1": spec.p1,
+            "statistic": stat,
+            "bound": bound,
+        }
+
+    def _rollback(self, **why: Any) -> None:
+        self._health = FeatureHealth.UNHEALTHY
+        self._decision = Decision.ROLLBACK
+        self._why = why
+
+    def _judge(self) -> None:
+        specs = self._specs
+        h = self.policy.cusum_threshold
+        bad = [s for s in specs if self._status[s.name] == "bad"]
+        if bad:
+            spec = bad[0]
+            self._rollback(**self._metric_why(spec, self._reason[spec.name]))
+            return
+        self._decision = Decision.CONTINUE
+        if self._requests < self.policy.min_requests:
+            self._health = FeatureHealth.UNKNOWN
+            self._why = {"reason": "min_requests", "requests": self._requests,
+                         "bound": self.policy.min_requests}  # fmt: skip
+            return
+        watched = [s for s in specs if self._status[s.name] in ("good", "watch")]
+        degraded = [s for s in watched if self._cusum[s.name] >= h / 2]
+        if degraded:
+            spec = max(degraded, key=lambda s: self._cusum[s.name])
+            self._health = FeatureHealth.DEGRADED
+            self._why = self._metric_why(spec, "cusum_degraded")
+            return
+        if self.mode == "enabled":
+            self._health = FeatureHealth.HEALTHY
+            spec = max(watched, key=lambda s: self._cusum[s.name])
+            self._why = self._metric_why(spec, "watching")
+            return
+        open_ = [s for s in specs if self._status[s.name] == "open"]
+        if not open_:
+            self._health = FeatureHealth.HEALTHY
+            self._decision = Decision.PROMOTE
+            # the binding metric: the last one to accept "good"
+            spec = max(specs, key=lambda s: self._settled_at[s.name])
+            self._why = self._metric_why(spec, self._reason[spec.name])
+            return
+        spec = max(open_, key=lambda s: s.llr(self._n[s.name], self._s[s.name]) / s.upper)
+        leaning = spec.llr(self._n[spec.name], self._s[spec.name]) >= spec.upper / 2
+        self._health = FeatureHealth.DEGRADED if leaning else FeatureHealth.UNKNOWN
+        self._why = self._metric_why(spec, "leaning_bad" if leaning else "undecided")

@@ -1,0 +1,159 @@
+"""The ``redis`` source: per-tick outcome counts that services' flag clients push.
+
+Layout (a published contract, see ``docs/health.md`` and :mod:`workers.keys`): one hash
+per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
+``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
+``bad:<name>`` (integers, HINCRBY; a missing field is 0), and a TTL so memory stays
+bounded whatever the traffic. Writers use :func:`record_counts` (or :func:`queue_counts`
+inside their own pipeline).
+
+This module imports ``redis``; :mod:`workers.health` only imports it lazily, from
+:func:`workers.health.sources.make_source`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from workers.errors import InvalidInput
+from workers.health.sources.base import Sample
+from workers.keys import Keys
+
+__all__ = ["MAX_TICKS", "RedisSource", "queue_counts", "record_counts", "tick_of"]
+
+#: most ticks one collect reads (older ticks have normally expired anyway)
+MAX_TICKS = 3600
+
+
+def tick_of(unix_s: float, tick_s: int = 1) -> int:
+    """The tick a moment belongs to: ``floor(unix_s / tick_s)``."""
+    return math.floor(unix_s / tick_s)
+
+
+def queue_counts(
+    pipe: Any,
+    keys: Keys,
+    feature: str,
+    tick: int,
+    requests: int,
+    errors: int = 0,
+    slow: int = 0,
+    bad: Mapping[str, int] | None = None,
+    ttl_s: int = 3600,
+) -> None:
+    """Queue the increments of one feature's counts for one tick on ``pipe``.
+
+    ``requests`` is always written (0 is a heartbeat: "alive, no traffic"); other zero
+    counts are skipped. The key's TTL is (re)set to ``ttl_s``. Raises
+    :class:`~workers.errors.InvalidInput` for negative counts or a non-positive TTL.
+    """
+    counts = {"requests": requests, "errors": errors, "slow": slow}
+    counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
+    if any(not isinstance(n, int) or n < 0 for n in counts.values()) or ttl_s <= 0:
+        raise InvalidInput(f"counts must be non-negative integers and ttl positive: {counts}")
+    key = keys.metrics(feature, tick)
+    for field, n in counts.items():
+        if n or field == "requests":
+            pipe.hincrby(key, field, n)
+    pipe.expire(key, ttl_s)
+
+
+def record_counts(
+    redis_client: redis.Redis,
+    keys: Keys,
+    feature: str,
+    tick: int,
+    requests: int,
+    errors: int = 0,
+    slow: int = 0,
+    bad: Mapping[str, int] | None = None,
+    ttl_s: int = 3600,
+) -> None:
+    """Atomically add one feature's counts for one tick (HINCRBY + EXPIRE in MULTI/EXEC).
+
+    Redis errors propagate as the driver's exceptions: this is a writer helper for the
+    flag client and tests, which handle their own retries.
+    """
+    pipe = redis_client.pipeline(transaction=True)
+    queue_counts(pipe, keys, feature, tick, requests, errors, slow, bad, ttl_s)
+    pipe.execute()
+
+
+def _number(value: Any) -> float:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+class RedisSource:
+    """Sums the complete ticks of ``[since, until)`` with one pipelined read.
+
+    Tick ``t`` is read when ``floor(since/tick_s) ≤ t < floor(until/tick_s)``: a tick is
+    read once it is complete, and consecutive calls with ``since`` = the previous
+    ``until`` read every tick exactly once. Callers should lag ``until`` behind the clock
+    by the writers' flush delay. The sample is fresh when the newest tick with data ends
+    at most ``stale_after_s`` before ``until``.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        keys: Keys,
+        *,
+        tick_s: int = 1,
+        stale_after_s: float = 10.0,
+    ) -> None:
+        if tick_s < 1:
+            raise InvalidInput(f"tick_s must be >= 1, got {tick_s}")
+        self.client = redis_client
+        self.keys = keys
+        self.tick_s = tick_s
+        self.stale_after_s = stale_after_s
+
+    def collect(self, feature: str, since: float, until: float) -> Sample:
+        """The summed counts of the complete ticks in range. Never raises for I/O."""
+        first, end = tick_of(since, self.tick_s), tick_of(until, self.tick_s)
+        first = max(first, end - MAX_TICKS)
+        if end <= first:
+            return Sample()
+        ticks = range(first, end)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for tick in ticks:
+                pipe.hgetall(self.keys.metrics(feature, tick))
+            rows = pipe.execute()
+        except redis.exceptions.TimeoutError as exc:
+            return Sample.failed(f"timeout: redis: {exc}")
+        except redis.exceptions.RedisError as exc:
+            return Sample.failed(f"unavailable: redis: {exc}")
+        totals = {"requests": 0.0, "errors": 0.0, "slow": 0.0}
+        bad: dict[str, float] = {}
+        newest: int | None = None
+        try:
+            for tick, row in zip(ticks, rows, strict=True):
+                if not row:
+                    continue
+                newest = tick
+                for raw_field, raw_value in row.items():
+                    name = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+                    value = _number(raw_value)
+                    if name in totals:
+                        totals[name] += value
+                    elif name.startswith("bad:"):
+                        bad[name[4:]] = bad.get(name[4:], 0) + value
+        except ValueError as exc:
+            return Sample.failed(f"bad_response: redis metrics hash: {exc}")
+        fresh = newest is not None and until - (newest + 1) * self.tick_s <= self.stale_after_s
+        return Sample(
+            requests=totals["requests"],
+            errors=totals["errors"],
+            slow=totals["slow"],
+            bad=bad,
+            fresh=fresh,
+        )

@@ -1,0 +1,34 @@
+-- dispatch.lua — pick the best-ranked ready features that fit the free TESTING slots and
+-- mark them dispatched, in one step (so two dispatchers never pick past the limit).
+--
+-- KEYS[1] ready zset    <ns>:run:<id>:ready
+-- KEYS[2] testing set   <ns>:run:<id>:testing
+-- KEYS[3] freeze key    <ns>:freeze
+-- KEYS[4] run hash      <ns>:run:<id>
+-- ARGV[1] now (unix s)   ARGV[2] grace (s): a dispatch younger than this is still in flight
+-- ARGV[3] feature key prefix <ns>:run:<id>:feature:
+--
+-- Returns the features to send a test step for (possibly none). A feature dispatched
+-- within the grace period counts as occupying a slot; once older, it is sent again.
+if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
+local run = redis.call('HMGET', KEYS[4], 'status', 'stopping', 'max_parallel')
+if run[1] ~= 'RUNNING' or run[2] == '1' then return {} end
+local limit = tonumber(run[3] or '1')
+local free = limit - redis.call('SCARD', KEYS[2])
+if free <= 0 then return {} end
+local names = redis.call('ZRANGE', KEYS[1], 0, free + limit - 1)
+local now = tonumber(ARGV[1])
+local grace = tonumber(ARGV[2])
+local idle = {}
+for _, name in ipairs(names) do
+  local at = tonumber(redis.call('HGET', ARGV[3] .. name, 'dispatched_at') or '')
+  if at and now - at < grace then free = free - 1 else table.insert(idle, name) end
+end
+local out = {}
+for _, name in ipairs(idle) do
+  if free <= 0 then break end
+  redis.call('HSET', ARGV[3] .. name, 'dispatched_at', ARGV[1])
+  table.insert(out, name)
+  free = free - 1
+end
+return out
