@@ -334,7 +334,7 @@ class PartialRecoveryManager:
         else:
             last = _float(rec.raw.get("last_eval_at"), rec.step_since)
             # whole ticks only, so consecutive evaluations read disjoint evidence
-            until = (now // tick) * tick
+            until = ((now - self.settings.metrics_lag_s) // tick) * tick
             ev = self._evaluator(spec, rec.raw.get("eval", ""), "testing")
             if until > last:
                 sample = self._collect(spec, rec.name, last, until)
@@ -431,7 +431,7 @@ class PartialRecoveryManager:
             return "unwatched"
         tick = float(self.settings.metrics_tick_s)
         last = _float(rec.raw.get("last_eval_at"), rec.state_since)
-        until = (now // tick) * tick
+        until = ((now - self.settings.metrics_lag_s) // tick) * tick
         ev = self._evaluator(spec, rec.raw.get("eval", ""), "enabled")
         if until > last:
             sample = self._collect(spec, rec.name, last, until)

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=30.0, gt=0)
     metrics_tick_s: int = Field(default=1, ge=1)
     metrics_ttl_s: int = Field(default=3600, ge=10)
+    #: evaluations read only ticks older than this, so counts that services flush in the
+    #: background (every 0.5 s by default) are in Redis before their tick is read
+    metrics_lag_s: float = Field(default=1.0, ge=0)
     run_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     events_maxlen: int = Field(default=100_000, ge=1000)
     max_features: int = Field(default=10_000, ge=1)
