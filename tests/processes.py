@@ -5,6 +5,7 @@ A missing ``redis-server`` skips the tests that need it locally and fails them u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -159,10 +160,8 @@ class CeleryProcess:
         """SIGKILL the whole process group (the worker and its pool children)."""
         if self.proc is not None:
             if self.proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.proc.wait(timeout=10)
         self.proc = None
 
@@ -171,10 +170,8 @@ class CeleryProcess:
             return
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def log_tail(self, n: int = 40) -> str:

@@ -33,7 +33,7 @@ from workers.health.backoff import backoff_delay
 from workers.plan import Feature, Plan, parse_plan
 from workers.settings import Settings
 from workers.states import FeatureHealth, FeatureState, Reason, RunStatus
-from workers.store import FeatureRecord, Store
+from workers.store import FeatureRecord, Step, Store, TransitionResult
 
 __all__ = ["Dispatcher", "PartialRecoveryManager", "StartResult"]
 
@@ -184,34 +184,49 @@ class PartialRecoveryManager:
             token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
         except LeaseHeld:
             return "leased"
+        released = False
         try:
             if self.fault_hook is not None:
                 self.fault_hook("test_feature.claimed", feature)
-            res = self.store.transition(
+            steps = [
+                Step(
+                    S.TESTING,
+                    spec.ramp[0],
+                    0,
+                    Reason.STARTED if rec.attempts == 0 else Reason.RAMP,
+                    evidence={"attempt": rec.attempts + 1, "dependencies": list(spec.depends_on)},
+                    expect_version=rec.version,
+                    due_at=now + self._first_delay(spec),
+                    fields={
+                        "step_since": now,
+                        "testing_since": now,
+                        "eval": "",
+                        "health": FeatureHealth.UNKNOWN.value,
+                        "last_eval_at": now,
+                        "dispatched_at": "",
+                    },
+                )
+            ]
+            walk = spec.health.source == "none" and spec.dwell_s <= 0
+            if walk:
+                # nothing to wait for and nothing to measure: walk the ramp in the same
+                # round trip (each step still its own atomic, audited transition)
+                steps += self._walk_steps(ctx, feature, rec.version + 1)
+            results, taken = self.store.transitions(
                 run_id,
                 feature,
-                S.TESTING,
+                steps,
                 token=token,
-                percent=spec.ramp[0],
-                step=0,
-                reason=Reason.STARTED if rec.attempts == 0 else Reason.RAMP,
                 worker=self.worker,
                 task_id=task_id,
-                evidence={"attempt": rec.attempts + 1, "dependencies": list(spec.depends_on)},
-                expect_version=rec.version,
-                due_at=now + self._first_delay(spec),
-                fields={
-                    "step_since": now,
-                    "testing_since": now,
-                    "eval": "",
-                    "health": FeatureHealth.UNKNOWN.value,
-                    "last_eval_at": now,
-                    "dispatched_at": "",
-                },
                 now=now,
+                release=True,
+                dispatch_grace_s=self.settings.lease_ttl_s if walk else None,
             )
-            if not res.applied:
-                return res.refused.lower()
+            released = True
+            first = results[0]
+            if not first.applied:
+                return first.refused.lower()
             log.info(
                 "feature_transition",
                 run_id=run_id,
@@ -219,14 +234,25 @@ class PartialRecoveryManager:
                 to="TESTING",
                 percent=spec.ramp[0],
             )
-            if spec.health.source == "none" and spec.dwell_s <= 0:
-                # nothing to wait for and nothing to measure: walk the ramp now
-                self._walk_to_enabled(run_id, ctx, feature, res.version, token, task_id)
+            if walk:
+                last = results[-1]
+                if len(results) < len(steps) or not last.applied:
+                    return "testing"  # refused midway: the beat's reconciliation goes on
+                log.info(
+                    "feature_transition",
+                    run_id=run_id,
+                    feature=feature,
+                    to="ENABLED",
+                    ready=list(last.ready),
+                )
+                self._after_enable(run_id, taken, last)
+                return "enabled"
         except ConflictError as exc:
             log.info("test_step_refused", run_id=run_id, feature=feature, why=str(exc))
             return "refused"
         finally:
-            self.store.release(run_id, feature, token)
+            if not released:
+                self.store.release(run_id, feature, token)
         return "testing"
 
     def _first_delay(self, spec: Feature) -> float:
@@ -236,29 +262,42 @@ class PartialRecoveryManager:
             self.settings.metrics_tick_s
         )
 
-    def _walk_to_enabled(
-        self, run_id: str, ctx: _RunContext, name: str, version: int, token: int, task_id: str
-    ) -> None:
-        step = 0
+    def _walk_steps(self, ctx: _RunContext, name: str, version: int) -> list[Step]:
+        """The remaining ramp steps and the promotion, for a zero-dwell, unmeasured feature."""
         spec = ctx.plan.features[name]
-        while step + 1 < len(spec.ramp):
-            step += 1
-            res = self.store.transition(
-                run_id,
-                name,
+        evidence = {"rule": "dwell", "dwell_s": spec.dwell_s}
+        steps = [
+            Step(
                 S.TESTING,
-                token=token,
-                percent=spec.ramp[step],
-                step=step,
-                reason=Reason.RAMP,
-                worker=self.worker,
-                task_id=task_id,
-                evidence={"rule": "dwell", "dwell_s": spec.dwell_s},
-                expect_version=version,
+                spec.ramp[i],
+                i,
+                Reason.RAMP,
+                evidence=evidence,
+                expect_version=version + i - 1,
                 fields={"step_since": self.clock()},
             )
-            version = res.version
-        self._enable(run_id, ctx, name, token, version, {"rule": "dwell"}, task_id)
+            for i in range(1, len(spec.ramp))
+        ]
+        steps.append(
+            Step(
+                S.ENABLED,
+                100,
+                len(spec.ramp),
+                Reason.PROMOTED,
+                evidence={"rule": "dwell"},
+                expect_version=version + len(spec.ramp) - 1,
+                dependents=ctx.direct[name],
+                fields={"eval": "", "health": FeatureHealth.HEALTHY.value},
+            )
+        )
+        return steps
+
+    def _after_enable(self, run_id: str, taken: list[str], res: TransitionResult) -> None:
+        """Dispatch what the promotion made ready, and finish the run if it was the last."""
+        for name in taken:
+            self.dispatcher.test_feature(run_id, name)
+        if res.settled >= res.total:
+            self.check_completion(run_id)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, run_id: str, feature: str, *, task_id: str = "") -> str:
@@ -681,7 +720,11 @@ class PartialRecoveryManager:
                     reason=reason,
                     frm=rec.state.value,
                 )
-            if not count_attempt or (not rolled and reason != Reason.MANUAL):
+            # a step task that kept crashing failed the attempt even if the feature never
+            # left DISABLED (it crashed before its transition): count it, or it loops forever
+            if not count_attempt or (
+                not rolled and reason not in (Reason.MANUAL, Reason.TASK_FAILED)
+            ):
                 return rolled
             if reason == Reason.MANUAL:
                 self.store.quarantine(
@@ -723,6 +766,8 @@ class PartialRecoveryManager:
                     token=token,
                     fields={"attempts": attempts, "next_attempt_at": now + delay},
                     due_at=now + delay,
+                    # off the ready queue until the backoff ends (the due time requeues it)
+                    remove_ready=True,
                 )
                 self.store.append_event(
                     run_id,

@@ -28,6 +28,7 @@ from workers.errors import (
     Frozen,
     IllegalTransition,
     LeaseHeld,
+    RecoveryError,
     RunActive,
     StaleToken,
     StoreUnavailable,
@@ -37,7 +38,7 @@ from workers.errors import (
 from workers.keys import Keys
 from workers.states import TRANSITIONS, FeatureState, RunStatus
 
-__all__ = ["Event", "FeatureRecord", "RunRecord", "Store", "TransitionResult"]
+__all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
 
 _LEGAL = ",".join(f"{a.value}>{b.value}" for a, b in sorted(TRANSITIONS))
 
@@ -201,6 +202,22 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One transition to apply (see :meth:`Store.transition` for the meaning of fields)."""
+
+    to: FeatureState
+    percent: int
+    step: int
+    reason: str
+    evidence: Mapping[str, Any] | None = None
+    automatic: bool = True
+    expect_version: int | None = None
+    due_at: float | None = None
+    fields: Mapping[str, str | int | float] | None = None
+    dependents: Sequence[tuple[str, int]] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TransitionResult:
     """What a transition did; ``applied`` False means NOSLOT/NOTREADY (nothing changed)."""
 
@@ -280,16 +297,20 @@ class Store:
         """Turn driver errors into the project's errors (the boundary of the store)."""
         try:
             yield
-        except redis.exceptions.ResponseError as exc:
+        except redis.exceptions.RedisError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> RecoveryError:
+        """The project's error for a driver error (a script's refusal keeps its meaning)."""
+        if isinstance(exc, redis.exceptions.ResponseError):
             msg = str(exc)
             code = msg.split(" ", 1)[0]
             if code in _ERRORS:
-                raise _ERRORS[code](msg) from None
+                return _ERRORS[code](msg)
             if msg.startswith(("NOPERM", "NOAUTH", "WRONGPASS")):
-                raise StoreUnavailable(f"Redis at {self._where} refused: {msg}") from None
-            raise StoreUnavailable(f"Redis at {self._where} answered an error: {msg}") from None
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {self._where}: {exc}") from None
+                return StoreUnavailable(f"Redis at {self._where} refused: {msg}")
+            return StoreUnavailable(f"Redis at {self._where} answered an error: {msg}")
+        return StoreUnavailable(f"cannot reach Redis at {self._where}: {exc}")
 
     @property
     def _where(self) -> str:
@@ -514,54 +535,111 @@ class Store:
         ``applied=False``. Entering ENABLED decrements the direct ``dependents``' pending
         counts and returns those that became ready.
         """
+        step_ = Step(to, percent, step, reason, evidence, automatic, expect_version, due_at,
+                     fields, dependents)  # fmt: skip
+        results, _ = self.transitions(
+            run_id, name, [step_], token=token, worker=worker, task_id=task_id, now=now
+        )
+        return results[0]
+
+    def transitions(
+        self,
+        run_id: str,
+        name: str,
+        steps: Sequence[Step],
+        *,
+        token: int,
+        worker: str = "",
+        task_id: str = "",
+        now: float | None = None,
+        release: bool = False,
+        dispatch_grace_s: float | None = None,
+    ) -> tuple[list[TransitionResult], list[str]]:
+        """Apply several transitions of one feature in one round trip, each atomic on its
+        own and in order (give each its ``expect_version``, so that once one is refused the
+        rest are refused too). Then, optionally, release the lease and take the ready
+        features to dispatch (see :meth:`take_ready`). Raises the first refusal as an error,
+        after the release; returns the results up to the first one not applied, and the
+        features taken for dispatch.
+        """
         k = self.keys
-        res = self._run(
-            "transition",
-            [
-                k.feature(run_id, name),
-                k.flags,
-                k.flags_version,
-                k.events(run_id),
-                k.testing(run_id),
-                k.ready(run_id),
-                k.due(run_id),
-                k.run(run_id),
-                k.freeze,
-            ],
-            [
-                name,
-                to.value,
-                int(percent),
-                int(step),
-                str(token),
-                reason,
-                worker,
-                task_id,
-                json.dumps(evidence or {}, separators=(",", ":"), default=str),
-                repr(now if now is not None else time.time()),
-                _LEGAL,
-                "1" if automatic else "0",
-                "" if expect_version is None else str(expect_version),
-                "" if due_at is None else repr(due_at),
-                json.dumps(dict(fields or {})),
-                k.feature_prefix(run_id),
-                json.dumps([[d, r] for d, r in dependents]),
-                self.events_maxlen,
-                k.flags_channel,
-            ],
-        )
-        if res[0] != "OK":
-            return TransitionResult(
-                applied=False, refused=str(res[0]), blocking=tuple(str(x) for x in res[1:])
+        keys = [
+            k.feature(run_id, name),
+            k.flags,
+            k.flags_version,
+            k.events(run_id),
+            k.testing(run_id),
+            k.ready(run_id),
+            k.due(run_id),
+            k.run(run_id),
+            k.freeze,
+        ]
+        stamp = repr(now if now is not None else time.time())
+        script = self._scripts["transition"]
+        with self._translate():
+            pipe = self.r.pipeline(transaction=False)
+            for st in steps:
+                args = [
+                    name,
+                    st.to.value,
+                    int(st.percent),
+                    int(st.step),
+                    str(token),
+                    st.reason,
+                    worker,
+                    task_id,
+                    json.dumps(st.evidence or {}, separators=(",", ":"), default=str),
+                    stamp,
+                    _LEGAL,
+                    "1" if st.automatic else "0",
+                    "" if st.expect_version is None else str(st.expect_version),
+                    "" if st.due_at is None else repr(st.due_at),
+                    json.dumps(dict(st.fields or {})),
+                    k.feature_prefix(run_id),
+                    json.dumps([[d, r] for d, r in st.dependents]),
+                    self.events_maxlen,
+                    k.flags_channel,
+                ]
+                script(keys=keys, args=args, client=pipe)
+            if release:
+                self._scripts["release"](
+                    keys=[k.lease(run_id, name)], args=[token, "0", 0], client=pipe
+                )
+            if dispatch_grace_s is not None:
+                self._scripts["dispatch"](
+                    keys=[k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)],
+                    args=[stamp, repr(dispatch_grace_s), k.feature_prefix(run_id)],
+                    client=pipe,
+                )
+            raw = pipe.execute(raise_on_error=False)
+        taken: list[str] = []
+        if dispatch_grace_s is not None:
+            last = raw[-1]
+            taken = [] if isinstance(last, Exception) else [str(x) for x in last]
+        results: list[TransitionResult] = []
+        for res in raw[: len(steps)]:
+            if isinstance(res, Exception):
+                if results and not results[-1].applied:
+                    break
+                raise self._error(res)
+            if res[0] != "OK":
+                results.append(
+                    TransitionResult(
+                        applied=False, refused=str(res[0]), blocking=tuple(str(x) for x in res[1:])
+                    )
+                )
+                break
+            results.append(
+                TransitionResult(
+                    applied=True,
+                    version=int(res[1]),
+                    flags_version=int(res[2]),
+                    settled=int(res[3]),
+                    total=int(res[4]),
+                    ready=tuple(str(x) for x in res[5:]),
+                )
             )
-        return TransitionResult(
-            applied=True,
-            version=int(res[1]),
-            flags_version=int(res[2]),
-            settled=int(res[3]),
-            total=int(res[4]),
-            ready=tuple(str(x) for x in res[5:]),
-        )
+        return results, taken
 
     def update(
         self,

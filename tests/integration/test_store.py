@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.processes import RedisServer
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -21,7 +22,6 @@ from workers.errors import (
 )
 from workers.states import TRANSITIONS, FeatureState
 from workers.store import Store
-from tests.processes import RedisServer
 
 S = FeatureState
 
