@@ -13,11 +13,12 @@ child it starts inherit the pinning), against a private redis-server on loopback
    does less work than a rollout), and our ``RecoveryProvider`` through the same client.
 
 Then propagation: another process holds a ``FlagClient`` and reports when ``is_enabled``
-flips; we change the flag with the store's three writes (HSET, INCR, PUBLISH in one
-MULTI; ``workers.flags.testing.write_flag``; switch to the store's transition when it is
-wired) and print p50/p99 of change → new value, plus changes whose publish was dropped
-(caught by the version poll). Targets: ≥ 1,000,000 evaluations/s, ≥ 50× UnleashClient,
-p50 ≤ 5 ms, p99 ≤ 50 ms, a lost publish seen within the poll interval.
+flips; we change the flag through the store's atomic transition script (the path a
+rollback takes: state, audit event, flags hash, version, publish) and print p50/p99 of
+change → new value, plus changes whose publish was dropped (simulated with the same writes
+minus the PUBLISH, ``workers.flags.testing.write_flag``), caught by the version poll.
+Targets: ≥ 1,000,000 evaluations/s, ≥ 50× UnleashClient, p50 ≤ 5 ms,
+p99 ≤ 50 ms, a lost publish seen within the poll interval.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from tests.processes import RedisServer  # noqa: E402
 from workers.flags import FlagClient, bucket  # noqa: E402
 from workers.flags.testing import write_flag  # noqa: E402
 from workers.keys import Keys  # noqa: E402
+from workers.states import FeatureState  # noqa: E402
+from workers.store import Store  # noqa: E402
 
 NS = "bench"
 FEATURE = "checkout"
@@ -163,21 +166,48 @@ def propagation(url: str, changes: int, lost: int) -> tuple[list[float], list[fl
         assert proc.stdout.readline().startswith("ready 0")
         value = False
 
-        def flip(publish: bool) -> float:
-            nonlocal value
-            value = not value
-            state = "ENABLED" if value else "DISABLED"
-            t0 = time.monotonic_ns()
-            write_flag(r, "prop", state, 100 if value else 0, namespace=NS, publish=publish)
+        store = Store(url, NS)
+        run_id, _, _ = store.create_run(
+            plan_name="prop", plan_json="{}", features=[("prop", 0, [])], max_parallel=1
+        )
+        token = store.claim(run_id, "prop", "bench", 600)
+
+        def seen(t0: int) -> float:
             line = proc.stdout.readline().split()  # type: ignore[union-attr]  # checked above
             assert int(line[1]) == int(value), line
             return (int(line[0]) - t0) / 1e6
 
+        def flip() -> float:
+            nonlocal value
+            value = not value
+            if value:  # DISABLED -> TESTING (no flip without a key) -> ENABLED (timed)
+                store.transition(run_id, "prop", FeatureState.TESTING, token=token, percent=50,
+                                 step=0, reason="ramp")  # fmt: skip
+            t0 = time.monotonic_ns()
+            store.transition(
+                run_id,
+                "prop",
+                FeatureState.ENABLED if value else FeatureState.DISABLED,
+                token=token,
+                percent=100 if value else 0,
+                step=1,
+                reason="promoted" if value else "unhealthy",
+            )
+            return seen(t0)
+
+        def flip_unpublished() -> float:
+            nonlocal value
+            value = not value
+            t0 = time.monotonic_ns()
+            write_flag(r, "prop", "ENABLED" if value else "DISABLED", 100 if value else 0,
+                       namespace=NS, publish=False)  # fmt: skip
+            return seen(t0)
+
         published = []
         for _ in range(changes):
-            published.append(flip(True))
+            published.append(flip())
             time.sleep(0.01)
-        dropped = [flip(False) for _ in range(lost)]
+        dropped = [flip_unpublished() for _ in range(lost)]
         return published, dropped
     finally:
         proc.kill()
