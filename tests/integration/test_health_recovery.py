@@ -34,8 +34,9 @@ def health_plan() -> dict[str, Any]:
 class Traffic:
     """Reports 50 requests per tick for every feature that is on, at its error rate."""
 
-    def __init__(self, c: Cluster) -> None:
+    def __init__(self, c: Cluster, rates: dict[str, float] | None = None) -> None:
         self.c = c
+        self.rates = rates or ERROR_RATE
         self.r = redis.Redis.from_url(c.redis.url)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -45,7 +46,7 @@ class Traffic:
         while not self.stop.is_set() and time.monotonic() < deadline:
             flags = self.c.store.flags()
             tick = int(time.time())
-            for name, rate in ERROR_RATE.items():
+            for name, rate in self.rates.items():
                 if flags.get(name, {}).get("state") in ("TESTING", "ENABLED"):
                     record_counts(self.r, self.c.store.keys, name, tick, 50, int(50 * rate))
             self.stop.wait(1.0)
@@ -92,3 +93,25 @@ def test_bad_feature_rolled_back_quarantined_and_good_one_promoted(cluster: Clus
         assert stop.evidence["rate"] > stop.evidence["p1"], stop.evidence
     retry = [e for e in events if e.kind == "retry_scheduled" and e.feature == "bad"]
     assert len(retry) == 1 and starts[1].ts - rollbacks[0].ts >= 0.25
+
+
+def test_many_features_turning_unhealthy_at_once_freeze_the_manager(cluster: Cluster) -> None:
+    """When most features of a run turn unhealthy within the window, the manager freezes
+    itself (a shared cause is likely) instead of rolling everything back, and says so."""
+    plan = health_plan()
+    plan["name"] = "shared-cause"
+    plan["max_parallel"] = 4
+    plan["features"] = [{"name": f"s{i}"} for i in range(4)]
+    cluster.worker()
+    cluster.beat()
+    with Traffic(cluster, {f"s{i}": 0.3 for i in range(4)}):
+        run_id = cluster.manager.start_recovery(plan).run_id
+        frozen = wait_for(cluster.store.frozen, 30, what="self-freeze")
+    assert "shared cause" in frozen["reason"] and frozen["by"] == "manager"
+    events = cluster.store.events(run_id)
+    assert any(e.kind == "freeze" and e.reason == "self_freeze" for e in events)
+    rolled = {e.feature for e in events if e.kind == "transition" and e.to == "DISABLED"}
+    # the default share is 0.5 with at least 3 features: the third unhealthy one freezes
+    assert len(rolled) <= 2
+    assert cluster.store.run(run_id).status is RunStatus.RUNNING
+    cluster.manager.unfreeze(by="pytest")
