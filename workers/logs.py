@@ -1,0 +1,116 @@
+"""Logging, configured once per process: JSON lines off a terminal, readable console on one.
+
+:func:`configure_logging` sets up structlog *and* the standard library's root logger with
+the same processors, so the project's events and Celery's, kombu's or redis-py's own
+messages come out in one format on one stream. Celery's signals call it in every worker
+process and in the beat (see :mod:`workers.celery`); the CLI calls it at start-up.
+
+Every task binds ``run_id``, ``feature`` (when it has them) and ``task_id`` through
+structlog's context variables (:mod:`workers.tasks`), so each line a task logs carries
+them. Event names are stable snake_case identifiers that dashboards and alerts may match
+on; :data:`EVENTS` lists the ones the project emits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["EVENTS", "configure_logging", "is_configured"]
+
+#: Stable event names and what they mean (a contract: rename only with a CHANGELOG entry).
+EVENTS: dict[str, str] = {
+    "run_started": "a run was created and its first features dispatched",
+    "run_already_active": "start of a plan whose run is still active: its id was returned",
+    "feature_transition": "a feature changed state or ramp percent (to, percent)",
+    "rollback_requested": "an evaluation decided a feature must be rolled back",
+    "rollback_started": "a rollback task began: dependents first, then the feature",
+    "feature_rolled_back": "one feature was turned off (reason, frm)",
+    "feature_quarantined": "a feature used its attempts and stays off; dependents blocked",
+    "run_finished": "a run reached its final status (status, reason)",
+    "run_aborted": "an operator aborted a run; everything it turned on is off again",
+    "self_freeze": "many features turned unhealthy at once: the manager stopped the line",
+    "malformed_message": "a task payload did not validate; the message was dropped",
+    "task_crashed": "a task raised an unexpected exception; it will be retried",
+    "redis_unavailable": "a task could not reach Redis; it will be retried",
+}
+
+_HANDLER_NAME = "workers.logs"
+_state: dict[str, Any] = {"configured": False}
+
+
+def is_configured() -> bool:
+    """Whether :func:`configure_logging` ran in this process."""
+    return bool(_state["configured"])
+
+
+def configure_logging(
+    json: bool | None = None,
+    level: str | int = "INFO",
+    *,
+    stream: TextIO | None = None,
+    force: bool = False,
+) -> None:
+    """Configure structlog and stdlib logging once; later calls do nothing unless ``force``.
+
+    ``json`` None chooses by the stream: JSON lines when it is not a terminal (log
+    shippers, files, CI), a coloured console renderer when it is. ``level`` is a name
+    (``"INFO"``) or a number. ``stream`` defaults to stderr. Never raises for a bad level
+    name: it falls back to INFO.
+    """
+    if _state["configured"] and not force:
+        return
+    out = stream if stream is not None else sys.stderr
+    if json is None:
+        json = not _isatty(out)
+    numeric = _level(level)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: Any
+    if json:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer(default=str)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(out))
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # not cached: structlog.testing.capture_logs must be able to swap processors
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    _state["configured"] = True
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    value = logging.getLevelName(str(level).upper())
+    return value if isinstance(value, int) else logging.INFO
