@@ -390,18 +390,7 @@ class PartialRecoveryManager:
             decision = ev.decision
             evidence = ev.explain()
             eval_state = json.dumps(ev.to_state(), separators=(",", ":"))
-            if health is not FeatureHealth(rec.health):
-                self.store.append_event(
-                    run_id,
-                    "health",
-                    feature=rec.name,
-                    reason=health.value.lower(),
-                    evidence=evidence,
-                    worker=self.worker,
-                    task_id=task_id,
-                    state=rec.state.value,
-                    percent=rec.percent,
-                )
+            self._note_health(run_id, rec, health, evidence, task_id)
             now_fields: dict[str, str | int | float] = {"last_eval_at": until}
         if decision is Decision.ROLLBACK:
             return self._request_rollback(run_id, rec, token, Reason.UNHEALTHY, evidence, now)
@@ -485,17 +474,7 @@ class PartialRecoveryManager:
             until, health = last, ev.health
         if ev.decision is Decision.ROLLBACK:
             return self._request_rollback(run_id, rec, token, Reason.REGRESSION, ev.explain(), now)
-        if health is not FeatureHealth(rec.health) and health is not FeatureHealth.UNKNOWN:
-            self.store.append_event(
-                run_id,
-                "health",
-                feature=rec.name,
-                reason=health.value.lower(),
-                evidence=ev.explain(),
-                worker=self.worker,
-                state=rec.state.value,
-                percent=rec.percent,
-            )
+        self._note_health(run_id, rec, health, ev.explain(), "")
         self.store.update(
             run_id,
             rec.name,
@@ -509,6 +488,34 @@ class PartialRecoveryManager:
             expect_version=rec.version,
         )
         return "continue"
+
+    _WORRYING = frozenset({FeatureHealth.DEGRADED, FeatureHealth.UNHEALTHY})
+
+    def _note_health(
+        self,
+        run_id: str,
+        rec: FeatureRecord,
+        health: FeatureHealth,
+        evidence: Mapping[str, Any],
+        task_id: str,
+    ) -> None:
+        """Audit a health change an operator cares about: into DEGRADED/UNHEALTHY, or back
+        out of them. The routine UNKNOWN -> HEALTHY of every ramp step is left out (the
+        transitions carry that evidence)."""
+        old = FeatureHealth(rec.health)
+        if health is old or not (health in self._WORRYING or old in self._WORRYING):
+            return
+        self.store.append_event(
+            run_id,
+            "health",
+            feature=rec.name,
+            reason=health.value.lower(),
+            evidence=evidence,
+            worker=self.worker,
+            task_id=task_id,
+            state=rec.state.value,
+            percent=rec.percent,
+        )
 
     @staticmethod
     def _evaluator(spec: Feature, state: str, mode: str) -> Evaluator:
@@ -702,6 +709,10 @@ class PartialRecoveryManager:
                     automatic=automatic,
                     expect_version=rec.version,
                     dependents=ctx.direct[feature],
+                    # a dependent rolled back for its dependency gets a check-up later: if
+                    # the cascade above it was cut short (freeze, crash) its dependencies are
+                    # still ENABLED and nothing else would ever requeue it
+                    due_at=None if count_attempt else now + self.settings.lease_ttl_s,
                     fields={
                         "eval": "",
                         "health": FeatureHealth.UNKNOWN.value
