@@ -191,3 +191,67 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class PrometheusServer:
+    """Debian's ``prometheus`` on a free loopback port, scraping the given targets every
+    second, with its data in a temp dir. ``ready(query)`` waits until a query has data."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.binary = need_binary("prometheus")
+        self.tmp = Path(tempfile.mkdtemp(prefix="prm-prom-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.tmp / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: prm\n"
+            f"    static_configs: [{{targets: {targets!r}}}]\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrometheusServer:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.tmp / "prometheus.log").open("wb"),
+        )
+        return self
+
+    def query(self, query: str, at: float | None = None) -> list[object]:
+        import json
+        import urllib.parse
+        import urllib.request
+
+        qs = urllib.parse.urlencode({"query": query, "time": f"{at or time.time():.3f}"})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{qs}", timeout=2) as resp:
+            return list(json.load(resp)["data"]["result"])
+
+    def ready(self, query: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.query(query):
+                    return
+            except OSError:
+                pass
+            if self.proc is None or self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        log = (self.tmp / "prometheus.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"prometheus has no data for {query!r} after {timeout}s:\n{log}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.processes import free_port, need_binary
+from tests.processes import PrometheusServer, free_port
 from workers.health import Decision, Evaluator, HealthPolicy, make_source
 from workers.health.sources import MetricSource
 from workers.states import FeatureHealth
@@ -66,51 +62,18 @@ def _instant(url: str, query: str, at: float) -> list[Any]:
 @pytest.fixture(scope="module")
 def prom_url() -> Iterator[str]:
     """One prometheus for the module, scraping our counters every second."""
-    binary = need_binary("prometheus")
     target = _serve(_Metrics)
-    tmp = Path(tempfile.mkdtemp(prefix="prm-prom-"))
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: prm\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{target.server_address[1]}']}}]\n"
-    )
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "prometheus.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
+    prom = PrometheusServer([f"127.0.0.1:{target.server_address[1]}"]).start()
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                if _instant(url, "prm_requests_total", time.time()):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (tmp / "prometheus.log").read_text()[-2000:]
-                pytest.fail(f"prometheus has no data after {WAIT_S}s:\n{log}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            prom.ready("prm_requests_total", timeout=WAIT_S)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield prom.url
+    finally:
+        prom.stop()
         target.shutdown()
         target.server_close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _source(url: str, **overrides: Any) -> MetricSource:
