@@ -11,6 +11,7 @@ from celery import Celery
 from celery.signals import beat_init, setup_logging, worker_process_init
 from kombu.entity import Queue
 
+from workers.broker import harden_redis_transport
 from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
 
@@ -23,6 +24,8 @@ ROLLBACK_QUEUE = "rollback"
 def make_app(settings: Settings | None = None) -> Celery:
     """A configured Celery app for these settings (the worker's, or a sender's in tests)."""
     settings = settings or get_settings()
+    # kombu's Redis channel dies on a malformed message; log and drop it instead
+    harden_redis_transport()
     celery = Celery("workers", include=["workers.tasks"], set_as_current=False)
     celery.conf.update(
         broker_url=settings.effective_broker_url,
