@@ -7,10 +7,20 @@
 --
 -- Returns the new token. Errors: LEASE <holder> (a live lease, not forced), NOFEATURE.
 -- Every claim bumps the token, so a writer holding an older one is refused by transition.lua.
+-- Tokens never go below the server clock in microseconds: if Redis restarts having lost
+-- its last writes (AOF everysec), the counter restarts above every token it handed out
+-- before (claims are far rarer than one per microsecond), so no token is issued twice.
 if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOFEATURE') end
 local holder = redis.call('GET', KEYS[1])
 if holder and ARGV[3] ~= '1' then return redis.error_reply('LEASE ' .. holder) end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], token .. ' ' .. ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[3], 'token', token)
+local clock = redis.call('TIME')
+local floor = tonumber(clock[1]) * 1000000 + tonumber(clock[2])  -- < 2^53: exact
+if token < floor then
+  token = floor
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+local text = string.format('%d', token)
+redis.call('SET', KEYS[1], text .. ' ' .. ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[3], 'token', text)
 return token
