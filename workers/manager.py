@@ -344,14 +344,31 @@ class PartialRecoveryManager:
         finally:
             self.store.release(run_id, feature, token)
 
-    def _collect(self, spec: Feature, feature: str, since: float, until: float) -> Any:
+    def _observe(
+        self, spec: Feature, feature: str, ev: Evaluator, last: float, now: float
+    ) -> tuple[FeatureHealth, float]:
+        """Feed ``ev`` the evidence since ``last``: whole ticks older than the flush lag, so
+        consecutive evaluations read disjoint ticks and no tick before services flushed it.
+        Returns the health and the end of the evidence read (``last`` if none yet)."""
+        tick = float(self.settings.metrics_tick_s)
+        until = ((now - self.settings.metrics_lag_s) // tick) * tick
+        if until <= last:
+            return ev.health, last
         source = make_source(
             spec.health,
             redis_client=self.store.r,
             keys=self.store.keys,
             tick_s=self.settings.metrics_tick_s,
         )
-        return source.collect(feature, since, until)
+        sample = source.collect(feature, last, until)
+        health = ev.observe(
+            requests=sample.requests,
+            errors=sample.errors,
+            slow=sample.slow,
+            bad=sample.bad,
+            stale=sample.error is not None,
+        )
+        return health, until
 
     def _evaluate_testing(
         self,
@@ -371,22 +388,9 @@ class PartialRecoveryManager:
             health, decision = FeatureHealth.HEALTHY, Decision.PROMOTE
             eval_state = ""
         else:
-            last = _float(rec.raw.get("last_eval_at"), rec.step_since)
-            # whole ticks only, so consecutive evaluations read disjoint evidence
-            until = ((now - self.settings.metrics_lag_s) // tick) * tick
             ev = self._evaluator(spec, rec.raw.get("eval", ""), "testing")
-            if until > last:
-                sample = self._collect(spec, rec.name, last, until)
-                health = ev.observe(
-                    requests=sample.requests,
-                    errors=sample.errors,
-                    slow=sample.slow,
-                    bad=sample.bad,
-                    stale=sample.error is not None,
-                )
-            else:
-                until = last
-                health = ev.health
+            last = _float(rec.raw.get("last_eval_at"), rec.step_since)
+            health, until = self._observe(spec, rec.name, ev, last, now)
             decision = ev.decision
             evidence = ev.explain()
             eval_state = json.dumps(ev.to_state(), separators=(",", ":"))
@@ -458,20 +462,9 @@ class PartialRecoveryManager:
             self.store.update(run_id, rec.name, token=token, remove_due=True)
             return "unwatched"
         tick = float(self.settings.metrics_tick_s)
-        last = _float(rec.raw.get("last_eval_at"), rec.state_since)
-        until = ((now - self.settings.metrics_lag_s) // tick) * tick
         ev = self._evaluator(spec, rec.raw.get("eval", ""), "enabled")
-        if until > last:
-            sample = self._collect(spec, rec.name, last, until)
-            health = ev.observe(
-                requests=sample.requests,
-                errors=sample.errors,
-                slow=sample.slow,
-                bad=sample.bad,
-                stale=sample.error is not None,
-            )
-        else:
-            until, health = last, ev.health
+        last = _float(rec.raw.get("last_eval_at"), rec.state_since)
+        health, until = self._observe(spec, rec.name, ev, last, now)
         if ev.decision is Decision.ROLLBACK:
             return self._request_rollback(run_id, rec, token, Reason.REGRESSION, ev.explain(), now)
         self._note_health(run_id, rec, health, ev.explain(), "")

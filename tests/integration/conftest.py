@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.processes import CeleryProcess, RedisServer
+from tests.processes import CeleryProcess, RedisServer, wait_for
 from workers.celery import make_app
 from workers.manager import PartialRecoveryManager
 from workers.settings import Settings
+from workers.states import RunStatus
 from workers.store import Store
 from workers.tasks import CeleryDispatcher
 
@@ -38,6 +39,13 @@ class Cluster:
         b = CeleryProcess("beat", self.env, f"b{len(self.beats) + 1}")
         self.beats.append(b.start())
         return b
+
+    def close(self) -> None:
+        """Kill every process the test started and remove the Redis."""
+        for p in self.workers + self.beats:
+            p.kill()
+        self.store.close()
+        self.redis.cleanup()
 
     def logs(self) -> str:
         return "\n".join(
@@ -70,7 +78,35 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        for p in c.workers + c.beats:
-            p.kill()
-        c.store.close()
-        c.redis.cleanup()
+        c.close()
+
+
+#: a, b, c enable at once; ``slow`` keeps the run going long enough to roll ``a`` back
+ROLLBACK_PLAN = {
+    "name": "rolled-back",
+    "max_parallel": 4,
+    "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
+    "features": [
+        {"name": "a", "priority": 9},
+        {"name": "b", "depends_on": ["a"]},
+        {"name": "c", "depends_on": ["b"]},
+        {"name": "slow", "dwell_s": 2},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def rolled_back_run() -> Iterator[tuple[Cluster, str]]:
+    """A finished PARTIAL run: a, b, c enabled, then a rolled back by hand (c, b first),
+    slow enabled. Shared by the read-side tests (watch, report, exporter)."""
+    c = make_cluster()
+    try:
+        c.worker()
+        c.beat()
+        run_id = c.manager.start_recovery(ROLLBACK_PLAN).run_id
+        wait_for(lambda: c.store.feature(run_id, "c").state.value == "ENABLED", 30, what="c on")
+        c.manager.rollback_by_name("a", "bad deploy suspected")
+        wait_for(lambda: c.store.run(run_id).status is RunStatus.PARTIAL, 30, what="run end")
+        yield c, run_id
+    finally:
+        c.close()

@@ -69,10 +69,7 @@ def bad_cluster() -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        for p in c.workers + c.beats:
-            p.kill()
-        c.store.close()
-        c.redis.cleanup()
+        c.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,47 +3,13 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Cluster, make_cluster
-from tests.processes import free_port, wait_for
+from tests.integration.conftest import ROLLBACK_PLAN, Cluster
+from tests.processes import free_port
 from workers.exporter import serve
-from workers.states import RunStatus
 from workers.store import Store
-
-PLAN = {
-    "name": "exported",
-    "max_parallel": 4,
-    "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
-    "features": [
-        {"name": "a", "priority": 9},
-        {"name": "b", "depends_on": ["a"]},
-        {"name": "c", "depends_on": ["b"]},
-        {"name": "slow", "dwell_s": 2},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def run() -> Iterator[tuple[Cluster, str]]:
-    """A PARTIAL run with a manual rollback of a (c, b rolled back first)."""
-    c = make_cluster()
-    try:
-        c.worker()
-        c.beat()
-        run_id = c.manager.start_recovery(PLAN).run_id
-        wait_for(lambda: c.store.feature(run_id, "c").state.value == "ENABLED", 30, what="c on")
-        c.manager.rollback_by_name("a", "bad deploy suspected")
-        wait_for(lambda: c.store.run(run_id).status is RunStatus.PARTIAL, 30, what="run end")
-        yield c, run_id
-    finally:
-        for p in c.workers + c.beats:
-            p.kill()
-        c.store.close()
-        c.redis.cleanup()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -56,15 +22,15 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_metrics_after_a_run(run: tuple[Cluster, str]) -> None:
+def test_metrics_after_a_run(rolled_back_run: tuple[Cluster, str]) -> None:
     """Features by state, rollbacks by reason, decisions, quarantines and freeze status
     match the finished run."""
-    c, run_id = run
+    c, run_id = rolled_back_run
     port = free_port()
     server, _thread = serve(Store(c.redis.url, c.namespace), port)
     try:
         m = scrape(port)
-        rl = (("plan", "exported"), ("run_id", run_id))
+        rl = (("plan", ROLLBACK_PLAN["name"]), ("run_id", run_id))
         assert m[("recovery_up", ())] == 1 and m[("recovery_frozen", ())] == 0
         assert m[("recovery_features", (*rl, ("state", "ENABLED")))] == 1
         assert m[("recovery_features", (*rl, ("state", "DISABLED")))] == 3
@@ -85,7 +51,7 @@ def test_metrics_after_a_run(run: tuple[Cluster, str]) -> None:
         server.shutdown()
 
 
-def test_redis_down_reports_up_zero(run: tuple[Cluster, str]) -> None:
+def test_redis_down_reports_up_zero(rolled_back_run: tuple[Cluster, str]) -> None:
     """With Redis unreachable a scrape still answers, with recovery_up 0 only."""
     port = free_port()
     server, _ = serve(Store("redis://127.0.0.1:1/0", "x", socket_timeout=0.5), port)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import pytest
-
 from tests.chaos.invariants import check_run, dag_plan, record
-from tests.integration.conftest import Cluster, make_cluster
+from tests.integration.conftest import Cluster
 from tests.processes import wait_for
 from workers.errors import ConflictError
 from workers.manager import PartialRecoveryManager
@@ -33,19 +31,6 @@ class Recorder:
 
     def rollback(self, run_id: str, feature: str, reason: str, evidence: Mapping[str, Any]) -> None:
         self.sent.append(("rollback", run_id, feature))
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """A private Redis and namespace (no AOF); processes are started by the test."""
-    c = make_cluster()
-    try:
-        yield c
-    finally:
-        for p in c.workers + c.beats:
-            p.kill()
-        c.store.close()
-        c.redis.cleanup()
 
 
 def manager(c: Cluster, dispatcher: Any | None = None, worker: str = "t") -> PartialRecoveryManager:

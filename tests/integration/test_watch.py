@@ -6,48 +6,14 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
-from tests.integration.conftest import Cluster, make_cluster
-from tests.processes import ROOT, wait_for
-from workers.states import RunStatus
+from tests.integration.conftest import ROLLBACK_PLAN, Cluster
+from tests.processes import ROOT
 from workers.watch import RunWatcher, render_view, watch
-
-PLAN = {
-    "name": "watched",
-    "max_parallel": 4,
-    "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
-    "features": [
-        {"name": "a", "priority": 9},
-        {"name": "b", "depends_on": ["a"]},
-        {"name": "c", "depends_on": ["b"]},
-        {"name": "slow", "dwell_s": 2},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def finished_run() -> Iterator[tuple[Cluster, str]]:
-    """A PARTIAL run: a, b, c enabled, then a rolled back by hand (c, b first); slow on."""
-    c = make_cluster()
-    try:
-        c.worker()
-        c.beat()
-        run_id = c.manager.start_recovery(PLAN).run_id
-        wait_for(lambda: c.store.feature(run_id, "c").state.value == "ENABLED", 30, what="c on")
-        c.manager.rollback_by_name("a", "bad deploy suspected")
-        wait_for(lambda: c.store.run(run_id).status is RunStatus.PARTIAL, 30, what="run end")
-        yield c, run_id
-    finally:
-        for p in c.workers + c.beats:
-            p.kill()
-        c.store.close()
-        c.redis.cleanup()
 
 
 def cli(c: Cluster, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -58,10 +24,10 @@ def cli(c: Cluster, *args: str, url: str | None = None) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def test_watch_plain_output_on_a_finished_run(finished_run: tuple[Cluster, str]) -> None:
+def test_watch_plain_output_on_a_finished_run(rolled_back_run: tuple[Cluster, str]) -> None:
     """Off a terminal, watch prints one line per event and the final status; exit 1 (not
     SUCCEEDED)."""
-    c, run_id = finished_run
+    c, run_id = rolled_back_run
     res = cli(c, "watch", run_id)
     assert res.returncode == 1, res.stderr
     out = res.stdout
@@ -73,14 +39,14 @@ def test_watch_plain_output_on_a_finished_run(finished_run: tuple[Cluster, str])
     assert out.rstrip().splitlines()[-1].startswith("[") and "PARTIAL 4/4 settled" in out
 
 
-def test_watch_live_table_names_every_feature(finished_run: tuple[Cluster, str]) -> None:
+def test_watch_live_table_names_every_feature(rolled_back_run: tuple[Cluster, str]) -> None:
     """The rich view has a row per feature with its held state and the run's outcome."""
-    c, run_id = finished_run
+    c, run_id = rolled_back_run
     console = Console(record=True, width=160, force_terminal=True)
     view = watch(c.store, run_id, console=console, live=True, interval_s=0.1)
     assert view.finished and view.status == "PARTIAL"
     text = console.export_text()
-    for name in PLAN["features"]:
+    for name in ROLLBACK_PLAN["features"]:
         assert name["name"] in text
     assert "QUARANTINED" in text and "BLOCKED" in text and "4/4 settled" in text
     rows = {r.name: r.label for r in RunWatcher(c.store, run_id).poll()[0].rows}
@@ -88,9 +54,9 @@ def test_watch_live_table_names_every_feature(finished_run: tuple[Cluster, str])
     assert render_view(view) is not None
 
 
-def test_watch_bad_input_and_redis_down_exit_2(finished_run: tuple[Cluster, str]) -> None:
+def test_watch_bad_input_and_redis_down_exit_2(rolled_back_run: tuple[Cluster, str]) -> None:
     """An unknown run and an unreachable Redis exit 2 with a message and no traceback."""
-    c, _ = finished_run
+    c, _ = rolled_back_run
     res = cli(c, "watch", "no-such-run")
     assert res.returncode == 2 and "no run with id" in res.stderr
     assert "Traceback" not in res.stderr
@@ -108,17 +74,17 @@ class _Text(HTMLParser):
         self.chunks.append(data)
 
 
-def test_report_html_and_svg(finished_run: tuple[Cluster, str], tmp_path: Path) -> None:
+def test_report_html_and_svg(rolled_back_run: tuple[Cluster, str], tmp_path: Path) -> None:
     """`recovery report` writes an HTML page that parses and names every feature and the
     rollback reasons, and an SVG that parses as XML."""
-    c, run_id = finished_run
+    c, run_id = rolled_back_run
     html_file, svg_file = tmp_path / "t.html", tmp_path / "t.svg"
     res = cli(c, "report", run_id, "--output", str(html_file))
     assert res.returncode == 0, res.stderr
     parser = _Text()
     parser.feed(html_file.read_text())
     text = " ".join(parser.chunks)
-    for f in PLAN["features"]:
+    for f in ROLLBACK_PLAN["features"]:
         assert f["name"] in text
     assert "manual" in text and "dependency_rolled_back" in text and "PARTIAL" in text
     res = cli(c, "report", run_id, "-o", str(svg_file))
