@@ -1,0 +1,55 @@
+"""The curated public surface: what users import is pinned, so a change is deliberate."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+import workers.errors
+
+PUBLIC = {
+    "workers": ["FeatureHealth", "FeatureState", "Reason", "RecoveryError", "RunStatus"],
+    "workers.health": [
+        "Decision", "Evaluator", "HealthPolicy", "MetricSource", "RateThresholds", "Sample",
+        "backoff_delay", "make_source",
+    ],
+    "workers.flags": [
+        "BUCKETS", "ClientHealth", "EvaluationReason", "Flag", "FlagClient", "FlagEvaluation",
+        "FlagSnapshot", "MetricCounts", "Outcome", "RecoveryProvider", "bucket",
+    ],
+    "workers.plan": [
+        "Defaults", "Feature", "FeatureSpec", "MAX_PLAN_BYTES", "NAME_PATTERN", "Plan",
+        "RetryPolicy", "load_plan", "parse_plan",
+    ],
+    "workers.graph": ["Graph", "find_cycle"],
+    "workers.states": [
+        "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Reason",
+        "RunStatus", "TRANSITIONS", "is_legal",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_exported_names_are_pinned(module: str) -> None:
+    """Each public module exports exactly the pinned names, and each of them exists."""
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is exported but missing"
+
+
+def test_every_error_is_a_recovery_error_drawn_in_the_tree() -> None:
+    """Every exception class in workers.errors derives from RecoveryError and appears in
+    the tree drawn in the module docstring, so the documentation cannot drift."""
+    doc = workers.errors.__doc__ or ""
+    classes = [
+        obj for _, obj in inspect.getmembers(workers.errors, inspect.isclass)
+        if issubclass(obj, Exception) and obj.__module__ == "workers.errors"
+    ]  # fmt: skip
+    assert classes
+    for cls in classes:
+        assert issubclass(cls, workers.errors.RecoveryError), cls
+        assert cls.__name__ in doc, f"{cls.__name__} missing from the drawn tree"
+    assert sorted(workers.errors.__all__) == sorted(c.__name__ for c in classes)
