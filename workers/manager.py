@@ -174,18 +174,19 @@ class PartialRecoveryManager:
         """
         ctx = self.context(run_id)
         spec = self._spec(ctx, feature)
-        rec = self.store.feature(run_id, feature)
-        if rec.state is not S.DISABLED or rec.quarantined or rec.blocked:
-            return "skipped"
-        now = self.clock()
-        if rec.next_attempt_at > now:
-            return "backoff"
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token, rec = self.store.claim_record(
+                run_id, feature, self.worker, self.settings.lease_ttl_s
+            )
         except LeaseHeld:
             return "leased"
         released = False
         try:
+            if rec.state is not S.DISABLED or rec.quarantined or rec.blocked:
+                return "skipped"
+            now = self.clock()
+            if rec.next_attempt_at > now:
+                return "backoff"
             if self.fault_hook is not None:
                 self.fault_hook("test_feature.claimed", feature)
             steps = [

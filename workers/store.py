@@ -485,9 +485,23 @@ class Store:
         token = self._run(
             "claim",
             [k.lease(run_id, name), k.fence, k.feature(run_id, name)],
-            [worker, max(1, int(ttl_s * 1000)), "1" if force else "0"],
+            [worker, max(1, int(ttl_s * 1000)), "1" if force else "0", "0"],
         )
         return int(token)
+
+    def claim_record(
+        self, run_id: str, name: str, worker: str, ttl_s: float
+    ) -> tuple[int, FeatureRecord]:
+        """:meth:`claim`, and the feature's record as read under the new lease (one round
+        trip). Raises LeaseHeld if held, UnknownFeature if the run has no such feature."""
+        k = self.keys
+        res = self._run(
+            "claim",
+            [k.lease(run_id, name), k.fence, k.feature(run_id, name)],
+            [worker, max(1, int(ttl_s * 1000)), "0", "1"],
+        )
+        fields = dict(zip(res[1::2], res[2::2], strict=True))
+        return int(res[0]), FeatureRecord.from_hash(name, fields)
 
     def release(self, run_id: str, name: str, token: int) -> bool:
         """Drop the lease if ``token`` still holds it."""
