@@ -55,6 +55,7 @@ bench: install redis
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
+	$(BIN)/python bench/plan.py
 
 demo: install redis
 	$(BIN)/recovery demo
