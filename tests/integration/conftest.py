@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 
-from tests.processes import CeleryProcess, RedisServer, wait_for
+from tests.processes import ROOT, CeleryProcess, RedisServer, wait_for
 from workers.celery import make_app
 from workers.manager import PartialRecoveryManager
 from workers.settings import Settings
@@ -110,3 +111,28 @@ def rolled_back_run() -> Iterator[tuple[Cluster, str]]:
         yield c, run_id
     finally:
         c.close()
+
+
+#: the project's ACL file; its key patterns are written for the default namespace
+ACL_FILE = ROOT / "config" / "users.acl"
+
+
+@pytest.fixture(scope="module")
+def acl_server() -> Iterator[RedisServer]:
+    """A private redis-server running with the project's ACL file."""
+    server = RedisServer(extra=["--aclfile", str(ACL_FILE)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def acl_url(server: RedisServer, user: str) -> str:
+    """The server's URL authenticated as ``user`` with its development password."""
+    return f"redis://{user}:{user}-dev-password@127.0.0.1:{server.port}/0"
+
+
+def acl_client(server: RedisServer, user: str) -> redis.Redis:
+    """A plain client authenticated as ``user``."""
+    return redis.Redis.from_url(acl_url(server, user), decode_responses=True)

@@ -9,14 +9,13 @@ JSON only.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from tests.chaos.invariants import check_run, record
-from tests.integration.conftest import Cluster
-from tests.processes import ROOT, CeleryProcess, RedisServer, wait_for
+from tests.integration.conftest import ACL_FILE, Cluster, acl_client, acl_url
+from tests.processes import CeleryProcess, RedisServer, wait_for
 from workers.celery import make_app
 from workers.keys import Keys
 from workers.manager import PartialRecoveryManager
@@ -25,28 +24,8 @@ from workers.states import RunStatus
 from workers.store import Store
 from workers.tasks import CeleryDispatcher
 
-ACL_FILE = ROOT / "config" / "users.acl"
 NS = "recovery"  # the ACL patterns are written for the default namespace
 K = Keys(NS)
-
-
-@pytest.fixture(scope="module")
-def acl_server() -> Iterator[RedisServer]:
-    """A private redis-server running with the project's ACL file."""
-    server = RedisServer(extra=["--aclfile", str(ACL_FILE)])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-def url(server: RedisServer, user: str) -> str:
-    return f"redis://{user}:{user}-dev-password@127.0.0.1:{server.port}/0"
-
-
-def client(server: RedisServer, user: str) -> redis.Redis:
-    return redis.Redis.from_url(url(server, user), decode_responses=True)
 
 
 def refused(fn: object, *args: object) -> bool:
@@ -62,7 +41,7 @@ def refused(fn: object, *args: object) -> bool:
 
 def test_no_user_is_default_without_a_password(acl_server: RedisServer) -> None:
     """ACL LIST: ``default`` is off, and every user that is on needs a password."""
-    admin = client(acl_server, "worker")
+    admin = acl_client(acl_server, "worker")
     try:
         rules = admin.execute_command("ACL", "LIST")
     except redis.exceptions.ResponseError:  # worker may not list ACLs: read the file instead
@@ -83,7 +62,7 @@ def test_service_reads_subscribes_and_reports_but_changes_nothing(
 ) -> None:
     """The service user reads flags, subscribes and writes metrics; every write to a flag,
     a run, a lease, the fence or the freeze, and every script, is refused."""
-    svc = client(acl_server, "service")
+    svc = acl_client(acl_server, "service")
     svc.hget(K.flags, "x")
     svc.hgetall(K.flags)
     svc.get(K.flags_version)
@@ -121,7 +100,7 @@ def test_service_reads_subscribes_and_reports_but_changes_nothing(
 def test_worker_and_operator_users_do_their_jobs(acl_server: RedisServer) -> None:
     """A real worker and beat as ``worker`` run a recovery to SUCCEEDED; the operator user
     starts it, rolls a feature back and freezes/unfreezes; neither may FLUSHALL."""
-    wurl, ourl = url(acl_server, "worker"), url(acl_server, "operator")
+    wurl, ourl = acl_url(acl_server, "worker"), acl_url(acl_server, "operator")
     settings = Settings(redis_url=ourl, namespace=NS, beat_interval_s=0.25, lease_ttl_s=2)
     env = {
         "RECOVERY_REDIS_URL": wurl,
@@ -156,7 +135,7 @@ def test_worker_and_operator_users_do_their_jobs(acl_server: RedisServer) -> Non
         assert (run, done) == (run_id, ["c"])
         assert store.flags()["c"]["state"] == "DISABLED"
         for user in ("worker", "operator"):
-            assert refused(client(acl_server, user).flushall), user
+            assert refused(acl_client(acl_server, user).flushall), user
         time.sleep(0.2)
         record("ACL: worker + operator users", runs=1, faults=0, violations=len(res.violations))
     finally:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.processes import ROOT, RedisServer
+from tests.integration.conftest import acl_client, acl_url
+from tests.processes import RedisServer
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
 from workers.keys import Keys
 
-ACL_FILE = ROOT / "config" / "users.acl"
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
 
@@ -30,27 +30,6 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
     return check()
 
 
-@pytest.fixture(scope="module")
-def acl_server() -> Iterator[RedisServer]:
-    """A private redis-server running with the project's ACL file."""
-    server = RedisServer(extra=["--aclfile", str(ACL_FILE)])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-def url_for(server: RedisServer, user: str) -> str:
-    """The server's URL authenticated as ``user`` with its dev password."""
-    return f"redis://{user}:{user}-dev-password@127.0.0.1:{server.port}/0"
-
-
-def connect(server: RedisServer, user: str) -> redis.Redis:
-    """A plain client authenticated as ``user``."""
-    return redis.Redis.from_url(url_for(server, user), decode_responses=True)
-
-
 def test_default_user_is_off(acl_server: RedisServer) -> None:
     """Unauthenticated connections can do nothing."""
     with pytest.raises((redis.AuthenticationError, redis.ResponseError)):
@@ -59,9 +38,9 @@ def test_default_user_is_off(acl_server: RedisServer) -> None:
 
 def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
     """As `service` the client reads flags, follows publishes and writes metrics."""
-    worker = connect(acl_server, "worker")
+    worker = acl_client(acl_server, "worker")
     write_flag(worker, "acl-a", "TESTING", 100, namespace=NS)
-    with FlagClient(url_for(acl_server, "service"), NS, poll_interval_s=0.2) as client:
+    with FlagClient(acl_url(acl_server, "service"), NS, poll_interval_s=0.2) as client:
         assert client.health().connected and client.is_enabled("acl-a", "u1")
         write_flag(worker, "acl-a", "DISABLED", 0, namespace=NS)
         assert eventually(lambda: not client.is_enabled("acl-a", "u1"))
@@ -96,14 +75,14 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
 )
 def test_service_user_is_refused(acl_server: RedisServer, command: tuple[str, ...]) -> None:
     """The `service` user cannot change flags, touch run state, or anything else."""
-    service = connect(acl_server, "service")
+    service = acl_client(acl_server, "service")
     with pytest.raises(redis.exceptions.NoPermissionError):
         service.execute_command(*command)
 
 
 def test_service_user_may_read_flags_and_count(acl_server: RedisServer) -> None:
     """The commands the client needs are allowed to `service`."""
-    service = connect(acl_server, "service")
+    service = acl_client(acl_server, "service")
     service.hgetall(KEYS.flags)
     service.hmget(KEYS.flags, ["a"])
     service.get(KEYS.flags_version)
@@ -117,12 +96,12 @@ def test_service_user_may_read_flags_and_count(acl_server: RedisServer) -> None:
 def test_operator_and_worker_can_publish_flags(acl_server: RedisServer) -> None:
     """`operator` and `worker` can change flags and enqueue on the broker; neither can FLUSHALL."""
     for user in ("operator", "worker"):
-        r = connect(acl_server, user)
+        r = acl_client(acl_server, user)
         write_flag(r, f"by-{user}", "TESTING", 5, namespace=NS)
         r.lpush("celery", "{}")
         r.lpush("rollback", "{}")
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.flushall()
-    operator = connect(acl_server, "operator")
+    operator = acl_client(acl_server, "operator")
     with pytest.raises(redis.exceptions.NoPermissionError):
         operator.set("somebody-else:key", "x")
