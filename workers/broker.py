@@ -7,10 +7,18 @@ the consumer loop and stops the whole worker ("Unrecoverable error: JSONDecodeEr
 ``malformed_message`` and dropped (it is already off the list: there is nothing to
 retry), and the worker keeps consuming. :func:`workers.celery.make_app` calls it.
 
-A wrapper on kombu's own channel rather than a subclassed transport: selecting a custom
+It also guards the channel's close: when Redis goes away, the worker closes its channel
+after the connection was already torn down, and kombu's attempt to restore unacked
+messages on that channel fails with ``AttributeError: 'NoneType' object has no attribute
+'hostname'`` — which Celery treats as unrecoverable and the whole worker exits (seen in
+``tests/integration/test_redis_outage.py``; a known kombu failure class). The guarded
+close logs ``broker_channel_close_failed`` and lets the worker reconnect; the messages
+it could not restore stay in kombu's unacked set and come back after the visibility
+timeout, and the beat's reconciliation re-issues the work long before that.
+
+Wrappers on kombu's own channel rather than a subclassed transport: selecting a custom
 transport class through ``broker_transport`` broke kombu's reconnection after a Redis
-outage (``conninfo.hostname`` on a closed connection), measured by
-``tests/integration/test_redis_outage.py``.
+outage, measured by the same test.
 """
 
 from __future__ import annotations
@@ -50,3 +58,17 @@ def harden_redis_transport() -> None:
 
     _brpop_read._recovery_hardened = True  # type: ignore[attr-defined]
     channel._brpop_read = _brpop_read
+
+    close: Callable[..., Any] = channel.close
+
+    @functools.wraps(close)
+    def _close(self: Any) -> Any:
+        try:
+            return close(self)
+        except AttributeError as exc:
+            # the connection under the channel is already gone (see the module docstring)
+            log.warning("broker_channel_close_failed", error=f"{type(exc).__name__}: {exc}")
+            self.closed = True
+            return None
+
+    channel.close = _close
