@@ -47,6 +47,26 @@ def is_configured() -> bool:
     return bool(_state["configured"])
 
 
+class _LineWriter:
+    """structlog's output, one whole line per write under the stdlib handler's lock, so
+    lines from structlog and from stdlib loggers (Celery's own) never interleave when a
+    threaded worker logs from many threads at once (a print() writes the text and the
+    newline separately: JSON lines came out glued together)."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def msg(self, message: str) -> None:
+        self._handler.acquire()
+        try:
+            self._handler.stream.write(message + "\n")
+            self._handler.stream.flush()
+        finally:
+            self._handler.release()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+
 def configure_logging(
     json: bool | None = None,
     level: str | int = "INFO",
@@ -79,15 +99,16 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(default=str)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_isatty(out))
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    writer = _LineWriter(handler)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_: writer,
         # not cached: structlog.testing.capture_logs must be able to swap processors
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
-    handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
