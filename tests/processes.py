@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,14 @@ class PrometheusServer:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` passes; returns the last result (for
+    ``assert eventually(...)``; :func:`wait_for` is the raising form)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -11,23 +10,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.integration.conftest import acl_client, acl_url
-from tests.processes import RedisServer
+from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
 from workers.keys import Keys
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``check`` until true or ``timeout``; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def test_default_user_is_off(acl_server: RedisServer) -> None:

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import redis
 
-from tests.processes import RedisServer
+from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.keys import Keys
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``check`` until true or ``timeout``; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def totals(r: redis.Redis, namespace: str, feature: str) -> dict[str, int]:
