@@ -239,14 +239,7 @@ class PartialRecoveryManager:
                 last = results[-1]
                 if len(results) < len(steps) or not last.applied:
                     return "testing"  # refused midway: the beat's reconciliation goes on
-                log.info(
-                    "feature_transition",
-                    run_id=run_id,
-                    feature=feature,
-                    to="ENABLED",
-                    ready=list(last.ready),
-                )
-                self._after_enable(run_id, taken, last)
+                self._after_enable(run_id, feature, taken, last)
                 return "enabled"
         except ConflictError as exc:
             log.info("test_step_refused", run_id=run_id, feature=feature, why=str(exc))
@@ -293,8 +286,18 @@ class PartialRecoveryManager:
         )
         return steps
 
-    def _after_enable(self, run_id: str, taken: list[str], res: TransitionResult) -> None:
-        """Dispatch what the promotion made ready, and finish the run if it was the last."""
+    def _after_enable(
+        self, run_id: str, feature: str, taken: list[str], res: TransitionResult
+    ) -> None:
+        """Log the promotion, dispatch what it made ready (``taken`` atomically with it),
+        and finish the run if it was the last feature to settle."""
+        log.info(
+            "feature_transition",
+            run_id=run_id,
+            feature=feature,
+            to="ENABLED",
+            ready=list(res.ready),
+        )
         for name in taken:
             self.dispatcher.test_feature(run_id, name)
         if res.settled >= res.total:
@@ -590,33 +593,28 @@ class PartialRecoveryManager:
         spec = ctx.plan.features[feature]
         now = self.clock()
         watch = spec.health.source != "none"
-        res = self.store.transition(
-            run_id,
-            feature,
+        step = Step(
             S.ENABLED,
-            token=token,
-            percent=100,
-            step=len(spec.ramp),
-            reason=Reason.PROMOTED,
-            worker=self.worker,
-            task_id=task_id,
+            100,
+            len(spec.ramp),
+            Reason.PROMOTED,
             evidence=evidence,
             expect_version=version,
             due_at=now + self.settings.metrics_tick_s if watch else None,
             fields={"eval": "", "health": FeatureHealth.HEALTHY.value, "last_eval_at": now},
             dependents=ctx.direct[feature],
+        )
+        results, taken = self.store.transitions(
+            run_id,
+            feature,
+            [step],
+            token=token,
+            worker=self.worker,
+            task_id=task_id,
             now=now,
+            dispatch_grace_s=self.settings.lease_ttl_s,
         )
-        log.info(
-            "feature_transition",
-            run_id=run_id,
-            feature=feature,
-            to="ENABLED",
-            ready=list(res.ready),
-        )
-        self.dispatch_ready(run_id)
-        if res.settled >= res.total:
-            self.check_completion(run_id)
+        self._after_enable(run_id, feature, taken, results[0])
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback_feature(
