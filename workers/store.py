@@ -505,15 +505,7 @@ class Store:
 
     def release(self, run_id: str, name: str, token: int) -> bool:
         """Drop the lease if ``token`` still holds it."""
-        return bool(self._run("release", [self.keys.lease(run_id, name)], [token, "0", 0]))
-
-    def renew(self, run_id: str, name: str, token: int, ttl_s: float) -> bool:
-        """Extend the lease if ``token`` still holds it."""
-        return bool(
-            self._run(
-                "release", [self.keys.lease(run_id, name)], [token, "1", max(1, int(ttl_s * 1000))]
-            )
-        )
+        return bool(self._run("release", [self.keys.lease(run_id, name)], [token]))
 
     def lease_holder(self, run_id: str, name: str) -> str | None:
         with self._translate():
@@ -616,9 +608,7 @@ class Store:
                 ]
                 script(keys=keys, args=args, client=pipe)
             if release:
-                self._scripts["release"](
-                    keys=[k.lease(run_id, name)], args=[token, "0", 0], client=pipe
-                )
+                self._scripts["release"](keys=[k.lease(run_id, name)], args=[token], client=pipe)
             if dispatch_grace_s is not None:
                 self._scripts["dispatch"](
                     keys=[k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)],
@@ -776,13 +766,6 @@ class Store:
                 None if v is None else float(v)
                 for v in self.r.zmscore(self.keys.due(run_id), list(names))
             ]
-
-    def due_entries(self, run_id: str) -> dict[str, float]:
-        with self._translate():
-            return {
-                str(m): float(s)
-                for m, s in self.r.zrange(self.keys.due(run_id), 0, -1, withscores=True)
-            }
 
     # -- audit ------------------------------------------------------------------------
     def events(self, run_id: str, after: str = "-", count: int | None = None) -> list[Event]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 
 import pytest
 import redis
@@ -136,3 +137,20 @@ def acl_url(server: RedisServer, user: str) -> str:
 def acl_client(server: RedisServer, user: str) -> redis.Redis:
     """A plain client authenticated as ``user``."""
     return redis.Redis.from_url(acl_url(server, user), decode_responses=True)
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.chunks.append(data)
+
+
+def html_text(markup: str) -> str:
+    """The visible text of an HTML page, its text nodes joined by spaces (parsing it
+    proves it is HTML a browser can read)."""
+    parser = _Text()
+    parser.feed(markup)
+    return " ".join(parser.chunks)

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from tests.integration.conftest import html_text
 from tests.processes import need_binary
 from workers.demo import DemoConfig, DemoResult, check_outcome, load_demo_plan, run_demo
 from workers.graph import Graph
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.chunks: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.chunks.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +74,7 @@ def test_demo_screen_report_and_files(demo) -> None:  # type: ignore[no-untyped-
     assert "error_rate" in screen and "QUARANTINED" in screen
     assert f"Run {result.run_id}: PARTIAL" in screen
     assert result.report is not None and str(result.report.resolve()) in screen
-    parser = _Text()
-    parser.feed(result.report.read_text("utf-8"))
-    text = " ".join(parser.chunks)
+    text = html_text(result.report.read_text("utf-8"))
     for name in result.status_doc["features"]:
         assert name in text
     assert "regression" in text

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import ROLLBACK_PLAN, Cluster
 from tests.processes import wait_for
 from workers.states import RunStatus
 
@@ -68,17 +69,10 @@ def test_dag_runs_to_success_in_dependency_order(cluster: Cluster) -> None:
 
 def chain_plan(name: str = "chain", dwell_tail: float = 60) -> dict[str, Any]:
     """a -> b -> c enable at once; ``slow`` (independent) keeps the run going."""
-    return {
-        "name": name,
-        "max_parallel": 4,
-        "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
-        "features": [
-            {"name": "a", "priority": 9},
-            {"name": "b", "depends_on": ["a"]},
-            {"name": "c", "depends_on": ["b"]},
-            {"name": "slow", "dwell_s": dwell_tail},
-        ],
-    }
+    plan = copy.deepcopy(ROLLBACK_PLAN)
+    plan["name"] = name
+    plan["features"][3]["dwell_s"] = dwell_tail
+    return plan
 
 
 def states(c: Cluster, run_id: str) -> dict[str, str]:

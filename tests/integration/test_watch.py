@@ -6,12 +6,11 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 
 from rich.console import Console
 
-from tests.integration.conftest import ROLLBACK_PLAN, Cluster
+from tests.integration.conftest import ROLLBACK_PLAN, Cluster, html_text
 from tests.processes import ROOT
 from workers.watch import RunWatcher, render_view, watch
 
@@ -65,15 +64,6 @@ def test_watch_bad_input_and_redis_down_exit_2(rolled_back_run: tuple[Cluster, s
     assert "Traceback" not in res.stderr
 
 
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.chunks: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.chunks.append(data)
-
-
 def test_report_html_and_svg(rolled_back_run: tuple[Cluster, str], tmp_path: Path) -> None:
     """`recovery report` writes an HTML page that parses and names every feature and the
     rollback reasons, and an SVG that parses as XML."""
@@ -81,9 +71,7 @@ def test_report_html_and_svg(rolled_back_run: tuple[Cluster, str], tmp_path: Pat
     html_file, svg_file = tmp_path / "t.html", tmp_path / "t.svg"
     res = cli(c, "report", run_id, "--output", str(html_file))
     assert res.returncode == 0, res.stderr
-    parser = _Text()
-    parser.feed(html_file.read_text())
-    text = " ".join(parser.chunks)
+    text = html_text(html_file.read_text())
     for f in ROLLBACK_PLAN["features"]:
         assert f["name"] in text
     assert "manual" in text and "dependency_rolled_back" in text and "PARTIAL" in text
