@@ -77,6 +77,10 @@ class Keys:
     def flags_channel(self) -> str:
         return f"{self.ns}:flags"
 
+    @property
+    def flags_log(self) -> str:
+        return f"{self.ns}:flags:log"
+
     def metrics(self, feature: str, tick: int) -> str:
         return f"{self.ns}:metrics:{feature}:{tick}"
 

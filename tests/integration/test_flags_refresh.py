@@ -43,15 +43,65 @@ def test_initial_load_and_change_on_publish(
         assert client.snapshot().version == int(rclient.get(Keys(namespace).flags_version))
 
 
-def test_lost_publish_is_caught_by_the_version_poll(
+def test_lost_publish_is_caught_by_the_version_poll_from_the_log(
     redis_url: str, namespace: str, rclient: redis.Redis
 ) -> None:
-    """A change whose publish never arrived is picked up by the version poll."""
+    """A change whose publish never arrived is picked up by the version poll, from the log."""
     with FlagClient(redis_url, namespace, poll_interval_s=0.3) as client:
-        reloads = client.health().reloads
+        before = client.health()
         write_flag(rclient, "a", "ENABLED", 100, namespace=namespace, publish=False)
         assert eventually(lambda: client.is_enabled("a"), timeout=3.0)
+        after = client.health()
+        assert (after.reloads, after.catchups) == (before.reloads, before.catchups + 1)
+
+
+def test_lost_publish_without_a_log_entry_is_caught_by_a_full_read(
+    redis_url: str, namespace: str, rclient: redis.Redis
+) -> None:
+    """A lost change the log does not hold either is picked up by a full re-read."""
+    with FlagClient(redis_url, namespace, poll_interval_s=0.3) as client:
+        reloads = client.health().reloads
+        write_flag(rclient, "a", "ENABLED", 100, namespace=namespace, publish=False, log=False)
+        assert eventually(lambda: client.is_enabled("a"), timeout=3.0)
         assert client.health().reloads == reloads + 1
+
+
+def test_changes_apply_as_deltas_without_a_read(
+    redis_url: str, namespace: str, rclient: redis.Redis
+) -> None:
+    """Published changes are applied from their message: no full read, snapshot = hash."""
+    write_flag(rclient, "a", "DISABLED", 0, namespace=namespace)
+    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
+        reloads = client.health().reloads
+        for percent in (10, 20, 30):
+            write_flag(rclient, "a", "TESTING", percent, namespace=namespace)
+        write_flag(rclient, "b", "ENABLED", 100, namespace=namespace)
+        version = int(rclient.get(Keys(namespace).flags_version) or 0)
+        assert eventually(lambda: client.snapshot().version == version)
+        health = client.health()
+        assert health.reloads == reloads and health.deltas == 4
+        expected = {
+            name: json.loads(raw) for name, raw in rclient.hgetall(Keys(namespace).flags).items()
+        }
+        got = {
+            name: {"state": f.state.value, "percent": f.percent, "version": f.version,
+                   "updated_at": f.updated_at}
+            for name, f in client.snapshot().flags.items()
+        }  # fmt: skip
+        assert got == expected
+
+
+def test_a_gap_in_the_messages_is_closed_from_the_log(
+    redis_url: str, namespace: str, rclient: redis.Redis
+) -> None:
+    """A change after a lost one reveals the gap, closed at once from the change log."""
+    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
+        reloads = client.health().reloads
+        write_flag(rclient, "a", "ENABLED", 100, namespace=namespace, publish=False)
+        write_flag(rclient, "b", "ENABLED", 100, namespace=namespace)
+        assert eventually(lambda: client.is_enabled("a") and client.is_enabled("b"))
+        health = client.health()
+        assert health.reloads == reloads and health.catchups == 1
 
 
 def test_publish_payload_is_only_a_hint(

@@ -3,14 +3,11 @@
 Threads and state:
 
 * Readers (``is_enabled``, ``evaluate``) read ``self._rules`` / ``self._snapshot`` once per
-  call. Both are immutable once published and are replaced by one attribute assignment,
-  so readers never lock and never see a half-built snapshot.
-* One refresher thread (daemon) owns the subscription: subscribe to ``<ns>:flags``, wait
-  for the confirmation, re-read the whole hash (so nothing published before the
-  subscription is missed), then re-read on every message and on every re-subscribe, and
-  poll ``<ns>:flags:version`` every ``poll_interval_s`` as a backstop for lost publishes.
-  Any error: drop the connection, back off with jitter, start over. It never dies; the
-  last good snapshot keeps serving meanwhile.
+  call. Both are immutable once published (persistent maps) and are replaced by one
+  attribute assignment, so readers never lock and never see a half-built snapshot.
+* One refresher thread (daemon, :mod:`workers.flags._refresher`) owns the subscription
+  and keeps the snapshot equal to Redis: changes arrive as deltas applied in O(1), gaps
+  close from the change log or a full read, the version counter is polled as a backstop.
 * One reporter thread (daemon, started at the first ``record``) flushes outcome counts.
 * After ``os.fork`` the child keeps the snapshot, drops the parent's sockets and pending
   counts, and starts its own threads (``os.register_at_fork``; ``postfork()`` for servers
@@ -22,17 +19,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import redis
 import structlog
+from immutables import Map
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -51,6 +48,7 @@ from workers.flags._model import (
     parse_flag,
 )
 from workers.flags._outcome import Outcome
+from workers.flags._refresher import Refresher
 from workers.flags._reporter import MetricBuffer, write_batch
 from workers.keys import Keys
 from workers.states import FeatureState
@@ -61,13 +59,6 @@ log = structlog.get_logger("workers.flags")
 
 #: Clients alive in this process, restarted in a forked child.
 _LIVE: weakref.WeakSet[FlagClient] = weakref.WeakSet()
-
-# how often a blocked refresher wakes up to notice close()
-_WAKE_S = 0.25
-
-
-class _SubscribeTimeout(Exception):
-    """The subscription was not confirmed in time."""
 
 
 class FlagClient:
@@ -103,6 +94,8 @@ class FlagClient:
         slow_call_s: float = 1.0,
         max_metric_keys: int = 10_000,
         client_name: str | None = "recovery-flags",
+        apply_deltas: bool = True,
+        catchup_max: int = 1000,
     ) -> None:
         self._setup(
             namespace,
@@ -119,6 +112,8 @@ class FlagClient:
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         self._client_name = client_name
+        self._apply_deltas = apply_deltas
+        self._catchup_max = catchup_max
         if bootstrap is not None:
             self._load_bootstrap(Path(bootstrap))
         self._redis = self._make_redis()
@@ -142,21 +137,16 @@ class FlagClient:
         self._redis = None
         self._static = False
         self._snapshot = FlagSnapshot()
-        self._rules: dict[str, int] = {}
-        self._seen_version_raw: bytes | None = None
-        self._confirmed_at: float | None = None  # monotonic
-        self._connected = False
+        self._rules: Map[str, int] = Map()
         self._last_error: str | None = None
         self._last_error_at: float | None = None  # monotonic
-        self._reloads = 0
-        self._reported_malformed: frozenset[tuple[str, bytes]] = frozenset()
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._closed = False
         self._pid = os.getpid()
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._start_lock = threading.Lock()
-        self._refresher: threading.Thread | None = None
+        self._refresher: Refresher | None = None
         self._reporter: threading.Thread | None = None
         self._flush_interval_s = flush_interval_s
         self._metrics_ttl_s = metrics_ttl_s
@@ -172,6 +162,8 @@ class FlagClient:
         self._min_backoff_s = 0.05
         self._max_backoff_s = 5.0
         self._client_name = None
+        self._apply_deltas = True
+        self._catchup_max = 1000
 
     @classmethod
     def from_snapshot(
@@ -196,8 +188,8 @@ class FlagClient:
         if problems:
             raise InvalidInput("invalid flags: " + "; ".join(problems))
         client._static = True
-        client._publish(
-            FlagSnapshot(flags=MappingProxyType(parsed), source="static", loaded_at=time.time())
+        client._install_full(
+            FlagSnapshot(flags=Map(parsed), source="static", loaded_at=time.time())
         )
         return client
 
@@ -260,16 +252,17 @@ class FlagClient:
     def _age(self) -> float | None:
         if self._static:
             return 0.0
-        confirmed = self._confirmed_at
+        refresher = self._refresher
+        confirmed = None if refresher is None else refresher.confirmed_at
         return None if confirmed is None else max(0.0, time.monotonic() - confirmed)
 
     def health(self) -> ClientHealth:
         """Connection state, snapshot age and version, last error. Never raises."""
         snap = self._snapshot
         err_at = self._last_error_at
-        thread = self._refresher
+        refresher = self._refresher
         return ClientHealth(
-            connected=self._connected,
+            connected=refresher is not None and refresher.connected,
             snapshot_age_s=self._age(),
             snapshot_version=snap.version,
             source=snap.source,
@@ -277,10 +270,13 @@ class FlagClient:
             malformed=snap.malformed,
             last_error=self._last_error,
             last_error_age_s=None if err_at is None else time.monotonic() - err_at,
-            reloads=self._reloads,
-            refresher_alive=thread is not None and thread.is_alive(),
+            reloads=0 if refresher is None else refresher.reloads,
+            refresher_alive=refresher is not None and refresher.is_alive(),
             metrics_pending=self._metrics.pending_keys(),
             metrics_dropped=self._metrics.dropped,
+            deltas=0 if refresher is None else refresher.deltas,
+            catchups=0 if refresher is None else refresher.catchups,
+            data_loss=refresher is not None and refresher.data_loss,
         )
 
     def add_listener(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
@@ -370,15 +366,18 @@ class FlagClient:
         self._closed = True
         self._stop.set()
         deadline = time.monotonic() + timeout_s
-        for thread in (self._refresher, self._reporter):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        if self._refresher is not None:
+            self._refresher.join(max(0.0, deadline - time.monotonic()))
+        thread = self._reporter
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
         if self._reporter is None and self._metrics.pending_keys():
             self.flush()
         if self._redis is not None:
             with contextlib.suppress(Exception):  # closing is best effort
                 self._redis.close()
-        self._connected = False
+        if self._refresher is not None:
+            self._refresher.connected = False
         _LIVE.discard(self)
 
     def __enter__(self) -> FlagClient:
@@ -401,8 +400,8 @@ class FlagClient:
         if os.getpid() != self._pid:
             self._after_fork()
         elif not self._closed and self._redis is not None:
-            thread = self._refresher
-            if thread is None or not thread.is_alive():
+            refresher = self._refresher
+            if refresher is None or not refresher.is_alive():
                 self._start_refresher()
 
     def _after_fork(self) -> None:
@@ -412,9 +411,9 @@ class FlagClient:
         self._first_attempt = threading.Event()
         self._start_lock = threading.Lock()
         self._metrics.reset_after_fork()
-        self._refresher = None
         self._reporter = None
-        self._connected = False
+        if self._refresher is not None:
+            self._refresher.connected = False
         if self._redis is not None and not self._closed:
             # never share a socket with the parent: a fresh pool for the child
             self._redis = self._make_redis()
@@ -433,138 +432,53 @@ class FlagClient:
         )
 
     def _start_refresher(self) -> None:
-        thread = threading.Thread(
-            target=self._refresh_forever, name="recovery-flags-refresher", daemon=True
+        assert self._redis is not None  # only started for a Redis-backed client
+        refresher = Refresher(
+            self,
+            self._redis,
+            self._keys,
+            stop=self._stop,
+            first_attempt=self._first_attempt,
+            poll_interval_s=self._poll_interval_s,
+            connect_timeout_s=self._connect_timeout_s,
+            socket_timeout_s=self._socket_timeout_s,
+            min_backoff_s=self._min_backoff_s,
+            max_backoff_s=self._max_backoff_s,
+            apply_deltas=self._apply_deltas,
+            catchup_max=self._catchup_max,
+            previous=self._refresher,
         )
-        self._refresher = thread
-        thread.start()
+        self._refresher = refresher
+        refresher.start()
 
-    def _refresh_forever(self) -> None:
-        stop = self._stop
-        failures = 0
-        while not stop.is_set():
-            try:
-                self._follow(stop, reconnecting=failures > 0)
-                failures = 0
-            except Exception as exc:
-                self._connected = False
-                self._note_error("flags_refresh_failed", exc)
-                failures += 1
-            finally:
-                self._first_attempt.set()
-            if stop.is_set():
-                break
-            base = min(self._max_backoff_s, self._min_backoff_s * 2 ** min(failures, 30))
-            stop.wait(base * random.uniform(0.5, 1.0))
+    # -- the snapshot (written by the refresher, bootstrap and from_snapshot) -------------
+    def _current_rules(self) -> Map[str, int]:
+        return self._rules
 
-    def _follow(self, stop: threading.Event, *, reconnecting: bool) -> None:
-        """Subscribe, load, then follow changes until an error or ``stop``."""
-        client = self._redis
-        assert client is not None  # only started for a Redis-backed client
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        try:
-            pubsub.subscribe(self._keys.flags_channel)
-            self._await_subscribed(pubsub)
-            self._reload(client)
-            self._connected = True
-            if reconnecting:
-                log.info("flags_reconnected", namespace=self._keys.ns)
-            self._first_attempt.set()
-            next_poll = time.monotonic() + self._poll_interval_s
-            while not stop.is_set():
-                wait = min(_WAKE_S, max(0.0, next_poll - time.monotonic()))
-                msg = pubsub.get_message(timeout=wait)
-                if msg is not None and msg["type"] in ("message", "subscribe"):
-                    # a change, or a re-subscription after a silent reconnect; either way
-                    # re-read everything. Drain first so a burst costs one read.
-                    while pubsub.get_message(timeout=0.0) is not None:
-                        pass
-                    self._reload(client)
-                    next_poll = time.monotonic() + self._poll_interval_s
-                elif time.monotonic() >= next_poll:
-                    raw = client.get(self._keys.flags_version)
-                    if raw != self._seen_version_raw:
-                        log.info("flags_publish_missed", namespace=self._keys.ns)
-                        self._reload(client)
-                    else:
-                        self._confirmed_at = time.monotonic()
-                    next_poll = time.monotonic() + self._poll_interval_s
-        finally:
-            with contextlib.suppress(Exception):  # the connection may already be gone
-                pubsub.close()
+    def _install_full(self, snap: FlagSnapshot) -> None:
+        self._install(snap, compile_rules(snap.flags), None)
 
-    def _await_subscribed(self, pubsub: Any) -> None:
-        deadline = time.monotonic() + self._connect_timeout_s + self._socket_timeout_s
-        while time.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if msg is not None and msg["type"] == "subscribe":
-                return
-        raise _SubscribeTimeout("subscription to the flags channel not confirmed")
-
-    def _reload(self, client: redis.Redis) -> None:
-        """Atomically read the flags hash and the version counter; publish a snapshot."""
-        pipe = client.pipeline(transaction=True)
-        pipe.hgetall(self._keys.flags)
-        pipe.get(self._keys.flags_version)
-        raw_flags, raw_version = pipe.execute()
-        confirmed = time.monotonic()
-        flags: dict[str, Flag] = {}
-        malformed: list[tuple[str, bytes]] = []
-        for raw_name, raw in raw_flags.items():
-            name = raw_name.decode("utf-8", "backslashreplace")
-            try:
-                flags[name] = parse_flag(raw)
-            except ValueError as exc:
-                malformed.append((name, raw))
-                if (name, raw) not in self._reported_malformed:
-                    log.warning(
-                        "flags_malformed_entry",
-                        namespace=self._keys.ns,
-                        feature=name,
-                        error=str(exc),
-                        raw=raw[:200].decode("utf-8", "backslashreplace"),
-                    )
-                    self._note_error(
-                        "flags_malformed_entry", ValueError(f"{name}: {exc}"), log_it=False
-                    )
-        self._reported_malformed = frozenset(malformed)
-        try:
-            # no counter yet (nothing ever published) reads as version 0
-            version: int | None = 0 if raw_version is None else int(raw_version)
-        except ValueError:
-            version = None
-            self._note_error("flags_bad_version", ValueError(f"version {raw_version!r}"))
-        self._seen_version_raw = raw_version
-        self._publish(
-            FlagSnapshot(
-                flags=MappingProxyType(flags),
-                version=version,
-                source="redis",
-                loaded_at=time.time(),
-                malformed=tuple(sorted(name for name, _ in malformed)),
-            )
-        )
-        self._confirmed_at = confirmed
-        self._reloads += 1
-
-    def _publish(self, snap: FlagSnapshot) -> None:
-        """Swap in ``snap``: two attribute assignments, each atomic for readers."""
+    def _install(
+        self, snap: FlagSnapshot, rules: Map[str, int], changed: frozenset[str] | None
+    ) -> None:
+        """Swap in ``snap`` and its ``rules``: two attribute assignments, each atomic for
+        readers. ``changed`` names the features that changed (``None``: work it out)."""
         old = self._snapshot.flags
-        rules = compile_rules(snap.flags)
         self._snapshot = snap
         self._rules = rules
-        if self._listeners:
+        if not self._listeners:
+            return
+        if changed is None:
+            new = snap.flags
             changed = frozenset(
-                name
-                for name in old.keys() | snap.flags.keys()
-                if old.get(name) != snap.flags.get(name)
+                name for name in old.keys() | new.keys() if old.get(name) != new.get(name)
             )
-            if changed:
-                for callback in list(self._listeners):
-                    try:
-                        callback(changed)
-                    except Exception:
-                        log.exception("flags_listener_failed", namespace=self._keys.ns)
+        if changed:
+            for callback in list(self._listeners):
+                try:
+                    callback(changed)
+                except Exception:
+                    log.exception("flags_listener_failed", namespace=self._keys.ns)
 
     def _note_error(self, event: str, exc: BaseException, *, log_it: bool = True) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -594,9 +508,9 @@ class FlagClient:
             except ValueError as exc:
                 malformed.append(name)
                 self._note_error("flags_malformed_entry", ValueError(f"{name}: {exc}"))
-        self._publish(
+        self._install_full(
             FlagSnapshot(
-                flags=MappingProxyType(flags),
+                flags=Map(flags),
                 source="bootstrap",
                 loaded_at=time.time(),
                 malformed=tuple(sorted(malformed)),

@@ -13,6 +13,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from immutables import Map
+
 from workers.states import FeatureState
 
 __all__ = [
@@ -103,9 +105,13 @@ def parse_flag(raw: str | bytes) -> Flag:
     return flag_from_mapping(data)
 
 
-def compile_rules(flags: Mapping[str, Flag]) -> dict[str, int]:
-    """The hot-path table: feature -> rule int. The caller never mutates the result."""
-    return {name: flag.rule for name, flag in flags.items()}
+def compile_rules(flags: Mapping[str, Flag]) -> Map[str, int]:
+    """The hot-path table: feature -> rule int, as a persistent map.
+
+    A persistent map (a HAMT: ``immutables.Map``) so that one flag change makes a new
+    table in O(log32 n) without copying the others, while a lookup stays one C call.
+    """
+    return Map({name: flag.rule for name, flag in flags.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +121,12 @@ class FlagSnapshot:
     ``source`` says where it came from: ``redis``, ``bootstrap`` (a file read at cold
     start), ``static`` (:meth:`FlagClient.from_snapshot`) or ``empty`` (nothing yet: every
     check returns its default). ``version`` is the ``<ns>:flags:version`` counter read
-    atomically with the hash (``None`` when not from Redis). ``malformed`` names the
-    entries that were skipped.
+    atomically with the hash, or the version of the last change applied on top of such a
+    read (``None`` when not from Redis). ``malformed`` names the entries that were
+    skipped. ``flags`` is a persistent map: one change makes a new map sharing the rest.
     """
 
-    flags: Mapping[str, Flag] = field(default_factory=lambda: MappingProxyType({}))
+    flags: Mapping[str, Flag] = field(default_factory=lambda: Map())
     version: int | None = None
     source: str = "empty"
     loaded_at: float = 0.0
@@ -174,7 +181,11 @@ class ClientHealth:
     ``connected`` is true while the refresher holds a live subscription and its last read
     succeeded. ``snapshot_age_s`` is how long ago the snapshot was last confirmed current
     (``None``: never loaded from Redis). ``metrics_dropped`` counts recorded requests
-    discarded to keep the buffer bounded while Redis was away.
+    discarded to keep the buffer bounded while Redis was away. ``deltas`` counts changes
+    applied from their message, ``catchups`` gaps closed from the change log (both without
+    a full read; ``reloads`` counts full reads). ``data_loss`` is true while Redis is
+    known to have lost the flags and the client serves its last snapshot instead (see
+    ``docs/flags.md``, "Redis data loss").
     """
 
     connected: bool
@@ -189,3 +200,6 @@ class ClientHealth:
     refresher_alive: bool
     metrics_pending: int
     metrics_dropped: int
+    deltas: int = 0
+    catchups: int = 0
+    data_loss: bool = False

@@ -1,9 +1,10 @@
 """Test aid: write a flag the way the store's transition script publishes it.
 
-For tests and benchmarks of the flag client only. It performs the script's three writes
-(HSET ``<ns>:flags``, INCR ``<ns>:flags:version``, PUBLISH ``<ns>:flags``) in one
-MULTI/EXEC, but none of its checks (legal transition, fencing, audit): in a real system
-the store is the only writer, and the ``service`` ACL user cannot run this.
+For tests and benchmarks of the flag client only. It performs the script's four writes
+(HSET ``<ns>:flags``, INCR ``<ns>:flags:version``, PUBLISH ``<ns>:flags`` the change
+message, XADD ``<ns>:flags:log``) in one MULTI/EXEC, but none of its checks (legal
+transition, fencing, audit): in a real system the store is the only writer, and the
+``service`` ACL user cannot run this.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def write_flag(
     *,
     namespace: str = "recovery",
     publish: bool = True,
+    log: bool = True,
+    log_maxlen: int = 1000,
 ) -> int:
     """Atomically publish ``feature``'s flag; returns the new flags version.
 
-    ``publish=False`` leaves out the PUBLISH, simulating a notification lost on the way.
+    ``publish=False`` leaves out the PUBLISH, simulating a notification lost on the way;
+    ``log=False`` leaves out the change-log entry (a publisher that keeps no log).
     """
     keys = Keys(namespace)
     state = FeatureState(state)
@@ -48,12 +52,20 @@ def write_flag(
                     "version": version,
                     "updated_at": time.time(),
                 }
+                change = json.dumps({"feature": feature, **value})
                 pipe.multi()
                 pipe.hset(keys.flags, feature, json.dumps(value))
                 pipe.incr(keys.flags_version)
                 if publish:
-                    message = {k: value[k] for k in ("state", "percent", "version")}
-                    pipe.publish(keys.flags_channel, json.dumps({"feature": feature, **message}))
+                    pipe.publish(keys.flags_channel, change)
+                if log:
+                    pipe.xadd(
+                        keys.flags_log,
+                        {"change": change},
+                        id=f"{version}-0",
+                        maxlen=log_maxlen,
+                        approximate=True,
+                    )
                 pipe.execute()
                 return version
             except redis.WatchError:

@@ -21,6 +21,8 @@
 -- ARGV[17] direct dependents with their dispatch rank (JSON [[name, rank], ...])
 -- ARGV[18] events stream max length (approximate trim)
 -- ARGV[19] flags channel <ns>:flags
+-- KEYS[10] change log <ns>:flags:log (optional: derived from KEYS[2] when not given)
+-- ARGV[20] change log length, approximate (optional, default 1000)
 --
 -- Returns {"OK", feature version, flags version, settled, total, newly ready dependent...}
 --      (settled = the run's enabled + quarantined + blocked features, to spot the end)
@@ -106,13 +108,23 @@ if to == 'ENABLED' or (state == 'ENABLED' and to == 'DISABLED') then
   end
 end
 
--- the published flag, its version counter and the change notification
+-- the published flag, its version counter, the change message (the new value plus the
+-- feature name: clients at version fv - 1 apply it without a read) and the change log
 local fv = redis.call('INCR', KEYS[3])
-local flag = cjson.encode({state = to, percent = tonumber(ARGV[3]), version = fv,
-  updated_at = tonumber(now)})
-redis.call('HSET', KEYS[2], ARGV[1], flag)
-redis.call('PUBLISH', ARGV[19], cjson.encode({feature = ARGV[1], state = to,
-  percent = tonumber(ARGV[3]), version = fv}))
+local pct, at = tonumber(ARGV[3]), tonumber(now)
+redis.call('HSET', KEYS[2], ARGV[1],
+  cjson.encode({state = to, percent = pct, version = fv, updated_at = at}))
+local change = cjson.encode({feature = ARGV[1], state = to, percent = pct, version = fv,
+  updated_at = at})
+redis.call('PUBLISH', ARGV[19], change)
+local clog = KEYS[10] or (KEYS[2] .. ':log')
+local logged = redis.pcall('XADD', clog, 'MAXLEN', '~', ARGV[20] or '1000', fv .. '-0',
+  'change', change)
+if type(logged) == 'table' and logged.err then
+  -- an entry id above fv: the counter went backwards (data loss); restart the log
+  redis.call('DEL', clog)
+  redis.call('XADD', clog, 'MAXLEN', '~', ARGV[20] or '1000', fv .. '-0', 'change', change)
+end
 
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[18], '*', 'kind', 'transition',
   'feature', ARGV[1], 'from', state, 'to', to, 'percent', ARGV[3], 'step', ARGV[4],

@@ -1,0 +1,152 @@
+"""Delta propagation against a real Redis: the store's change message, the change log, and
+a property test that any interleaving of deltas, losses, reconnects and reads ends at the hash."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from typing import Any
+
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.processes import eventually
+from workers.flags import FlagClient
+from workers.flags._refresher import Refresher
+from workers.flags.testing import write_flag
+from workers.keys import Keys
+from workers.states import FeatureState
+from workers.store import Store
+
+FEATURES = ["a", "b", "c"]
+_namespaces = itertools.count()
+
+
+def test_store_transition_publishes_the_change_and_logs_it(redis_url: str, namespace: str) -> None:
+    """A store transition publishes the new value with its version and logs it under that id."""
+    keys = Keys(namespace)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    pubsub = raw.pubsub()
+    pubsub.subscribe(keys.flags_channel)
+    assert eventually(lambda: pubsub.get_message(timeout=0.1) is not None)
+    store = Store(redis_url, namespace)
+    run_id, _, _ = store.create_run(
+        plan_name="p", plan_json="{}", features=[("f", 0, [])], max_parallel=1
+    )
+    token = store.claim(run_id, "f", "w", 60)
+    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
+        result = store.transition(run_id, "f", FeatureState.TESTING, token=token, percent=25,
+                                  step=0, reason="ramp")  # fmt: skip
+        msg = None
+        while msg is None or msg["type"] != "message":
+            msg = pubsub.get_message(timeout=1.0)
+        change = json.loads(msg["data"])
+        value = json.loads(raw.hget(keys.flags, "f") or "{}")
+        assert change == {"feature": "f", **value}
+        assert change["version"] == result.flags_version == int(raw.get(keys.flags_version) or 0)
+        [(entry_id, fields)] = raw.xrange(keys.flags_log)
+        assert entry_id == f"{result.flags_version}-0" and fields == {"change": msg["data"]}
+        assert eventually(lambda: client.snapshot().version == result.flags_version)
+        assert client.health().deltas == 1 and client.snapshot().flags["f"].percent == 25
+    pubsub.close()
+    store.close()
+
+
+class _World:
+    """The Redis truth and the messages in flight, for the property test."""
+
+    def __init__(self, url: str) -> None:
+        self.ns = f"prop{next(_namespaces)}"
+        self.keys = Keys(self.ns)
+        self.r = redis.Redis.from_url(url)
+        self.inflight: list[dict[str, Any]] = []
+        self.history: dict[int, dict[str, Any]] = {0: {}}  # version -> hash then
+
+    def write(self, feature: str, state: FeatureState, percent: int, logged: bool) -> None:
+        if state is not FeatureState.TESTING:
+            percent = 100 if state is FeatureState.ENABLED else 0
+        version = write_flag(self.r, feature, state, percent, namespace=self.ns,
+                             publish=False, log=logged)  # fmt: skip
+        value = json.loads(self.r.hget(self.keys.flags, feature) or b"{}")
+        message = json.dumps({"feature": feature, **value}).encode()
+        self.inflight.append({"type": "message", "data": message})
+        self.history[version] = {**self.history[version - 1], feature: value}
+
+    def hash_now(self) -> dict[str, Any]:
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self.keys.flags).items()}
+
+
+def _as_dict(client: FlagClient) -> dict[str, Any]:
+    return {
+        name: {"state": f.state.value, "percent": f.percent, "version": f.version,
+               "updated_at": f.updated_at}
+        for name, f in client.snapshot().flags.items()
+    }  # fmt: skip
+
+
+_write = st.tuples(
+    st.just("write"),
+    st.sampled_from(FEATURES),
+    st.sampled_from(list(FeatureState)),
+    st.integers(0, 100),
+    st.booleans(),
+)
+_other = st.one_of(
+    st.tuples(st.just("deliver"), st.integers(1, 4), st.booleans()),  # n, reversed
+    st.tuples(st.just("drop")),
+    st.tuples(st.just("reconnect")),
+    st.tuples(st.just("full_read")),
+    st.tuples(st.just("poll")),
+    st.tuples(st.just("garbage")),
+)
+# runs of writes between the other steps, so that messages pile up in flight
+ops = st.lists(
+    st.one_of(st.lists(_write, min_size=1, max_size=4), _other.map(lambda op: [op])),
+    max_size=30,
+).map(lambda runs: [op for run in runs for op in run])
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=ops)
+def test_any_interleaving_ends_equal_to_the_hash(
+    redis_url: str, ops: list[tuple[Any, ...]]
+) -> None:
+    """Deltas in any order, lost messages, re-subscriptions, full reads, polls and garbage:
+    after every step the snapshot is the hash as it was at the snapshot's version, and a
+    final poll brings it to the hash now."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    refresher = Refresher(
+        client, world.r, world.keys, stop=threading.Event(), first_attempt=threading.Event(),
+        poll_interval_s=60, connect_timeout_s=1, socket_timeout_s=1, min_backoff_s=0.1,
+        max_backoff_s=1, catchup_max=8,
+    )  # fmt: skip
+    refresher.full_read(world.r)
+    for op in ops:
+        kind = op[0]
+        if kind == "write":
+            world.write(op[1], op[2], op[3], op[4])
+        elif kind == "deliver" and world.inflight:
+            batch, world.inflight = world.inflight[: op[1]], world.inflight[op[1] :]
+            refresher.on_messages(world.r, batch[::-1] if op[2] else batch)
+        elif kind == "drop" and world.inflight:
+            world.inflight.pop(0)
+        elif kind == "reconnect":
+            refresher.on_messages(world.r, [{"type": "subscribe", "data": 1}])
+        elif kind == "full_read":
+            refresher.full_read(world.r)
+        elif kind == "poll":
+            refresher.poll(world.r)
+        elif kind == "garbage":
+            refresher.on_messages(world.r, [{"type": "message", "data": b"garbage"}])
+        version = client.snapshot().version
+        assert version is not None and version in world.history
+        assert _as_dict(client) == world.history[version]
+    refresher.poll(world.r)
+    assert _as_dict(client) == world.hash_now()
+    assert client.snapshot().version == max(world.history)
+    assert not refresher.data_loss
