@@ -471,7 +471,8 @@ class FlagClient:
         if changed is None:
             new = snap.flags
             changed = frozenset(
-                name for name in old.keys() | new.keys() if old.get(name) != new.get(name)
+                [name for name, flag in new.items() if old.get(name) != flag]
+                + [name for name in old if name not in new]
             )
         if changed:
             for callback in list(self._listeners):
