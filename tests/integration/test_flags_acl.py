@@ -14,6 +14,7 @@ from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
 from workers.keys import Keys
+from workers.metrics import Entry, EntryStatus, add_counts, load_library
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
@@ -28,6 +29,7 @@ def test_default_user_is_off(acl_server: RedisServer) -> None:
 def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
     """As `service` the client reads flags, follows publishes and writes metrics."""
     worker = acl_client(acl_server, "worker")
+    load_library(worker)  # what a worker does at start; `service` may not load functions
     write_flag(worker, "acl-a", "TESTING", 100, namespace=NS)
     with FlagClient(acl_url(acl_server, "service"), NS, poll_interval_s=0.2) as client:
         assert client.health().connected and client.is_enabled("acl-a", "u1")
@@ -59,6 +61,21 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
         ("KEYS", "*"),
         ("LPUSH", "celery", "x"),
         ("HINCRBY", "other:metrics:a:1", "requests", "1"),
+        ("HINCRBYFLOAT", KEYS.metrics("a", 1), "requests", "0.5"),
+        ("HSET", KEYS.metrics("a", 1), "requests", "-5"),
+        ("HDEL", KEYS.metrics("a", 1), "requests"),
+        ("DEL", KEYS.metrics("a", 1)),
+        ("SET", KEYS.metrics("a", 1), "x"),
+        ("PERSIST", KEYS.metrics("a", 1)),
+        ("RENAME", KEYS.metrics("a", 1), KEYS.metrics("b", 1)),
+        ("SELECT", "1"),
+        ("PUBLISH", "recovery:metrics:arrived", "a"),
+        ("XADD", KEYS.flags_log, "*", "change", "{}"),
+        ("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('x', function() end)"),
+        ("FUNCTION", "FLUSH"),
+        ("FUNCTION", "DELETE", "recovery_metrics"),
+        ("SCRIPT", "FLUSH"),
+        ("FCALL", "recovery_metrics_add", "1", "other:metrics:arrived"),
         ("PSUBSCRIBE", "*"),
     ],
 )
@@ -70,16 +87,16 @@ def test_service_user_is_refused(acl_server: RedisServer, command: tuple[str, ..
 
 
 def test_service_user_may_read_flags_and_count(acl_server: RedisServer) -> None:
-    """The commands the client needs are allowed to `service`."""
+    """The commands the client needs are allowed to `service`: reads, and FCALL of the
+    metrics function (which runs HINCRBY/EXPIRE/XADD with the caller's rights)."""
+    load_library(acl_client(acl_server, "worker"))
     service = acl_client(acl_server, "service")
     service.hgetall(KEYS.flags)
     service.hmget(KEYS.flags, ["a"])
     service.get(KEYS.flags_version)
-    pipe = service.pipeline(transaction=True)
-    pipe.hincrby(KEYS.metrics("acl-b", 1), "requests", 1)
-    pipe.hincrbyfloat(KEYS.metrics("acl-b", 1), "latency", 0.5)
-    pipe.expire(KEYS.metrics("acl-b", 1), 60)
-    assert pipe.execute()[0] == 1
+    service.xrange(KEYS.flags_log)
+    entry = Entry("acl-b", int(time.time()), {"requests": 1})
+    assert add_counts(service, KEYS, [entry]) == [EntryStatus.OK]
 
 
 def test_operator_and_worker_can_publish_flags(acl_server: RedisServer) -> None:

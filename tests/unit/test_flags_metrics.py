@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from workers.flags import FlagClient
-from workers.flags._reporter import MetricBuffer
+from workers.flags._reporter import MetricBuffer, entry_counts
 
 
 class Clock:
@@ -32,9 +32,9 @@ def test_counts_land_in_their_tick() -> None:
     buf.record("b", False)
     batch = buf.take()
     assert batch == {
-        ("a", 1000): [2, 1, 1, {"stale": 1}],
-        ("a", 1001): [1, 0, 0, {"stale": 2}],
-        ("b", 1001): [1, 1, 0, None],
+        ("a", 1000): [2, 1, 1, {"stale": 1}, None],
+        ("a", 1001): [1, 0, 0, {"stale": 2}, None],
+        ("b", 1001): [1, 1, 0, None, None],
     }
     assert buf.take() == {}
 
@@ -52,7 +52,7 @@ def test_concurrent_records_are_exact() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert buf.take() == {("a", 1000): [20_000, 4_000, 0, None]}
+    assert buf.take() == {("a", 1000): [20_000, 4_000, 0, None, None]}
 
 
 def test_memory_is_bounded_while_redis_is_away() -> None:
@@ -82,9 +82,9 @@ def test_restore_merges_and_drops_expired_ticks() -> None:
     buf.restore(old)
     buf.restore(batch)
     assert buf.take() == {
-        ("a", 1000): [1, 1, 0, None],
-        ("a", 1030): [1, 0, 0, None],
-        ("b", 1030): [2, 1, 0, None],
+        ("a", 1000): [1, 1, 0, None, None],
+        ("a", 1030): [1, 0, 0, None, None],
+        ("b", 1030): [2, 1, 0, None, None],
     }
     buf.record("a", True)
     expired = buf.take()
@@ -155,3 +155,17 @@ def test_record_never_raises() -> None:
     client = FlagClient.from_snapshot({})
     client.record(["not", "hashable"], True)  # type: ignore[arg-type]  # deliberate misuse
     assert client.pending_metrics() == {}
+
+
+def test_other_fields_are_added_per_tick_and_sent_whole() -> None:
+    """add() counts other fields (e.g. the control cohort's) in the entry sent for the tick."""
+    clock = Clock(1_000)
+    buf = MetricBuffer(clock=clock)
+    buf.record("a", False)
+    buf.add("a", {"ctl:requests": 3, "ctl:errors": 1})
+    buf.add("a", {"ctl:requests": 1})
+    [(key, entry)] = buf.take().items()
+    assert key == ("a", 1000)
+    assert entry_counts(entry) == {
+        "requests": 1, "errors": 1, "slow": 0, "ctl:requests": 4, "ctl:errors": 1
+    }  # fmt: skip

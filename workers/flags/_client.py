@@ -274,6 +274,7 @@ class FlagClient:
             refresher_alive=refresher is not None and refresher.is_alive(),
             metrics_pending=self._metrics.pending_keys(),
             metrics_dropped=self._metrics.dropped,
+            metrics_rejected=self._metrics.rejected,
             deltas=0 if refresher is None else refresher.deltas,
             catchups=0 if refresher is None else refresher.catchups,
             data_loss=refresher is not None and refresher.data_loss,
@@ -347,13 +348,25 @@ class FlagClient:
         batch = self._metrics.take()
         if not batch:
             return True
-        try:
-            write_batch(client, self._keys, batch, self._metrics_ttl_s)
-        except Exception as exc:
-            self._metrics.restore(batch)
-            self._note_error("flags_metrics_flush_failed", exc)
-            return False
-        return True
+        flushed = write_batch(
+            client,
+            self._keys,
+            batch,
+            tick_s=self._metrics.tick_s,
+            ttl_s=self._metrics_ttl_s,
+        )
+        if flushed.rejected:
+            # refused for good by the metrics function: dropped, never re-sent
+            self._metrics.dropped += sum(flushed.rejected.values())
+            self._metrics.rejected += sum(flushed.rejected.values())
+            log.warning(
+                "flags_metrics_rejected", namespace=self._keys.ns, requests=flushed.rejected
+            )
+        if flushed.unsent:
+            self._metrics.restore(flushed.unsent)
+        if flushed.error is not None:
+            self._note_error("flags_metrics_flush_failed", flushed.error)
+        return not flushed.unsent
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self, timeout_s: float = 5.0) -> None:

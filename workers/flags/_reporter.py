@@ -5,22 +5,32 @@ non-overlapping ticks the health evaluator reads, so a flush only ever adds exac
 to the tick the outcome happened in. While Redis is away counts keep aggregating in place:
 memory is bounded by ``max_keys`` (feature, tick) pairs, and ticks older than the metrics
 TTL are dropped (the reader would never see them) and counted in ``dropped``.
+
+A flush is one call of the validating metrics function per up to 1,000 (feature, tick)
+pairs (:func:`workers.metrics.add_counts`); entries it refuses for good are dropped and
+counted, never re-sent. Fields beyond the built-in ones (e.g. the control cohort's
+``ctl:*``) are added with :meth:`MetricBuffer.add`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import redis
+
 from workers.flags._model import MetricCounts
 from workers.keys import Keys
+from workers.metrics import MAX_ENTRIES, Entry, EntryStatus, add_counts, valid_entry
 
-__all__ = ["Batch", "MetricBuffer", "write_batch"]
+__all__ = ["Batch", "Flushed", "MetricBuffer", "entry_counts", "write_batch"]
 
-# [requests, errors, slow, {bad name: count} or None]; a list so updates happen in place
+# [requests, errors, slow, {bad name: count} or None, {other field: count} or None];
+# a list so updates happen in place
 _Entry = list[Any]
 Batch = dict[tuple[str, int], _Entry]
 
@@ -49,12 +59,14 @@ class MetricBuffer:
         # insertion order is (almost) tick order: the oldest entry is first
         self._pending: Batch = {}
         self.dropped = 0
+        self.rejected = 0
 
     def reset_after_fork(self) -> None:
         """Forget the parent's pending counts (the parent flushes them) and its lock."""
         self._lock = threading.Lock()
         self._pending = {}
         self.dropped = 0
+        self.rejected = 0
 
     def record(
         self,
@@ -84,11 +96,26 @@ class MetricBuffer:
                 for name in bad:
                     names[name] = names.get(name, 0) + 1
 
+    def add(self, feature: str, fields: Mapping[str, int]) -> None:
+        """Add counts of other fields (full names, e.g. ``ctl:requests``) to ``feature``'s
+        current tick. The metrics function accepts ``[ctl:](requests|errors|slow|bad:<name>)``."""
+        tick = int(self._clock() // self.tick_s)
+        k = (feature, tick)
+        with self._lock:
+            entry = self._pending.get(k)
+            if entry is None:
+                entry = self._add(k)
+            extra = entry[4]
+            if extra is None:
+                extra = entry[4] = {}
+            for name, n in fields.items():
+                extra[name] = extra.get(name, 0) + n
+
     def _add(self, k: tuple[str, int]) -> _Entry:
         # called with the lock held
         if len(self._pending) >= self.max_keys:
             self._evict()
-        entry: _Entry = [0, 0, 0, None]
+        entry: _Entry = [0, 0, 0, None, None]
         self._pending[k] = entry
         return entry
 
@@ -141,7 +168,7 @@ class MetricBuffer:
         sums: dict[str, _Entry] = {}
         with self._lock:
             for (feature, _tick), entry in self._pending.items():
-                acc = sums.setdefault(feature, [0, 0, 0, None])
+                acc = sums.setdefault(feature, [0, 0, 0, None, None])
                 _merge_into(acc, entry)
         return {
             feature: MetricCounts(
@@ -155,29 +182,78 @@ def _merge_into(acc: _Entry, entry: _Entry) -> None:
     acc[0] += entry[0]
     acc[1] += entry[1]
     acc[2] += entry[2]
-    if entry[3]:
-        names = acc[3]
-        if names is None:
-            names = acc[3] = {}
-        for name, n in entry[3].items():
-            names[name] = names.get(name, 0) + n
+    for slot in (3, 4):
+        if entry[slot]:
+            names = acc[slot]
+            if names is None:
+                names = acc[slot] = {}
+            for name, n in entry[slot].items():
+                names[name] = names.get(name, 0) + n
 
 
-def write_batch(client: Any, keys: Keys, batch: Batch, ttl_s: int) -> None:
-    """Add ``batch`` to the metrics hashes in one MULTI/EXEC: all counts or none.
+def entry_counts(entry: _Entry) -> dict[str, int]:
+    """The metrics fields of one buffered entry (the three built-in fields always, zeros
+    included, so a reader sees the tick's full shape)."""
+    requests, errors, slow, bad, extra = entry
+    counts = {"requests": requests, "errors": errors, "slow": slow}
+    for name, n in (bad or {}).items():
+        counts[f"bad:{name}"] = n
+    for name, n in (extra or {}).items():
+        counts[name] = counts.get(name, 0) + n
+    return counts
 
-    Raises the driver's error when Redis refuses or is unreachable (the caller restores
-    the batch). If the connection drops after EXEC was sent the outcome is unknown and a
-    retry may count that batch twice: the one case where counts are at-least-once.
+
+@dataclass
+class Flushed:
+    """What :func:`write_batch` did: entries applied, requests dropped per reason (never to
+    be re-sent), and the part of the batch not sent because of ``error`` (restore it)."""
+
+    applied: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    unsent: Batch = field(default_factory=dict)
+    error: Exception | None = None
+
+
+def write_batch(client: Any, keys: Keys, batch: Batch, *, tick_s: int, ttl_s: int) -> Flushed:
+    """Write ``batch`` with one metrics-function call per 1,000 entries. Never raises.
+
+    Each call is atomic; entries it refuses (and entries whose shape it would refuse:
+    an invalid feature or field name) are dropped and counted in ``rejected``. On an
+    error the unsent calls (the failed one included) are returned in ``unsent``. If the
+    connection dropped after a call was sent its outcome is unknown and a retry may count
+    it twice: the one case where counts are at-least-once.
     """
-    pipe = client.pipeline(transaction=True)
-    for (feature, tick), (requests, errors, slow, bad) in batch.items():
-        key = keys.metrics(feature, tick)
-        # every field is written, zeros included, so a reader sees the tick's full shape
-        pipe.hincrby(key, "requests", requests)
-        pipe.hincrby(key, "errors", errors)
-        pipe.hincrby(key, "slow", slow)
-        for name, n in (bad or {}).items():
-            pipe.hincrby(key, f"bad:{name}", n)
-        pipe.expire(key, ttl_s)
-    pipe.execute()
+    out = Flushed()
+    items: list[tuple[tuple[str, int], _Entry, Entry]] = []
+    for k, e in batch.items():
+        entry = Entry(k[0], k[1], entry_counts(e))
+        if valid_entry(entry):
+            items.append((k, e, entry))
+        else:
+            out.rejected["INVALID"] = out.rejected.get("INVALID", 0) + e[0]
+    for start in range(0, len(items), MAX_ENTRIES):
+        chunk = items[start : start + MAX_ENTRIES]
+        try:
+            statuses = add_counts(
+                client, keys, [entry for _, _, entry in chunk], tick_s=tick_s, ttl_s=ttl_s
+            )
+        except Exception as exc:
+            out.error = exc
+            if _refused(exc):
+                # the function refused the call as malformed: re-sending cannot help
+                for _, e, _ in chunk:
+                    out.rejected["INVALID"] = out.rejected.get("INVALID", 0) + e[0]
+                continue
+            for k, e, _ in items[start:]:
+                out.unsent[k] = e
+            break
+        for (_, e, _), status in zip(chunk, statuses, strict=True):
+            if status is EntryStatus.OK:
+                out.applied += 1
+            else:
+                out.rejected[status.value] = out.rejected.get(status.value, 0) + e[0]
+    return out
+
+
+def _refused(exc: Exception) -> bool:
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("INVALID")

@@ -3,9 +3,9 @@
 Layout (a published contract, see ``docs/health.md`` and :mod:`workers.keys`): one hash
 per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
 ``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
-``bad:<name>`` (integers, HINCRBY; a missing field is 0), and a TTL so memory stays
-bounded whatever the traffic. Writers use :func:`record_counts` (or :func:`queue_counts`
-inside their own pipeline).
+``bad:<name>`` (integers; a missing field is 0), and a TTL so memory stays bounded
+whatever the traffic. Every write goes through the validating metrics function
+(:mod:`workers.metrics`); :func:`record_counts` is a one-entry helper over it.
 
 This module imports ``redis``; :mod:`workers.health` only imports it lazily, from
 :func:`workers.health.sources.make_source`.
@@ -22,8 +22,9 @@ import redis
 from workers.errors import InvalidInput
 from workers.health.sources.base import Sample
 from workers.keys import Keys
+from workers.metrics import Entry, EntryStatus, add_counts, read_ticks, valid_entry
 
-__all__ = ["MAX_TICKS", "RedisSource", "queue_counts", "record_counts", "tick_of"]
+__all__ = ["MAX_TICKS", "RedisSource", "record_counts", "tick_of"]
 
 #: most ticks one collect reads (older ticks have normally expired anyway)
 MAX_TICKS = 3600
@@ -32,34 +33,6 @@ MAX_TICKS = 3600
 def tick_of(unix_s: float, tick_s: int = 1) -> int:
     """The tick a moment belongs to: ``floor(unix_s / tick_s)``."""
     return math.floor(unix_s / tick_s)
-
-
-def queue_counts(
-    pipe: Any,
-    keys: Keys,
-    feature: str,
-    tick: int,
-    requests: int,
-    errors: int = 0,
-    slow: int = 0,
-    bad: Mapping[str, int] | None = None,
-    ttl_s: int = 3600,
-) -> None:
-    """Queue the increments of one feature's counts for one tick on ``pipe``.
-
-    ``requests`` is always written (0 is a heartbeat: "alive, no traffic"); other zero
-    counts are skipped. The key's TTL is (re)set to ``ttl_s``. Raises
-    :class:`~workers.errors.InvalidInput` for negative counts or a non-positive TTL.
-    """
-    counts = {"requests": requests, "errors": errors, "slow": slow}
-    counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
-    if any(not isinstance(n, int) or n < 0 for n in counts.values()) or ttl_s <= 0:
-        raise InvalidInput(f"counts must be non-negative integers and ttl positive: {counts}")
-    key = keys.metrics(feature, tick)
-    for field, n in counts.items():
-        if n or field == "requests":
-            pipe.hincrby(key, field, n)
-    pipe.expire(key, ttl_s)
 
 
 def record_counts(
@@ -72,15 +45,32 @@ def record_counts(
     slow: int = 0,
     bad: Mapping[str, int] | None = None,
     ttl_s: int = 3600,
+    *,
+    tick_s: int = 1,
 ) -> None:
-    """Atomically add one feature's counts for one tick (HINCRBY + EXPIRE in MULTI/EXEC).
+    """Atomically add one feature's counts for one tick through the metrics function.
 
-    Redis errors propagate as the driver's exceptions: this is a writer helper for the
-    flag client and tests, which handle their own retries.
+    ``requests`` is always written (0 is a heartbeat: "alive, no traffic"); other zero
+    counts are skipped. Raises :class:`~workers.errors.InvalidInput` for counts, names or
+    a tick the function refuses (nothing is written then); Redis errors propagate as the
+    driver's exceptions: a writer helper for tests and tools, which handle their own
+    retries. The flag client's reporter writes through the same function
+    (:func:`workers.metrics.add_counts`).
     """
-    pipe = redis_client.pipeline(transaction=True)
-    queue_counts(pipe, keys, feature, tick, requests, errors, slow, bad, ttl_s)
-    pipe.execute()
+    counts = {"requests": requests, "errors": errors, "slow": slow}
+    counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
+    counts = {f: n for f, n in counts.items() if n or f == "requests"}
+    entry = Entry(feature, tick, counts)
+    if not valid_entry(entry):
+        raise InvalidInput(f"counts must be non-negative integers with valid names: {counts}")
+    try:
+        [status] = add_counts(redis_client, keys, [entry], tick_s=tick_s, ttl_s=ttl_s)
+    except redis.ResponseError as exc:
+        if str(exc).startswith("INVALID"):
+            raise InvalidInput(f"metrics refused: {exc}") from None
+        raise
+    if status is not EntryStatus.OK:
+        raise InvalidInput(f"metrics for {feature} tick {tick} not applied: {status.value}")
 
 
 def _number(value: Any) -> float:
@@ -124,10 +114,7 @@ class RedisSource:
             return Sample()
         ticks = range(first, end)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for tick in ticks:
-                pipe.hgetall(self.keys.metrics(feature, tick))
-            rows = pipe.execute()
+            rows = read_ticks(self.client, self.keys, feature, ticks)
         except redis.exceptions.TimeoutError as exc:
             return Sample.failed(f"timeout: redis: {exc}")
         except redis.exceptions.RedisError as exc:

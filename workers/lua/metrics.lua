@@ -1,0 +1,169 @@
+#!lua name=recovery_metrics
+-- metrics.lua — the one metrics writer: a Redis Function library (FUNCTION LOAD, FCALL).
+-- Loaded by workers.metrics.load_library (see docs/flags.md, "Metrics ingestion").
+--
+-- FCALL recovery_metrics_add <n> KEYS... ARGV...
+-- KEYS[1]    <ns>:metrics:arrived                stream: one entry per call that applied
+--                                                 counts, field "features" = the features
+--                                                 (space-separated); capped at ~1000
+-- KEYS[1+i]  <ns>:metrics:<feature>:<tick>       the i-th entry's tick hash (declared, so
+--                                                 ACL key patterns and Cluster slots apply)
+-- ARGV[1]  protocol version "1"
+-- ARGV[2]  namespace <ns>
+-- ARGV[3]  tick_s, 1..3600
+-- ARGV[4]  ttl_s, 10..86400 (the TTL every written key gets; never shortened)
+-- ARGV[5…] per entry, in KEYS order: feature, tick, field count m, then m pairs field, count
+--          feature  [a-z0-9][a-z0-9._-]*, at most 64 bytes (the plan's name rule)
+--          field    requests | errors | slow | bad:<name>, each optionally prefixed ctl:
+--                   (the control cohort); <name> [A-Za-z0-9_.-]{1,64}
+--          count    decimal digits, 0..1000000000
+--
+-- Validates the whole call before writing anything. A malformed call is refused with
+-- error "INVALID <reason>" and nothing written. Then each entry is checked against Redis
+-- and applied whole or not at all; the reply has one status per entry, in order:
+--   "OK"        applied (every field HINCRBY'd, the key's TTL raised to ttl_s)
+--   "TICK"      the tick starts more than 60 s after now by Redis's clock (not applied)
+--   "WRONGTYPE" the key exists and is not a hash (not applied)
+--   "NOTINT"    a field already holds a non-integer (not applied)
+--   "OVERFLOW"  a field would pass 2^53 - 1 (not applied)
+-- Applied entries' features are announced in the stream KEYS[1] (each feature once per
+-- call), so the engine may evaluate as counts arrive (XREAD BLOCK on it).
+-- Nothing is ever retried by the caller for an entry that got a status: "OK" is done, the
+-- others can never apply.
+
+local MAX_ENTRIES = 1000
+local MAX_FIELDS = 64
+local MAX_COUNT = 1000000000
+local MAX_VALUE = 9007199254740991 -- 2^53 - 1: exact in Lua's doubles and JSON readers
+local SKEW_S = 60
+local BASE = {requests = true, errors = true, slow = true}
+
+local function valid_name(name)
+  return #name >= 1 and #name <= 64 and string.find(name, '^[%w_%.%-]+$') ~= nil
+end
+
+local function valid_field(field)
+  local rest = field
+  if string.sub(rest, 1, 4) == 'ctl:' then rest = string.sub(rest, 5) end
+  if BASE[rest] then return true end
+  return string.sub(rest, 1, 4) == 'bad:' and valid_name(string.sub(rest, 5))
+end
+
+local function valid_feature(feature)
+  return #feature <= 64 and string.find(feature, '^[a-z0-9][a-z0-9_%.%-]*$') ~= nil
+end
+
+local function bounded(text, lo, hi)
+  if type(text) ~= 'string' or #text > 12 or string.find(text, '^%d+$') == nil then
+    return nil
+  end
+  local n = tonumber(text)
+  if n < lo or n > hi then return nil end
+  return n
+end
+
+local function add(all_keys, args)
+  if args[1] ~= '1' then return redis.error_reply('INVALID protocol ' .. tostring(args[1])) end
+  local ns = args[2]
+  if type(ns) ~= 'string' or #ns < 1 or #ns > 64 or string.find(ns, '[%s%c]') then
+    return redis.error_reply('INVALID namespace')
+  end
+  local tick_s = bounded(args[3], 1, 3600)
+  local ttl_s = bounded(args[4], 10, 86400)
+  if not tick_s or not ttl_s then return redis.error_reply('INVALID tick_s or ttl_s') end
+  if all_keys[1] ~= ns .. ':metrics:arrived' then
+    return redis.error_reply('INVALID arrival stream key')
+  end
+  local keys = {}
+  for k = 2, #all_keys do keys[k - 1] = all_keys[k] end
+  if #keys < 1 or #keys > MAX_ENTRIES then
+    return redis.error_reply('INVALID entry count ' .. #keys)
+  end
+  -- 1. the shape of the whole call
+  local entries, seen, i = {}, {}, 5
+  for e = 1, #keys do
+    local feature, tick_text, m_text = args[i], args[i + 1], args[i + 2]
+    local where = ' (entry ' .. e .. ')'
+    if type(feature) ~= 'string' or not valid_feature(feature) then
+      return redis.error_reply('INVALID feature' .. where)
+    end
+    local tick = bounded(tick_text, 0, 999999999999)
+    if not tick or string.format('%d', tick) ~= tick_text then
+      return redis.error_reply('INVALID tick' .. where)
+    end
+    if keys[e] ~= ns .. ':metrics:' .. feature .. ':' .. tick_text then
+      return redis.error_reply('INVALID key' .. where)
+    end
+    if seen[keys[e]] then return redis.error_reply('INVALID duplicate key' .. where) end
+    seen[keys[e]] = true
+    local m = bounded(m_text, 1, MAX_FIELDS)
+    if not m then return redis.error_reply('INVALID field count' .. where) end
+    local fields, counts, names = {}, {}, {}
+    for f = 1, m do
+      local field, count = args[i + 1 + 2 * f], args[i + 2 + 2 * f]
+      if type(field) ~= 'string' or not valid_field(field) or names[field] then
+        return redis.error_reply('INVALID field' .. where)
+      end
+      names[field] = true
+      local n = bounded(count, 0, MAX_COUNT)
+      if not n then return redis.error_reply('INVALID count' .. where) end
+      fields[f], counts[f] = field, n
+    end
+    entries[e] = {key = keys[e], feature = feature, tick = tick, fields = fields, counts = counts}
+    i = i + 3 + 2 * m
+  end
+  if i ~= #args + 1 then return redis.error_reply('INVALID trailing arguments') end
+
+  -- 2. each entry against Redis, before any write
+  local now = tonumber(redis.call('TIME')[1])
+  local status = {}
+  for e, entry in ipairs(entries) do
+    -- a tick that has not begun (beyond clock skew) would sit in wait for its reader:
+    -- refused, so nobody can pre-load evidence. Past ticks are fine (a flush after an
+    -- outage); the TTL removes them.
+    if entry.tick * tick_s > now + SKEW_S then
+      status[e] = 'TICK'
+    else
+      local ok, current = pcall(redis.call, 'HMGET', entry.key, unpack(entry.fields))
+      if not ok then
+        status[e] = 'WRONGTYPE'
+      else
+        status[e] = 'OK'
+        for f, value in ipairs(current) do
+          if value then
+            if string.find(value, '^%-?%d+$') == nil then
+              status[e] = 'NOTINT'
+              break
+            elseif tonumber(value) > MAX_VALUE - entry.counts[f] then
+              status[e] = 'OVERFLOW'
+              break
+            end
+          end
+        end
+      end
+    end
+  end
+
+  -- 3. write what passed
+  local arrived, announced = {}, {}
+  for e, entry in ipairs(entries) do
+    if status[e] == 'OK' then
+      for f, field in ipairs(entry.fields) do
+        redis.call('HINCRBY', entry.key, field, entry.counts[f])
+      end
+      redis.call('EXPIRE', entry.key, ttl_s, 'NX')
+      redis.call('EXPIRE', entry.key, ttl_s, 'GT')
+      if not announced[entry.feature] then
+        announced[entry.feature] = true
+        table.insert(arrived, entry.feature)
+      end
+    end
+  end
+  if #arrived > 0 then
+    redis.call('XADD', all_keys[1], 'MAXLEN', '~', '1000', '*', 'features',
+      table.concat(arrived, ' '))
+  end
+  return status
+end
+
+redis.register_function('recovery_metrics_add', add)
