@@ -77,7 +77,7 @@ class EntryStatus(StrEnum):
     TICK = "TICK"  # the tick starts more than 60 s in the future by Redis's clock
     WRONGTYPE = "WRONGTYPE"  # the key is not a hash
     NOTINT = "NOTINT"  # a field holds a non-integer
-    OVERFLOW = "OVERFLOW"  # a field would pass 2^53 - 1
+    OVERFLOW = "OVERFLOW"  # a field would leave int64
 
 
 class FunctionMissing(Exception):

@@ -21,11 +21,11 @@
 -- Validates the whole call before writing anything. A malformed call is refused with
 -- error "INVALID <reason>" and nothing written. Then each entry is checked against Redis
 -- and applied whole or not at all; the reply has one status per entry, in order:
---   "OK"        applied (every field HINCRBY'd, the key's TTL raised to ttl_s)
+--   "OK"        applied (every field HINCRBY'd; a key without TTL gets ttl_s)
 --   "TICK"      the tick starts more than 60 s after now by Redis's clock (not applied)
 --   "WRONGTYPE" the key exists and is not a hash (not applied)
---   "NOTINT"    a field already holds a non-integer (not applied)
---   "OVERFLOW"  a field would pass 2^53 - 1 (not applied)
+--   "NOTINT"    a field already holds a non-integer (not applied: counts unchanged)
+--   "OVERFLOW"  a field would leave int64 (not applied: counts unchanged)
 -- Applied entries' features are announced in the stream KEYS[1] (each feature once per
 -- call), so the engine may evaluate as counts arrive (XREAD BLOCK on it).
 -- Nothing is ever retried by the caller for an entry that got a status: "OK" is done, the
@@ -34,7 +34,6 @@
 local MAX_ENTRIES = 1000
 local MAX_FIELDS = 64
 local MAX_COUNT = 1000000000
-local MAX_VALUE = 9007199254740991 -- 2^53 - 1: exact in Lua's doubles and JSON readers
 local SKEW_S = 60
 local BASE = {requests = true, errors = true, slow = true}
 
@@ -114,46 +113,39 @@ local function add(all_keys, args)
   end
   if i ~= #args + 1 then return redis.error_reply('INVALID trailing arguments') end
 
-  -- 2. each entry against Redis, before any write
+  -- 2. apply each entry whole or not at all: an increment Redis refuses (the key is not a
+  -- hash, the field is not an integer, int64 overflow) undoes the entry's earlier ones
   local now = tonumber(redis.call('TIME')[1])
-  local status = {}
+  local status, arrived, announced = {}, {}, {}
   for e, entry in ipairs(entries) do
-    -- a tick that has not begun (beyond clock skew) would sit in wait for its reader:
-    -- refused, so nobody can pre-load evidence. Past ticks are fine (a flush after an
-    -- outage); the TTL removes them.
     if entry.tick * tick_s > now + SKEW_S then
+      -- a tick that has not begun (beyond clock skew) would sit in wait for its reader:
+      -- refused, so nobody can pre-load evidence; past ticks are fine, the TTL ends them
       status[e] = 'TICK'
     else
-      local ok, current = pcall(redis.call, 'HMGET', entry.key, unpack(entry.fields))
-      if not ok then
-        status[e] = 'WRONGTYPE'
-      else
-        status[e] = 'OK'
-        for f, value in ipairs(current) do
-          if value then
-            if string.find(value, '^%-?%d+$') == nil then
-              status[e] = 'NOTINT'
-              break
-            elseif tonumber(value) > MAX_VALUE - entry.counts[f] then
-              status[e] = 'OVERFLOW'
-              break
-            end
+      status[e] = 'OK'
+      for f, field in ipairs(entry.fields) do
+        local res = redis.pcall('HINCRBY', entry.key, field, entry.counts[f])
+        if type(res) == 'table' and res.err then
+          local err = res.err
+          if string.find(err, 'WRONGTYPE', 1, true) then
+            status[e] = 'WRONGTYPE'
+          elseif string.find(err, 'overflow', 1, true) then
+            status[e] = 'OVERFLOW'
+          else
+            status[e] = 'NOTINT'
           end
+          for g = 1, f - 1 do
+            redis.call('HINCRBY', entry.key, entry.fields[g], -entry.counts[g])
+          end
+          break
         end
       end
-    end
-  end
-
-  -- 3. write what passed
-  local arrived, announced = {}, {}
-  for e, entry in ipairs(entries) do
-    if status[e] == 'OK' then
-      for f, field in ipairs(entry.fields) do
-        redis.call('HINCRBY', entry.key, field, entry.counts[f])
+      if status[e] ~= 'WRONGTYPE' then
+        -- the TTL is set once, when the key has none (never shortened, never extended)
+        redis.call('EXPIRE', entry.key, ttl_s, 'NX')
       end
-      redis.call('EXPIRE', entry.key, ttl_s, 'NX')
-      redis.call('EXPIRE', entry.key, ttl_s, 'GT')
-      if not announced[entry.feature] then
+      if status[e] == 'OK' and not announced[entry.feature] then
         announced[entry.feature] = true
         table.insert(arrived, entry.feature)
       end
