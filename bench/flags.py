@@ -142,7 +142,7 @@ def bench_openfeature(flags: FlagClient, seconds: float) -> tuple[float, float]:
         InMemoryProvider({FEATURE: InMemoryFlag("on", {"on": True, "off": False})}),
         domain="memory",
     )
-    api.set_provider(RecoveryProvider(flags), domain="recovery")
+    api.set_provider_and_wait(RecoveryProvider(flags), domain="recovery")
     memory, ours = api.get_client("memory"), api.get_client("recovery")
     try:
         in_memory = rate(lambda f, k: memory.get_boolean_value(f, False, contexts[k]), seconds)

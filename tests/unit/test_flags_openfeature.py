@@ -10,8 +10,10 @@ from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
+from openfeature.provider import ProviderStatus
 
-from workers.flags import FlagClient, RecoveryProvider
+from workers.flags import ClientHealth, FlagClient, RecoveryProvider
+from workers.flags._provider import status_of
 
 FLAGS = {
     "on": {"state": "ENABLED"},
@@ -30,7 +32,7 @@ def flags() -> FlagClient:
 def of_client(flags: FlagClient, request: pytest.FixtureRequest) -> Iterator[OpenFeatureClient]:
     """An OpenFeature client on its own domain, backed by RecoveryProvider."""
     domain = f"flags-test-{request.node.name}"
-    api.set_provider(RecoveryProvider(flags), domain=domain)
+    api.set_provider_and_wait(RecoveryProvider(flags), domain=domain)
     try:
         yield api.get_client(domain)
     finally:
@@ -76,3 +78,32 @@ def test_non_boolean_types_mismatch(of_client: OpenFeatureClient) -> None:
     assert of_client.get_integer_value("on", 3) == 3
     assert of_client.get_float_value("on", 1.5) == 1.5
     assert of_client.get_object_value("on", {"a": 1}) == {"a": 1}
+
+
+def _health(**kw: object) -> ClientHealth:
+    base: dict[str, object] = dict(
+        connected=True, snapshot_age_s=0.0, snapshot_version=1, source="redis", features=1,
+        malformed=(), last_error=None, last_error_age_s=None, reloads=1,
+        refresher_alive=True, metrics_pending=0, metrics_dropped=0,
+    )  # fmt: skip
+    base.update(kw)
+    return ClientHealth(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("health", "away_s", "expected"),
+    [
+        (_health(source="empty", connected=False), 0.0, ProviderStatus.NOT_READY),
+        (_health(source="static", connected=False), 99.0, ProviderStatus.READY),
+        (_health(), 0.0, ProviderStatus.READY),
+        (_health(connected=False), 1.0, ProviderStatus.READY),
+        (_health(connected=False), 6.0, ProviderStatus.STALE),
+        (_health(connected=False), 31.0, ProviderStatus.ERROR),
+        (_health(source="bootstrap", connected=False), 6.0, ProviderStatus.STALE),
+        (_health(data_loss=True), 0.0, ProviderStatus.ERROR),
+    ],
+)
+def test_status_table(health: ClientHealth, away_s: float, expected: ProviderStatus) -> None:
+    """Empty is NOT_READY, connected READY, away past 5 s STALE, past 30 s or data loss ERROR."""
+    status, why = status_of(health, away_s, stale_after_s=5.0, error_after_s=30.0)
+    assert status is expected and why
