@@ -11,17 +11,29 @@ key                                 type    meaning
 ==================================  ======  ==============================================
 ``<ns>:flags``                      hash    feature -> JSON ``{"state", "percent",
                                             "version", "updated_at"}``; no TTL
-``<ns>:flags:version``              string  integer, bumped on every flag change; no TTL
-channel ``<ns>:flags``              pubsub  JSON ``{"feature", "state", "percent",
-                                            "version"}`` published on every change
+``<ns>:flags:version``              string  integer, +1 on every flag change; no TTL
+channel ``<ns>:flags``              pubsub  the change message, on every change: the new
+                                            hash value plus the feature, JSON
+                                            ``{"feature", "state", "percent", "version",
+                                            "updated_at"}``; ``version`` = the counter
+                                            after the change (apply it at version - 1)
+``<ns>:flags:log``                  stream  the same messages (field ``change``), entry id
+                                            ``<version>-0``, capped at ~1,000: a client
+                                            that missed changes reads them from here
 ``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
                                             non-overlapping tick (``tick = floor(unix_s /
                                             tick_s)``): integer fields ``requests``,
-                                            ``errors``, ``slow``, ``bad:<name>`` (HINCRBY;
-                                            missing = 0; ``requests`` 0 = heartbeat);
-                                            TTL ``metrics_ttl_s`` (EXPIRE on every write,
-                                            see ``workers.health.sources.redis``)
+                                            ``errors``, ``slow``, ``bad:<name>``, each
+                                            also ``ctl:``-prefixed for the control cohort
+                                            (missing = 0; ``requests`` 0 = heartbeat);
+                                            TTL ``metrics_ttl_s``; written only by the
+                                            function ``recovery_metrics_add``
+                                            (``workers.metrics``)
+``<ns>:metrics:arrived``            stream  field ``features``: the features whose counts
+                                            one metrics call applied; capped at ~1,000
 ==================================  ======  ==============================================
+
+See ``docs/flags.md`` for the client protocol over the change messages and log.
 
 Internal (the store is the only writer):
 
@@ -80,6 +92,10 @@ class Keys:
     @property
     def flags_log(self) -> str:
         return f"{self.ns}:flags:log"
+
+    @property
+    def metrics_arrived(self) -> str:
+        return f"{self.ns}:metrics:arrived"
 
     def metrics(self, feature: str, tick: int) -> str:
         return f"{self.ns}:metrics:{feature}:{tick}"

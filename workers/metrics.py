@@ -127,7 +127,7 @@ def load_library(client: redis.Redis) -> None:
 
 def arrived_stream(keys: Keys) -> str:
     """The stream in which the function names the features whose counts arrived."""
-    return f"{keys.ns}:metrics:arrived"
+    return keys.metrics_arrived
 
 
 def _args(keys: Keys, entries: Sequence[Entry], tick_s: int, ttl_s: int) -> list[Any]:

@@ -111,3 +111,29 @@ def test_operator_and_worker_can_publish_flags(acl_server: RedisServer) -> None:
     operator = acl_client(acl_server, "operator")
     with pytest.raises(redis.exceptions.NoPermissionError):
         operator.set("somebody-else:key", "x")
+
+
+@pytest.mark.parametrize("user", ["worker", "operator"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("FUNCTION", "FLUSH"),
+        ("FUNCTION", "DELETE", "recovery_metrics"),
+        ("SCRIPT", "FLUSH"),
+        ("SET", "recoveryXYZ", "1"),
+        ("SET", "rollbackXYZ", "1"),
+    ],
+)
+def test_worker_and_operator_cannot_flush_functions_or_leave_the_namespace(
+    acl_server: RedisServer, user: str, command: tuple[str, ...]
+) -> None:
+    """Neither may drop functions or scripts (other tenants' too), and their key patterns
+    end at a separator: `recovery:*`, not every key that starts with `recovery`."""
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        acl_client(acl_server, user).execute_command(*command)
+
+
+def test_the_worker_loads_the_metrics_function(acl_server: RedisServer) -> None:
+    """The worker user may load (and replace) the metrics function library."""
+    load_library(acl_client(acl_server, "worker"))
+    load_library(acl_client(acl_server, "worker"))
