@@ -439,7 +439,8 @@ def scale(url: str, quick: bool) -> None:
     seconds = 3.0 if quick else 5.0
     base = storm(url, procs=4, per_proc=2, rate=10, seconds=3.0, mode="full")
     big = storm(url, procs=4, per_proc=50, rate=100, seconds=seconds, mode="delta")
-    print("storm at 10,000 flags, change -> applied in every client:")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"storm at 10,000 flags, change -> applied in every client (load average {load:.1f}):")
     for name, res in (("full-read, 8 clients, 10/s", base), ("delta, 200 clients, 100/s", big)):
         print(
             f"  {name:<27} p50 {res['p50']:7.2f} ms  p99 {res['p99']:7.2f} ms  "

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from immutables import Map
 
 from workers.flags._delta import Change, encode_change, fold, parse_change
-from workers.flags._model import Flag, FlagSnapshot, compile_rules
+from workers.flags._model import Flag, FlagSnapshot, compile_rules, flag_from_mapping
 from workers.states import FeatureState
 
 FEATURES = ["a", "b", "c", "d"]
@@ -108,3 +108,31 @@ def test_fold_clears_a_malformed_entry_it_replaces() -> None:
     snap = FlagSnapshot(flags=Map(), version=1, source="redis", malformed=("a", "b"))
     folded = fold(snap, Map(), [Change("a", _flag(FeatureState.ENABLED, 100, 2))])
     assert folded.snapshot.malformed == ("b",)
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 150), st.floats(allow_nan=True),
+    st.sampled_from(["ENABLED", "DISABLED", "TESTING", "ON", ""]), st.lists(st.integers()),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.fixed_dictionaries(
+        {"feature": st.one_of(st.just("a"), st.integers())},
+        optional={"state": _values, "percent": _values, "version": _values, "updated_at": _values},
+    )
+)
+def test_fast_parse_agrees_with_the_validating_parse(message: dict[str, object]) -> None:
+    """Whatever the message holds, parse_change agrees with flag_from_mapping's verdict."""
+    got = parse_change(json.dumps(message))
+    try:
+        flag = flag_from_mapping(message)
+        expected = (
+            Change(message["feature"], flag)  # type: ignore[arg-type]  # checked below
+            if isinstance(message["feature"], str) and flag.version > 0 and "updated_at" in message
+            else None
+        )
+    except ValueError:
+        expected = None
+    assert got == expected

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from immutables import Map
 
 from workers.flags._model import Flag, FlagSnapshot, flag_from_mapping
+from workers.states import FeatureState
 
 __all__ = ["Change", "Folded", "encode_change", "fold", "parse_change"]
 
@@ -46,17 +47,33 @@ class Change:
         return self.flag.version
 
 
+_STATES = {state.value: state for state in FeatureState}
+
+
 def parse_change(raw: str | bytes) -> Change | None:
     """The change a message carries, or ``None`` when it is not one (a hint). Never raises."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, TypeError):
         return None
-    if not isinstance(data, dict) or "updated_at" not in data:
+    if type(data) is not dict or "updated_at" not in data:
         return None
     feature = data.get("feature")
-    if not isinstance(feature, str):
+    if type(feature) is not str:
         return None
+    # the common shape, checked inline: every client parses every change
+    raw_state = data.get("state")
+    state = _STATES.get(raw_state) if type(raw_state) is str else None
+    percent, version, updated_at = data.get("percent"), data.get("version"), data.get("updated_at")
+    if (
+        state is not None
+        and type(percent) is int
+        and 0 <= percent <= 100
+        and type(version) is int
+        and version > 0
+        and type(updated_at) in (int, float)
+    ):
+        return Change(feature, Flag(state, percent, version, float(updated_at)))  # type: ignore[arg-type]  # int or float, checked
     try:
         flag = flag_from_mapping(data)
     except ValueError:

@@ -40,6 +40,7 @@ from immutables import Map
 
 from workers.flags._delta import Change, fold, parse_change
 from workers.flags._model import Flag, FlagSnapshot, compile_rules, parse_flag
+from workers.flags._subscription import Subscription
 from workers.keys import Keys
 
 __all__ = ["Refresher"]
@@ -188,17 +189,11 @@ class Refresher:
                 log.info("flags_reconnected", namespace=self._keys.ns)
             self._first_attempt.set()
             next_poll = time.monotonic() + self.poll_interval_s
-            # read the subscription's connection directly: PubSub.get_message costs about
-            # twice as much CPU per message, which adds up over a fleet (bench/flags.py)
-            conn = pubsub.connection
+            subscription = Subscription(pubsub.connection, _WAKE_S)
             while not stop.is_set():
-                wait = min(_WAKE_S, max(0.0, next_poll - time.monotonic()))
-                if conn.can_read(timeout=wait):
-                    batch = [_as_message(conn.read_response())]
-                    # drain first: a burst becomes one new snapshot
-                    while conn.can_read(timeout=0):
-                        batch.append(_as_message(conn.read_response()))
-                    self.on_messages(client, batch)
+                replies = subscription.read()  # a burst: it becomes one new snapshot
+                if replies:
+                    self.on_messages(client, [_as_message(r) for r in replies])
                     next_poll = time.monotonic() + self.poll_interval_s
                 elif time.monotonic() >= next_poll:
                     self.poll(client)
