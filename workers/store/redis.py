@@ -1,10 +1,10 @@
 """The Redis state store: the only module that talks to Redis for run and feature state.
 
 Every state change is one atomic Lua script (``workers/lua/*.lua``, each opening with its
-KEYS/ARGV header): it validates the transition against :data:`workers.states.TRANSITIONS`,
+KEYS/ARGV header): it validates the transition against :data:`workers.core.states.TRANSITIONS`,
 checks the fencing token, writes the state, appends the audit event, updates the published
 flag, bumps the flags version and publishes — or changes nothing. Key names come from
-:class:`workers.keys.Keys`. Redis driver errors never leave this module: they become
+:class:`workers.store.keys.Keys`. Redis driver errors never leave this module: they become
 :class:`workers.errors.StoreUnavailable`; refusals from the scripts become the matching
 :class:`workers.errors.ConflictError`.
 """
@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from workers.core.states import TRANSITIONS, FeatureState, RunStatus
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -35,8 +36,7 @@ from workers.errors import (
     UnknownFeature,
     UnknownRun,
 )
-from workers.keys import Keys
-from workers.states import TRANSITIONS, FeatureState, RunStatus
+from workers.store.keys import Keys
 
 __all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
 
@@ -44,7 +44,7 @@ _LEGAL = ",".join(f"{a.value}>{b.value}" for a, b in sorted(TRANSITIONS))
 
 
 def _script_source(name: str) -> str:
-    return resources.files("workers").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("workers.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 def _num(value: str | None, default: float = 0.0) -> float:
