@@ -310,7 +310,7 @@ class PartialRecoveryManager:
         DISABLED features whose retry backoff has passed go back to the ready queue.
         """
         run = self.store.run(run_id)
-        if run.status is not RunStatus.RUNNING or run.raw.get("stopping") == "1":
+        if run.status is not RunStatus.RUNNING or run.stopping:
             return "inactive"
         ctx = self.context(run_id)
         spec = self._spec(ctx, feature)
@@ -386,14 +386,14 @@ class PartialRecoveryManager:
     ) -> str:
         tick = float(self.settings.metrics_tick_s)
         step_elapsed = now - rec.step_since
-        testing_elapsed = now - _float(rec.raw.get("testing_since"), rec.state_since)
+        testing_elapsed = now - rec.testing_since
         if spec.health.source == "none":
             evidence: dict[str, Any] = {"rule": "dwell"}
             health, decision = FeatureHealth.HEALTHY, Decision.PROMOTE
             eval_state = ""
         else:
-            ev = self._evaluator(spec, rec.raw.get("eval", ""), "testing")
-            last = _float(rec.raw.get("last_eval_at"), rec.step_since)
+            ev = self._evaluator(spec, rec.eval_state, "testing")
+            last = rec.last_eval_at or rec.step_since
             health, until = self._observe(spec, rec.name, ev, last, now)
             decision = ev.decision
             evidence = ev.explain()
@@ -466,8 +466,8 @@ class PartialRecoveryManager:
             self.store.update(run_id, rec.name, token=token, remove_due=True)
             return "unwatched"
         tick = float(self.settings.metrics_tick_s)
-        ev = self._evaluator(spec, rec.raw.get("eval", ""), "enabled")
-        last = _float(rec.raw.get("last_eval_at"), rec.state_since)
+        ev = self._evaluator(spec, rec.eval_state, "enabled")
+        last = rec.last_eval_at or rec.state_since
         health, until = self._observe(spec, rec.name, ev, last, now)
         if ev.decision is Decision.ROLLBACK:
             return self._request_rollback(run_id, rec, token, Reason.REGRESSION, ev.explain(), now)
@@ -499,7 +499,7 @@ class PartialRecoveryManager:
         """Audit a health change an operator cares about: into DEGRADED/UNHEALTHY, or back
         out of them. The routine UNKNOWN -> HEALTHY of every ramp step is left out (the
         transitions carry that evidence)."""
-        old = FeatureHealth(rec.health)
+        old = rec.health
         if health is old or not (health in self._WORRYING or old in self._WORRYING):
             return
         self.store.append_event(
