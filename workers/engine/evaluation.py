@@ -82,6 +82,9 @@ class EvaluationMixin(EngineBase):
             evidence=ev.explain(),
             eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
             until=until,
+            requests=ev.requests,
+            span_s=max(until - start, 0.0),
+            read_s=until - last,
         )
 
     @staticmethod

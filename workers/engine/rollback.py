@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from workers.core import decide
 from workers.core import rollback as plan
 from workers.core.actions import Quarantine, RollBack, ScheduleRetry
 from workers.core.states import FeatureState, Reason, RunStatus
@@ -68,7 +69,28 @@ class RollbackMixin(EngineBase):
                 break
         self.dispatch_ready(run_id)
         self.check_completion(run_id)
+        if done and not automatic:
+            self._restatus(run_id)
         return done
+
+    def _restatus(self, run_id: str) -> None:
+        """A finished run's status and reason follow a manual rollback of its features."""
+        run = self.store.run(run_id)
+        if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED):
+            return
+        after = decide.settled_status(run)
+        if after.status is run.status and after.reason == run.reason:
+            return
+        self.store.set_run_fields(run_id, status=after.status.value, reason=after.reason)
+        self.store.append_event(
+            run_id,
+            "run_status",
+            reason=after.reason,
+            evidence={"from": run.status.value, "to": after.status.value},
+            state=after.status.value,
+            now=self.clock(),
+        )
+        log.warning("run_restatused", run_id=run_id, frm=run.status.value, to=after.status.value)
 
     def _states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
         if not names:

@@ -208,11 +208,26 @@ def _resolve(
         if not ok:
             continue
         assert isinstance(health, HealthPolicy) and isinstance(retry, RetryPolicy)
+        ramp = spec.ramp if spec.ramp is not None else defaults.ramp
+        gates = spec.approve_before if spec.approve_before is not None else defaults.approve_before
+        stray = [g for g in gates if g not in ramp and g != 100]
+        if stray:
+            where = (
+                "approve_before" if spec.approve_before is not None else "defaults.approve_before"
+            )
+            problems.append(
+                (
+                    f"{label(i)}.{where}" if spec.approve_before is not None else where,
+                    f"approval gate(s) {stray} are not steps of the ramp {list(ramp)} "
+                    "(nor 100, before ENABLED)",
+                )
+            )
+            continue
         features[name] = Feature.model_construct(
             name=name,
             priority=spec.priority,
             depends_on=spec.depends_on,
-            ramp=spec.ramp if spec.ramp is not None else defaults.ramp,
+            ramp=ramp,
             dwell_s=spec.dwell_s if spec.dwell_s is not None else defaults.dwell_s,
             max_testing_s=(
                 spec.max_testing_s if spec.max_testing_s is not None else defaults.max_testing_s
@@ -220,6 +235,9 @@ def _resolve(
             health=health,
             retry=retry,
             description=spec.description,
+            bake_s=spec.bake_s if spec.bake_s is not None else defaults.bake_s,
+            approve_before=gates,
+            on_unhealthy=spec.on_unhealthy or defaults.on_unhealthy,
         )
     return features
 
