@@ -128,12 +128,20 @@ def _lane_lines(t: Timeline, label_w: float) -> list[list[str]]:
 
 
 def _label_width(lanes: Sequence[Lane]) -> float:
-    widest = 0.0
-    for lane in lanes:
-        widest = max(widest, text_width(lane.name, 12, bold=True))
-        if lane.depends_on:
-            widest = max(widest, text_width(f"← {', '.join(lane.depends_on)}", 10))
-    return min(_LABEL_MAX, max(_LABEL_MIN, widest + 2 * _PAD))
+    """As wide as the widest name (never cut) and dependency list, the lists capped at
+    :data:`_LABEL_MAX` (they wrap)."""
+    names = max([0.0, *(text_width(lane.name, 12, bold=True) for lane in lanes)])
+    deps = max(
+        [
+            0.0,
+            *(
+                text_width(f"← {', '.join(lane.depends_on)}", 10)
+                for lane in lanes
+                if lane.depends_on
+            ),
+        ]
+    )
+    return max(_LABEL_MIN, names + 2 * _PAD, min(_LABEL_MAX, deps + 2 * _PAD))
 
 
 def render_svg(t: Timeline, *, standalone: bool = True) -> str:

@@ -20,7 +20,7 @@ from workers.plan import parse_plan
 from workers.report import build_timeline, render_html, render_svg
 
 DEPS = [f"payments-gateway-{i}" for i in range(8)]
-#: the stress case: a long plan name, and a feature depending on eight long names
+#: the stress case: a long plan name, a long feature name, a feature depending on eight
 PLAN = parse_plan(
     {
         "name": "checkout-with-a-rather-long-plan-name",
@@ -32,6 +32,7 @@ PLAN = parse_plan(
             {"name": "b", "depends_on": ["a"]},
             {"name": "c", "depends_on": ["b"]},
             {"name": "solo"},
+            {"name": "inventory-reservation-service-with-a-very-long-feature-name-v2"},
         ],
     }
 )
