@@ -214,7 +214,7 @@ class RecoveryCollector(Collector):
     """
 
     def __init__(
-        self, store: Store, recent: int = 20, clock: Callable[[], float] = time.time
+        self, store: Store, recent: int = 10, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.recent = recent
@@ -417,7 +417,7 @@ def _plan_features(plan_json: str) -> tuple[list[str], frozenset[str]]:
         return [], frozenset()
 
 
-def serve(store: Store, port: int, address: str = "127.0.0.1", recent: int = 20) -> Any:
+def serve(store: Store, port: int, address: str = "127.0.0.1", recent: int = 10) -> Any:
     """Start the HTTP exporter in a background thread; returns ``(server, thread)``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecoveryCollector(store, recent))
@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.exporter")
     parser.add_argument("--port", type=int, default=9808)
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--recent", type=int, default=20, help="newest runs kept in view")
+    parser.add_argument("--recent", type=int, default=10, help="newest runs kept in view")
     args = parser.parse_args(argv)
     settings = get_settings()
     serve(Store(settings.redis_url, settings.namespace), args.port, args.address, args.recent)
