@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,34 @@ def test_worker_healthcheck_pings_its_own_node(
         assert other.returncode != 0
     finally:
         worker.kill()
+
+
+def test_flower_healthcheck_answers_without_basic_auth(
+    server: EntrypointRedis, compose: dict[str, Any]
+) -> None:
+    """Flower started with the compose command and basic auth on answers the compose
+    healthcheck (its /healthcheck needs no credentials) while its dashboard refuses an
+    anonymous request."""
+    port = free_port()
+    command = compose["services"]["flower"]["command"].replace("5555", str(port))
+    command = command.replace("--address=0.0.0.0", "--address=127.0.0.1")
+    env = {**os.environ, "RECOVERY_REDIS_URL": server.url("worker"), "RECOVERY_NAMESPACE": NS,
+           "FLOWER_BASIC_AUTH": "admin:test-only"}  # fmt: skip
+    argv = command.split()
+    argv[0] = str(Path(sys.executable).parent / argv[0])
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            check = healthcheck(compose, "flower", {}, ("5555", str(port)))
+            if check.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert check.returncode == 0, check.stderr
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert denied.value.code == 401
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=10)
