@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.processes import ROOT, RedisServer
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 NS = "flagscheck"
 K = Keys(NS)

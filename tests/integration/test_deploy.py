@@ -22,10 +22,10 @@ import yaml
 from tests.integration.test_acl import refused
 from tests.processes import ROOT, CeleryProcess, RedisServer, free_port, wait_for
 from workers.celery import make_app
-from workers.keys import Keys
-from workers.manager import PartialRecoveryManager
+from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
 from workers.store import Store
+from workers.store.keys import Keys
 from workers.tasks import CeleryDispatcher
 
 NS = "recovery"  # the ACL patterns are written for the default namespace

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Cluster, make_cluster
 from tests.processes import ROOT, PrometheusServer, free_port, wait_for
-from workers.states import RunStatus
+from workers.core.states import RunStatus
 
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "recovery.json"

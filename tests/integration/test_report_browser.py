@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.unit.test_report import EVENTS, RUN
-from workers.plan import parse_plan
-from workers.report import build_timeline, render_html, render_svg
+from workers.core.plan import parse_plan
+from workers.ops.report import build_timeline, render_html, render_svg
 
 DEPS = [f"payments-gateway-{i}" for i in range(8)]
 #: the stress case: a long plan name, a long feature name, a feature depending on eight

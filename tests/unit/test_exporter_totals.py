@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from workers.exporter import DECISIONS, ROLLBACK_REASONS, RunCursor, Totals
-from workers.states import FeatureHealth, FeatureState
+from workers.core.states import FeatureHealth, FeatureState
+from workers.ops.exporter import DECISIONS, ROLLBACK_REASONS, RunCursor, Totals
 from workers.store import Event
 
 START = 1000.0

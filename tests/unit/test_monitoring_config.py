@@ -64,9 +64,9 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
 def test_dashboard_uses_the_provisioned_datasource_and_exported_metrics() -> None:
     """Every panel of recovery.json queries the provisioned Prometheus datasource and only
     metric names the exporter's docstring table lists."""
-    import workers.exporter
+    import workers.ops.exporter
 
-    documented = set(re.findall(r"``(recovery_\w+)``", workers.exporter.__doc__ or ""))
+    documented = set(re.findall(r"``(recovery_\w+)``", workers.ops.exporter.__doc__ or ""))
     ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
     doc = json.loads((GRAFANA / "recovery.json").read_text())

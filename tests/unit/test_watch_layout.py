@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from workers.watch import FeatureRow, RunView, choose_columns, choose_rows, render_view
+from workers.ops.watch import FeatureRow, RunView, choose_columns, choose_rows, render_view
 
 
 def row(i: int, state: str = "ENABLED", **kw: object) -> FeatureRow:

@@ -1,6 +1,6 @@
 """The recovery timeline drawn as SVG: readable pasted on its own, and sized to its text.
 
-:func:`render_svg` draws a :class:`~workers.report.Timeline`. Standalone (the default,
+:func:`render_svg` draws a :class:`~workers.ops.report.Timeline`. Standalone (the default,
 ``recovery report -o x.svg``) the picture carries everything as visible text, not only
 as hover tooltips: a title, the status as a coloured badge, the run id, reason and
 duration, a legend, the lanes, and the rollback table and the features that need an
@@ -20,7 +20,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from workers.report import STATE_COLORS, Lane, Timeline, clock
+from workers.ops.report import STATE_COLORS, Lane, Timeline, clock
 
 __all__ = ["COLORS", "render_svg", "text_width", "wrap"]
 
