@@ -51,6 +51,7 @@ __all__ = [
     "idle",
     "lost_schedules",
     "measured",
+    "outcome",
     "promotion",
     "self_freeze",
     "settled_status",
@@ -355,6 +356,19 @@ def settled_status(run: RunRecord) -> Finish:
         RunStatus.PARTIAL,
         f"{run.enabled} enabled, {run.quarantined} quarantined, {run.blocked} blocked",
     )
+
+
+def outcome(actions: Sequence[Action]) -> str:
+    """An evaluation's outcome for the decision counters: ``rollback``, ``advance``,
+    ``promote`` or ``continue`` (holds and waiting count as ``continue``)."""
+    for action in actions:
+        if isinstance(action, RequestRollback):
+            return "rollback"
+        if isinstance(action, Advance):
+            return "advance"
+        if isinstance(action, Enable):
+            return "promote"
+    return "continue"
 
 
 def lost_schedules(names: Sequence[str], due: Sequence[float | None]) -> tuple[str, ...]:

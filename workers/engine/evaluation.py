@@ -53,7 +53,9 @@ class EvaluationMixin(EngineBase):
                 actions = decide.enabled(rec, spec, verdict, now, self.tuning)
             else:
                 return "skipped"
-            return self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            done = self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            self.store.count_decision(decide.outcome(actions))
+            return done
         except ConflictError as exc:
             log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
             return "refused"

@@ -427,8 +427,9 @@ def events(
 @handles_errors
 def flags(as_json: JsonOpt = False) -> None:
     """The published flags that services read (``<ns>:flags``)."""
-    manager = _manager()
-    version, current = manager.store.flags_version(), manager.store.flags()
+    store = _manager().store
+    version = _flag_key(store.flags_version, store.keys.flags_version, "an integer string")
+    current = _flag_key(store.flags, store.keys.flags, "a hash (feature -> JSON)")
     if as_json:
         typer.echo(json.dumps({"version": version, "flags": current}))
         return
@@ -538,6 +539,23 @@ def approve(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt
     _check_feature(feature)
     _manager().approve(run, feature, reason=reason, actor=actor_of(actor))
     typer.echo(f"{feature}: approved")
+
+
+def _flag_key(read: Callable[[], R], key: str, expected: str) -> R:
+    """Read one flags key; a key of the wrong type or content is bad data, not an outage:
+    say which key holds what (exit 2) instead of "cannot reach Redis"."""
+    try:
+        return read()
+    except StoreUnavailable as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        problem = "holds another type of value"
+    except ValueError:
+        problem = "holds a value that is not a number"
+    raise InvalidInput(
+        f"Redis key {key!r} {problem}; it should be {expected}. Another program or a "
+        f"different RECOVERY_NAMESPACE wrote it: look with `redis-cli TYPE {key}`"
+    )
 
 
 # -- operator experience: watch, report, demo, exporter (issue #6) ---------------------------

@@ -887,6 +887,19 @@ class Store:
         with self._translate():
             return int(self.r.get(self.keys.flags_version) or 0)
 
+    # -- statistics -------------------------------------------------------------------
+    def count_decision(self, outcome: str) -> None:
+        """Count one evaluation outcome (``continue``, ``advance``, ``promote``,
+        ``rollback``) in ``<ns>:stats:decisions``; the exporter reads it."""
+        with self._translate():
+            self.r.hincrby(self.keys.stats_decisions, outcome, 1)
+
+    def decision_counts(self) -> dict[str, int]:
+        """Evaluation outcomes counted so far, over every run (missing outcomes: none)."""
+        with self._translate():
+            raw = self.r.hgetall(self.keys.stats_decisions)
+        return {str(k): int(_num(v)) for k, v in raw.items()}
+
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC timestamp plus random suffix."""
