@@ -37,6 +37,7 @@ EVENTS: dict[str, str] = {
     "operator_command": "an operator's pause/resume/promote/retry/approve was accepted",
     "command_refused": "an operator's command was illegal now; nothing changed (why)",
     "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
+    "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
     "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
     "malformed_message": "a task payload did not validate; the message was dropped",
     "task_crashed": "a task raised an unexpected exception; it will be retried",

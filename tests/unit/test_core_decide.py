@@ -60,7 +60,11 @@ def run(**over: Any) -> RunRecord:
 
 
 def verdict(decision: D, health: H = H.HEALTHY) -> Verdict:
-    return Verdict(health, decision, {"reason": "x"}, eval_state="{}", until=NOW - 1)
+    """A verdict on 100 requests over 10 s of the step (traffic enough)."""
+    return Verdict(
+        health, decision, {"reason": "x"}, eval_state="{}", until=NOW - 1,
+        requests=100, span_s=10.0, read_s=1.0,
+    )  # fmt: skip
 
 
 # -- the test step -------------------------------------------------------------------------
@@ -363,7 +367,7 @@ def traffic(requests: float, span: float = 10.0, decision: D = D.CONTINUE) -> Ve
     )  # fmt: skip
 
 
-GUARD = Verdict(H.UNHEALTHY, D.ROLLBACK, {"reason": "guard"}, "{}", NOW - 1)
+GUARD = Verdict(H.UNHEALTHY, D.ROLLBACK, {"reason": "guard"}, "{}", NOW - 1, 40, 10.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -379,7 +383,8 @@ GUARD = Verdict(H.UNHEALTHY, D.ROLLBACK, {"reason": "guard"}, "{}", NOW - 1)
         (TESTING, HOLDING, GUARD, ["NoteHealth", "RequestRollback"]),
         (TESTING, MEASURED, traffic(0), ["SetHold", "Continue"]),
         (TESTING, LOW, traffic(30), ["SetHold", "Continue"]),
-        (TESTING, MEASURED, traffic(0, span=3.0), ["Continue"]),
+        (TESTING, MEASURED, traffic(0, span=1.0), ["Continue"]),
+        (replace(TESTING, testing_since=NOW - 61), MEASURED, traffic(0, span=1.0), ["Continue"]),
         (replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC), MEASURED, traffic(0), ["Continue"]),
         (
             replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC),
@@ -427,6 +432,7 @@ GUARD = Verdict(H.UNHEALTHY, D.ROLLBACK, {"reason": "guard"}, "{}", NOW - 1)
         "no-traffic-holds",
         "below-min-traffic-holds",
         "too-early-to-judge-traffic",
+        "silence-never-times-out",
         "still-no-traffic-stays-held",
         "traffic-back-lifts-hold-and-moves-on",
         "no-timeout-while-starved",

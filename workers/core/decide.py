@@ -74,7 +74,7 @@ class Tuning:
     freeze_window_s: float = 60.0
     freeze_min_features: int = 3
     #: traffic to a TESTING feature is judged once a step has this much evidence
-    traffic_window_s: float = 5.0
+    traffic_window_s: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> Tuning:
@@ -88,6 +88,7 @@ class Tuning:
             freeze_share=float(settings.freeze_share),
             freeze_window_s=float(settings.freeze_window_s),
             freeze_min_features=int(settings.freeze_min_features),
+            traffic_window_s=2.0 * float(settings.metrics_tick_s),
         )
 
 
@@ -229,7 +230,8 @@ def testing(
     1. a ROLLBACK verdict asks for a rollback — or, with ``on_unhealthy: hold`` and unless
        the fast guard fired, holds the feature at its percent for an operator;
     2. too little traffic (below ``min_traffic_rps``, or none at all) holds the feature
-       (``insufficient_traffic``) and stops its test clock; the hold lifts by itself;
+       (``insufficient_traffic``, once two ticks of the step are read) and stops its test
+       clock — no request at all never times out; the hold lifts by itself;
     3. an operator hold (paused, awaiting approval, unhealthy hold) keeps it where it is,
        still evaluated, its clock stopped;
     4. the ``max_testing_s`` timeout asks for a rollback;
@@ -260,8 +262,10 @@ def testing(
         recheck = now + tuning.lease_ttl_s
         return (*actions, RequestRollback(Reason.UNHEALTHY, verdict.evidence, recheck))
     rps = verdict.traffic_rps if verdict.span_s >= tuning.traffic_window_s else None
-    if rps is not None and (verdict.requests == 0 or rps < spec.health.min_traffic_rps):
-        if hold is None:
+    silent = measured(spec) and verdict.requests == 0
+    starving = silent or (rps is not None and rps < spec.health.min_traffic_rps)
+    if starving:
+        if hold is None and rps is not None:
             why = {"traffic_rps": round(rps, 3), "min_traffic_rps": spec.health.min_traffic_rps}
             actions.append(SetHold(Hold.INSUFFICIENT_TRAFFIC, why))
         if hold is None or hold is Hold.INSUFFICIENT_TRAFFIC:

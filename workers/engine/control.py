@@ -19,7 +19,7 @@ from workers.core.records import FeatureRecord, RunRecord
 from workers.core.states import FeatureState
 from workers.engine.base import EngineBase
 from workers.engine.context import RunContext
-from workers.errors import ConflictError
+from workers.errors import ConflictError, StaleToken
 
 __all__ = ["ControlMixin"]
 
@@ -131,13 +131,18 @@ class ControlMixin(EngineBase):
                 )
                 raise ConflictError(f"{verb} refused: {out.message}")
             log.info("operator_command", run_id=run_id, feature=feature, verb=verb, actor=actor)
-            result = verb
-            for action in out:
-                if isinstance(action, Unquarantine):
-                    self._unquarantine(run_id, ctx, action, token, actor, now)
-                else:
-                    self.carry_out_as(run_id, ctx, rec, action, token, actor, now)
-            return result
+            try:
+                for action in out:
+                    if isinstance(action, Unquarantine):
+                        self._unquarantine(run_id, ctx, action, token, actor, now)
+                    else:
+                        self.carry_out_as(run_id, ctx, rec, action, token, actor, now)
+            except StaleToken:
+                raise ConflictError(
+                    f"{verb} refused: {feature} was changed by another step at the same "
+                    "moment (e.g. a rollback); look at `recovery status` and try again"
+                ) from None
+            return verb
         finally:
             self.store.release(run_id, feature, token)
 

@@ -13,7 +13,7 @@ from workers.core.actions import Quarantine, RollBack, ScheduleRetry
 from workers.core.states import FeatureState, Reason, RunStatus
 from workers.engine.base import EngineBase
 from workers.engine.context import RunContext
-from workers.errors import UnknownFeature
+from workers.errors import ConflictError, Frozen, IllegalTransition, StaleToken, UnknownFeature
 
 __all__ = ["RollbackMixin"]
 
@@ -108,7 +108,31 @@ class RollbackMixin(EngineBase):
         count_attempt: bool,
         task_id: str,
     ) -> bool | None:
-        """Roll back one feature. True: done; False: nothing to do; None: dependents busy."""
+        """Roll back one feature. True: done; False: nothing to do; None: try again (a
+        dependent came up, or a concurrent step changed the feature under us)."""
+        try:
+            return self._rollback_claimed(
+                run_id, ctx, feature, reason, evidence, automatic, count_attempt, task_id
+            )
+        except (StaleToken, ConflictError) as exc:
+            if isinstance(exc, (Frozen, IllegalTransition)):
+                raise
+            # the lease was taken by force (an operator, another rollback) or the version
+            # moved: re-read and redo, so a rollback wins against every concurrent move
+            log.info("rollback_retried", run_id=run_id, feature=feature, why=str(exc))
+            return None
+
+    def _rollback_claimed(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        feature: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        automatic: bool,
+        count_attempt: bool,
+        task_id: str,
+    ) -> bool | None:
         spec = ctx.spec(feature)
         token = self.store.claim(
             run_id, feature, self.worker, self.settings.lease_ttl_s, force=True

@@ -682,3 +682,7 @@ def main() -> None:
 
     configure_logging(level=os.environ.get("RECOVERY_LOG_LEVEL", "WARNING"))
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -67,7 +67,6 @@ metric                                              type       labels
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -86,6 +85,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from workers.core.plan import parse_plan
 from workers.core.states import (
     ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
@@ -94,7 +94,7 @@ from workers.core.states import (
     Reason,
     RunStatus,
 )
-from workers.errors import RecoveryError, UnknownRun
+from workers.errors import PlanError, RecoveryError, UnknownRun
 from workers.store import Event, FeatureRecord, RunRecord, Store
 
 __all__ = [
@@ -402,25 +402,20 @@ def _feature_metrics(views: Sequence[_RunView]) -> list[Metric]:
 
 
 def _hold(record: FeatureRecord) -> str:
-    """The record's hold reason ("" = not held); records gain ``hold`` with the engine's
-    holds (pause, approval, too little traffic), until then nothing is held."""
-    return str(getattr(record, "hold", "") or "")
+    """The record's hold ("" = not held; baking counts while the bake runs)."""
+    hold = record.shown_hold(time.time())
+    return hold.value if hold is not None else ""
 
 
 def _plan_features(plan_json: str) -> tuple[list[str], frozenset[str]]:
-    """Feature names of a stored plan, and those whose health source is ``none``."""
+    """Feature names of a stored plan, and those whose health source is ``none`` (read
+    through the one plan parser; an unreadable plan shows no features)."""
     try:
-        doc = json.loads(plan_json)
-        default = (doc.get("defaults") or {}).get("health") or {}
-        names, unmeasured = [], set()
-        for f in doc.get("features", []):
-            names.append(str(f["name"]))
-            source = {**default, **(f.get("health") or {})}.get("source", "redis")
-            if source == "none":
-                unmeasured.add(str(f["name"]))
-        return names, frozenset(unmeasured)
-    except (ValueError, KeyError, TypeError, AttributeError):
+        plan = parse_plan(plan_json, source="stored plan")
+    except PlanError:
         return [], frozenset()
+    names = list(plan.features)
+    return names, frozenset(n for n, f in plan.features.items() if f.health.source == "none")
 
 
 def serve(store: Store, port: int, address: str = "127.0.0.1", recent: int = 10) -> Any:

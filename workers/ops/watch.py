@@ -197,7 +197,7 @@ class RunWatcher:
                 blocked=r.blocked,
                 note=self._notes.get(n, r.reason),
                 rolled_back=r.state.value == "DISABLED" and r.reason in _ROLLBACK_REASONS,
-                held=str(getattr(r, "hold", "") or ""),  # records gain `hold` with holds
+                held=(h.value if (h := r.shown_hold(now)) is not None else ""),
                 measured=self.plan.features[n].health.source != "none",
             )
             for n, r in recs.items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -242,11 +242,18 @@ def _resolve(
     return features
 
 
-def load_plan(path: str | Path, *, max_features: int = 10_000) -> Plan:
+def load_plan(
+    path: str | Path,
+    *,
+    max_features: int = 10_000,
+    overrides: Callable[[dict[str, Any]], None] | None = None,
+) -> Plan:
     """Read and validate a plan file (YAML, or JSON for ``*.json``); at most 10 MiB.
 
-    Raises :class:`PlanError` for a missing, unreadable, oversized, non-UTF-8 or invalid
-    file, with the path as the source of every message.
+    ``overrides``, when given, edits the document in place before validation (the demo
+    compresses timings this way). Raises :class:`PlanError` for a missing, unreadable,
+    oversized, non-UTF-8 or invalid file, with the path as the source of every message.
+    The one plan loader: the CLI, the demo and the exporter all read plans through it.
     """
     path = Path(path)
     source = str(path)
@@ -267,4 +274,8 @@ def load_plan(path: str | Path, *, max_features: int = 10_000) -> Plan:
     fmt: Literal["json", "yaml"] | None = (
         "json" if suffix == ".json" else "yaml" if suffix in (".yaml", ".yml") else None
     )
-    return parse_plan(raw, source=source, max_features=max_features, fmt=fmt)
+    if overrides is None:
+        return parse_plan(raw, source=source, max_features=max_features, fmt=fmt)
+    doc = dict(_document(raw, source, fmt))
+    overrides(doc)
+    return parse_plan(doc, source=source, max_features=max_features)
