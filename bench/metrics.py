@@ -30,7 +30,7 @@ import redis  # noqa: E402  # after the path fix, so the bench runs from a check
 from tests.processes import RedisServer  # noqa: E402
 from workers.flags import FlagClient  # noqa: E402
 from workers.flags._reporter import Batch, MetricBuffer, entry_counts  # noqa: E402
-from workers.keys import Keys  # noqa: E402
+from workers.store.keys import Keys  # noqa: E402
 
 FEATURES = [f"feature-{i:03d}" for i in range(100)]
 FLUSH_S = 0.5

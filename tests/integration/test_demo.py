@@ -10,8 +10,8 @@ from rich.console import Console
 
 from tests.integration.conftest import html_text
 from tests.processes import need_binary
-from workers.demo import DemoConfig, DemoResult, check_outcome, load_demo_plan, run_demo
-from workers.graph import Graph
+from workers.core.graph import Graph
+from workers.demo.run import DemoConfig, DemoResult, check_outcome, load_demo_plan, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, DemoConf
     need_binary("redis-server")
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(
-        output_dir=out, dwell_s=1.0, leak_after_s=10.0, flower=False, timeout_s=120, live=False
+        output_dir=out,
+        dwell_s=1.0,
+        bake_s=14.0,
+        leak_after_s=10.0,
+        flower=False,
+        timeout_s=150,
+        live=False,
     )
     console = Console(record=True, width=160, force_terminal=False)
     result = run_demo(cfg, console)

@@ -13,8 +13,8 @@ from tests.integration.conftest import acl_client, acl_url
 from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
-from workers.keys import Keys
-from workers.metrics import Entry, EntryStatus, add_counts, load_library
+from workers.store.keys import Keys
+from workers.store.metrics import Entry, EntryStatus, add_counts, load_library
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)

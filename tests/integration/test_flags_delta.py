@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.processes import eventually
+from workers.core.states import FeatureState
 from workers.flags import FlagClient
 from workers.flags._refresher import Refresher
 from workers.flags.testing import write_flag
-from workers.keys import Keys
-from workers.states import FeatureState
 from workers.store import Store
+from workers.store.keys import Keys
 
 FEATURES = ["a", "b", "c"]
 _namespaces = itertools.count()

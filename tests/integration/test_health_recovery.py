@@ -10,8 +10,8 @@ import redis
 
 from tests.integration.conftest import Cluster
 from tests.processes import wait_for
+from workers.core.states import RunStatus
 from workers.health.sources.redis import record_counts
-from workers.states import RunStatus
 
 ERROR_RATE = {"good": 0.0, "bad": 0.2}
 
@@ -24,6 +24,7 @@ def health_plan() -> dict[str, Any]:
             "ramp": [20, 100],
             "dwell_s": 1,
             "max_testing_s": 60,
+            "bake_s": 0,
             "health": {"source": "redis", "min_requests": 20, "slow_rate": None},
             "retry": {"max_attempts": 2, "backoff_base_s": 0.5, "backoff_cap_s": 1},
         },

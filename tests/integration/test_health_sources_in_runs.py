@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import Cluster
 from tests.processes import PrometheusServer, wait_for
-from workers.states import RunStatus
+from workers.core.states import RunStatus
 
 #: cumulative counters per feature, served in the text exposition format
 COUNTERS: dict[str, dict[str, int]] = {f: {"requests": 0, "errors": 0} for f in ("good", "bad")}
@@ -62,6 +62,7 @@ def two_feature_plan(name: str, health: dict[str, dict[str, Any]]) -> dict[str, 
             "ramp": [50, 100],
             "dwell_s": 1,
             "max_testing_s": 60,
+            "bake_s": 0,
             "health": {
                 "error_rate": {"healthy": 0.1, "unhealthy": 0.5},
                 "slow_rate": None,

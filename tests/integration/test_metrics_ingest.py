@@ -16,8 +16,8 @@ import redis
 from tests.integration.conftest import acl_client, acl_url
 from tests.processes import RedisServer
 from workers.flags import FlagClient
-from workers.keys import Keys
-from workers.metrics import (
+from workers.store.keys import Keys
+from workers.store.metrics import (
     FUNCTION,
     Entry,
     EntryStatus,

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from immutables import Map
 
+from workers.core.states import FeatureState
 from workers.flags._delta import Change, encode_change, fold, parse_change
 from workers.flags._model import Flag, FlagSnapshot, compile_rules, flag_from_mapping
-from workers.states import FeatureState
 
 FEATURES = ["a", "b", "c", "d"]
 

@@ -33,6 +33,7 @@ from immutables import Map
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workers.core.states import FeatureState
 from workers.errors import InvalidInput
 from workers.flags._bucketing import BUCKETS, _murmur3_32, bucket
 from workers.flags._model import (
@@ -50,8 +51,7 @@ from workers.flags._model import (
 from workers.flags._outcome import Outcome
 from workers.flags._refresher import Refresher
 from workers.flags._reporter import MetricBuffer, write_batch
-from workers.keys import Keys
-from workers.states import FeatureState
+from workers.store.keys import Keys
 
 __all__ = ["FlagClient"]
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from immutables import Map
 
+from workers.core.states import FeatureState
 from workers.flags._model import Flag, FlagSnapshot, flag_from_mapping
-from workers.states import FeatureState
 
 __all__ = ["Change", "Folded", "encode_change", "fold", "parse_change"]
 

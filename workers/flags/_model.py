@@ -15,7 +15,7 @@ from typing import Any
 
 from immutables import Map
 
-from workers.states import FeatureState
+from workers.core.states import FeatureState
 
 __all__ = [
     "ENABLED_RULE",

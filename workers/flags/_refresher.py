@@ -41,7 +41,7 @@ from immutables import Map
 from workers.flags._delta import Change, fold, parse_change
 from workers.flags._model import Flag, FlagSnapshot, compile_rules, parse_flag
 from workers.flags._subscription import Subscription
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 __all__ = ["Refresher"]
 

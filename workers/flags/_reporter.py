@@ -7,7 +7,7 @@ memory is bounded by ``max_keys`` (feature, tick) pairs, and ticks older than th
 TTL are dropped (the reader would never see them) and counted in ``dropped``.
 
 A flush is one call of the validating metrics function per up to 1,000 (feature, tick)
-pairs (:func:`workers.metrics.add_counts`); entries it refuses for good are dropped and
+pairs (:func:`workers.store.metrics.add_counts`); entries it refuses for good are dropped and
 counted, never re-sent. Fields beyond the built-in ones (e.g. the control cohort's
 ``ctl:*``) are added with :meth:`MetricBuffer.add`.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import redis
 
 from workers.flags._model import MetricCounts
-from workers.keys import Keys
-from workers.metrics import MAX_ENTRIES, Entry, EntryStatus, add_counts, valid_entry
+from workers.store.keys import Keys
+from workers.store.metrics import MAX_ENTRIES, Entry, EntryStatus, add_counts, valid_entry
 
 __all__ = ["Batch", "Flushed", "MetricBuffer", "entry_counts", "write_batch"]
 

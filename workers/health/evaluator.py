@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
 from workers.health.policy import HealthPolicy, RateThresholds
-from workers.states import FeatureHealth
 
 if TYPE_CHECKING:
     from workers.health.sources.base import Sample

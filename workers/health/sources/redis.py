@@ -1,11 +1,11 @@
 """The ``redis`` source: per-tick outcome counts that services' flag clients push.
 
-Layout (a published contract, see ``docs/health.md`` and :mod:`workers.keys`): one hash
-per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
+Layout (a published contract, see ``docs/health.md`` and :mod:`workers.store.keys`): one
+hash per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
 ``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
 ``bad:<name>`` (integers; a missing field is 0), and a TTL so memory stays bounded
 whatever the traffic. Every write goes through the validating metrics function
-(:mod:`workers.metrics`); :func:`record_counts` is a one-entry helper over it.
+(:mod:`workers.store.metrics`); :func:`record_counts` is a one-entry helper over it.
 
 This module imports ``redis``; :mod:`workers.health` only imports it lazily, from
 :func:`workers.health.sources.make_source`.
@@ -21,8 +21,8 @@ import redis
 
 from workers.errors import InvalidInput
 from workers.health.sources.base import Sample
-from workers.keys import Keys
-from workers.metrics import Entry, EntryStatus, add_counts, read_ticks, valid_entry
+from workers.store.keys import Keys
+from workers.store.metrics import Entry, EntryStatus, add_counts, read_ticks, valid_entry
 
 __all__ = ["MAX_TICKS", "RedisSource", "record_counts", "tick_of"]
 
@@ -55,7 +55,7 @@ def record_counts(
     a tick the function refuses (nothing is written then); Redis errors propagate as the
     driver's exceptions: a writer helper for tests and tools, which handle their own
     retries. The flag client's reporter writes through the same function
-    (:func:`workers.metrics.add_counts`).
+    (:func:`workers.store.metrics.add_counts`).
     """
     counts = {"requests": requests, "errors": errors, "slow": slow}
     counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})

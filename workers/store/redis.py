@@ -1,10 +1,10 @@
 """The Redis state store: the only module that talks to Redis for run and feature state.
 
 Every state change is one atomic Lua script (``workers/lua/*.lua``, each opening with its
-KEYS/ARGV header): it validates the transition against :data:`workers.states.TRANSITIONS`,
+KEYS/ARGV header): it validates the transition against :data:`workers.core.states.TRANSITIONS`,
 checks the fencing token, writes the state, appends the audit event, updates the published
 flag, bumps the flags version and publishes — or changes nothing. Key names come from
-:class:`workers.keys.Keys`. Redis driver errors never leave this module: they become
+:class:`workers.store.keys.Keys`. Redis driver errors never leave this module: they become
 :class:`workers.errors.StoreUnavailable`; refusals from the scripts become the matching
 :class:`workers.errors.ConflictError`.
 """
@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
+from workers.core.records import Event, FeatureRecord, RunRecord
+from workers.core.states import TRANSITIONS, FeatureHealth, FeatureState, Hold, RunStatus
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -35,8 +37,8 @@ from workers.errors import (
     UnknownFeature,
     UnknownRun,
 )
-from workers.keys import Keys
-from workers.states import TRANSITIONS, FeatureState, RunStatus
+from workers.health import HealthPolicy, MetricSource, make_source
+from workers.store.keys import Keys
 
 __all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
 
@@ -44,7 +46,7 @@ _LEGAL = ",".join(f"{a.value}>{b.value}" for a, b in sorted(TRANSITIONS))
 
 
 def _script_source(name: str) -> str:
-    return resources.files("workers").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("workers.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 def _num(value: str | None, default: float = 0.0) -> float:
@@ -56,149 +58,103 @@ def _num(value: str | None, default: float = 0.0) -> float:
         return default
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRecord:
-    """One feature of one run, as stored."""
-
-    name: str
-    state: FeatureState
-    percent: int
-    step: int
-    health: str
-    attempts: int
-    quarantined: bool
-    blocked: bool
-    reason: str
-    pending: int
-    token: int
-    version: int
-    updated_at: float
-    state_since: float
-    step_since: float
-    rank: int
-    next_attempt_at: float
-    raw: Mapping[str, str] = field(repr=False)
-
-    @classmethod
-    def from_hash(cls, name: str, h: Mapping[str, str]) -> FeatureRecord:
-        return cls(
-            name=name,
-            state=FeatureState(h.get("state", "DISABLED")),
-            percent=int(_num(h.get("percent"))),
-            step=int(_num(h.get("step"), -1)),
-            health=h.get("health", "UNKNOWN") or "UNKNOWN",
-            attempts=int(_num(h.get("attempts"))),
-            quarantined=h.get("quarantined") == "1",
-            blocked=h.get("blocked") == "1",
-            reason=h.get("reason", ""),
-            pending=int(_num(h.get("pending"))),
-            token=int(_num(h.get("token"))),
-            version=int(_num(h.get("version"))),
-            updated_at=_num(h.get("updated_at")),
-            state_since=_num(h.get("state_since")),
-            step_since=_num(h.get("step_since"), _num(h.get("state_since"))),
-            rank=int(_num(h.get("rank"))),
-            next_attempt_at=_num(h.get("next_attempt_at")),
-            raw=dict(h),
-        )
+def feature_from_hash(name: str, h: Mapping[str, str]) -> FeatureRecord:
+    """A :class:`FeatureRecord` from its stored hash (missing or garbled fields default)."""
+    return FeatureRecord(
+        name=name,
+        state=FeatureState(h.get("state", "DISABLED")),
+        percent=int(_num(h.get("percent"))),
+        step=int(_num(h.get("step"), -1)),
+        health=_health(h.get("health")),
+        attempts=int(_num(h.get("attempts"))),
+        quarantined=h.get("quarantined") == "1",
+        blocked=h.get("blocked") == "1",
+        reason=h.get("reason", ""),
+        pending=int(_num(h.get("pending"))),
+        token=int(_num(h.get("token"))),
+        version=int(_num(h.get("version"))),
+        updated_at=_num(h.get("updated_at")),
+        state_since=_num(h.get("state_since")),
+        step_since=_num(h.get("step_since"), _num(h.get("state_since"))),
+        testing_since=_num(h.get("testing_since"), _num(h.get("state_since"))),
+        last_eval_at=_num(h.get("last_eval_at")),
+        eval_state=h.get("eval", ""),
+        rank=int(_num(h.get("rank"))),
+        next_attempt_at=_num(h.get("next_attempt_at")),
+        hold=_hold(h.get("hold")),
+        awaiting=int(_num(h["awaiting"])) if h.get("awaiting") else None,
+        approved=int(_num(h.get("approved"), -1)),
+        bake_ends_at=_num(h.get("bake_ends_at")),
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run's metadata, as stored."""
-
-    run_id: str
-    plan: str
-    status: RunStatus
-    started_at: float
-    finished_at: float | None
-    max_parallel: int
-    total: int
-    enabled: int
-    quarantined: int
-    blocked: int
-    reason: str
-    raw: Mapping[str, str] = field(repr=False)
-
-    @classmethod
-    def from_hash(cls, h: Mapping[str, str]) -> RunRecord:
-        finished = h.get("finished_at") or ""
-        return cls(
-            run_id=h["run_id"],
-            plan=h.get("plan", ""),
-            status=RunStatus(h.get("status", "PENDING")),
-            started_at=_num(h.get("started_at")),
-            finished_at=float(finished) if finished else None,
-            max_parallel=int(_num(h.get("max_parallel"), 1)),
-            total=int(_num(h.get("total"))),
-            enabled=int(_num(h.get("enabled"))),
-            quarantined=int(_num(h.get("quarantined"))),
-            blocked=int(_num(h.get("blocked"))),
-            reason=h.get("reason", ""),
-            raw=dict(h),
-        )
-
-    @property
-    def settled(self) -> int:
-        """Features that need nothing more from this run: enabled, quarantined or blocked."""
-        return self.enabled + self.quarantined + self.blocked
+def _hold(value: str | None) -> Hold | None:
+    try:
+        return Hold(value) if value else None
+    except ValueError:
+        return None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One audit event of a run (oldest first in :meth:`Store.events`)."""
+def _health(value: str | None) -> FeatureHealth:
+    try:
+        return FeatureHealth(value or "UNKNOWN")
+    except ValueError:
+        return FeatureHealth.UNKNOWN
 
-    id: str
-    kind: str
-    ts: float
-    feature: str
-    from_: str
-    to: str
-    percent: int | None
-    reason: str
-    worker: str
-    task_id: str
-    evidence: dict[str, Any]
-    version: int | None
-    token: int | None
 
-    @classmethod
-    def from_entry(cls, entry_id: str, f: Mapping[str, str]) -> Event:
-        try:
-            evidence = json.loads(f.get("evidence") or "{}")
-        except ValueError:
-            evidence = {"raw": f.get("evidence")}
-        pct = f.get("percent", "")
-        return cls(
-            id=entry_id,
-            kind=f.get("kind", ""),
-            ts=_num(f.get("ts")),
-            feature=f.get("feature", ""),
-            from_=f.get("from", ""),
-            to=f.get("to", ""),
-            percent=int(_num(pct)) if pct != "" else None,
-            reason=f.get("reason", ""),
-            worker=f.get("worker", ""),
-            task_id=f.get("task_id", ""),
-            evidence=evidence if isinstance(evidence, dict) else {"value": evidence},
-            version=int(_num(f["version"])) if f.get("version") else None,
-            token=int(_num(f["token"])) if f.get("token") else None,
-        )
+def run_from_hash(h: Mapping[str, str]) -> RunRecord:
+    """A :class:`RunRecord` from its stored hash."""
+    finished = h.get("finished_at") or ""
+    return RunRecord(
+        run_id=h["run_id"],
+        plan=h.get("plan", ""),
+        status=RunStatus(h.get("status", "PENDING")),
+        started_at=_num(h.get("started_at")),
+        finished_at=float(finished) if finished else None,
+        max_parallel=int(_num(h.get("max_parallel"), 1)),
+        total=int(_num(h.get("total"))),
+        enabled=int(_num(h.get("enabled"))),
+        quarantined=int(_num(h.get("quarantined"))),
+        blocked=int(_num(h.get("blocked"))),
+        reason=h.get("reason", ""),
+        stopping=h.get("stopping") == "1",
+        bake_until=_num(h.get("bake_until")),
+    )
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``events --json`` contract, plus ``kind`` and ``evidence``."""
-        return {
-            "ts": self.ts,
-            "feature": self.feature or None,
-            "from": self.from_ or None,
-            "to": self.to or None,
-            "percent": self.percent,
-            "reason": self.reason,
-            "worker": self.worker or None,
-            "task_id": self.task_id or None,
-            "kind": self.kind,
-            "evidence": self.evidence,
-        }
+
+def event_from_entry(entry_id: str, f: Mapping[str, str]) -> Event:
+    """An :class:`Event` from a stream entry (unreadable evidence is kept as ``raw``)."""
+    try:
+        evidence = json.loads(f.get("evidence") or "{}")
+    except ValueError:
+        evidence = {"raw": f.get("evidence")}
+    pct = f.get("percent", "")
+    return Event(
+        id=entry_id,
+        kind=f.get("kind", ""),
+        ts=_num(f.get("ts")),
+        feature=f.get("feature", ""),
+        from_=f.get("from", ""),
+        to=f.get("to", ""),
+        percent=int(_num(pct)) if pct != "" else None,
+        reason=f.get("reason", ""),
+        worker=f.get("worker", ""),
+        task_id=f.get("task_id", ""),
+        evidence=evidence if isinstance(evidence, dict) else {"value": evidence},
+        version=int(_num(f["version"])) if f.get("version") else None,
+        token=int(_num(f["token"])) if f.get("token") else None,
+        actor=_actor(f, evidence),
+    )
+
+
+def _actor(f: Mapping[str, str], evidence: Any) -> str:
+    """Who made an event happen: its ``actor`` field, else an operator's ``by`` in the
+    evidence (transitions an operator asked for), else the worker."""
+    if f.get("actor"):
+        return f["actor"]
+    if isinstance(evidence, dict) and isinstance(evidence.get("by"), str):
+        return str(evidence["by"])
+    return f.get("worker", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +189,13 @@ class TransitionResult:
     blocking: tuple[str, ...] = ()
 
 
+# KEYS[1] run hash; ARGV[1] bake end (unix s): HSET bake_until to the max of both
+_EXTEND_BAKE = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'bake_until') or '0') or 0
+if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'bake_until', ARGV[1]) end
+return 1
+"""
+
 _ERRORS: dict[str, type[ConflictError] | type[UnknownFeature] | type[UnknownRun]] = {
     "ILLEGAL": IllegalTransition,
     "STALE": StaleToken,
@@ -241,6 +204,8 @@ _ERRORS: dict[str, type[ConflictError] | type[UnknownFeature] | type[UnknownRun]
     "FROZEN": Frozen,
     "INACTIVE": ConflictError,
     "QUARANTINED": ConflictError,
+    "NOTQUARANTINED": ConflictError,
+    "RUNACTIVE": ConflictError,
     "NOFEATURE": UnknownFeature,
     "NORUN": UnknownRun,
 }
@@ -287,6 +252,7 @@ class Store:
                 "finish_run",
                 "quarantine",
                 "dispatch",
+                "retry",
             )
         }
         self._plan_cache: dict[str, str] = {}
@@ -361,6 +327,7 @@ class Store:
                 k.events(run_id),
                 k.ready(run_id),
                 k.flags,
+                k.flags_version,
             ],
             [
                 run_id,
@@ -371,6 +338,7 @@ class Store:
                 max_parallel,
                 k.feature_prefix(run_id),
                 self.events_maxlen,
+                k.flags_channel,
             ],
         )
         if res[0] == "EXISTS":
@@ -390,7 +358,7 @@ class Store:
             h = self.r.hgetall(self.keys.run(run_id))
         if not h:
             raise UnknownRun(f"no run with id {run_id!r}")
-        return RunRecord.from_hash(h)
+        return run_from_hash(h)
 
     def plan_json(self, run_id: str) -> str:
         """The run's stored plan (JSON), cached per process (it never changes)."""
@@ -457,7 +425,7 @@ class Store:
             h = self.r.hgetall(self.keys.feature(run_id, name))
         if not h:
             raise UnknownFeature(f"run {run_id} has no feature {name!r}")
-        return FeatureRecord.from_hash(name, h)
+        return feature_from_hash(name, h)
 
     def features(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureRecord]:
         """Records of the named features (one round trip); missing ones are left out."""
@@ -466,16 +434,16 @@ class Store:
             for n in names:
                 pipe.hgetall(self.keys.feature(run_id, n))
             rows = pipe.execute()
-        return {n: FeatureRecord.from_hash(n, h) for n, h in zip(names, rows, strict=True) if h}
+        return {n: feature_from_hash(n, h) for n, h in zip(names, rows, strict=True) if h}
 
-    def feature_states(self, run_id: str, names: Sequence[str]) -> dict[str, str]:
-        """Just the state of each named feature (one round trip)."""
+    def feature_states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
+        """Just the state of each named feature (one round trip); missing ones left out."""
         with self._translate():
             pipe = self.r.pipeline(transaction=False)
             for n in names:
                 pipe.hget(self.keys.feature(run_id, n), "state")
             rows = pipe.execute()
-        return {n: s for n, s in zip(names, rows, strict=True) if s is not None}
+        return {n: FeatureState(s) for n, s in zip(names, rows, strict=True) if s is not None}
 
     def claim(
         self, run_id: str, name: str, worker: str, ttl_s: float, *, force: bool = False
@@ -501,7 +469,7 @@ class Store:
             [worker, max(1, int(ttl_s * 1000)), "0", "1"],
         )
         fields = dict(zip(res[1::2], res[2::2], strict=True))
-        return int(res[0]), FeatureRecord.from_hash(name, fields)
+        return int(res[0]), feature_from_hash(name, fields)
 
     def release(self, run_id: str, name: str, token: int) -> bool:
         """Drop the lease if ``token`` still holds it."""
@@ -716,6 +684,50 @@ class Store:
         )
         return int(res[0])
 
+    def retry_feature(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        token: int,
+        rank: int,
+        unblock: Sequence[str],
+        features: Sequence[str],
+        actor: str,
+        evidence: Mapping[str, Any],
+        now: float,
+    ) -> tuple[int, bool]:
+        """An operator's retry of a quarantined feature (see ``retry.lua``); returns how
+        many dependents were unblocked and whether a finished run was reopened.
+        Raises ConflictError (not quarantined, run aborted, owned by another run)."""
+        k = self.keys
+        res = self._run(
+            "retry",
+            [
+                k.feature(run_id, name),
+                k.run(run_id),
+                k.events(run_id),
+                k.ready(run_id),
+                k.active_plans,
+                k.active_features,
+            ],
+            [
+                str(token),
+                name,
+                rank,
+                repr(now),
+                k.feature_prefix(run_id),
+                json.dumps(list(unblock)),
+                json.dumps(list(features)),
+                k.run(run_id),
+                run_id,
+                actor,
+                json.dumps(dict(evidence), default=str),
+                self.events_maxlen,
+            ],
+        )
+        return int(res[0]), bool(int(res[1]))
+
     # -- queues -----------------------------------------------------------------------
     def ready(self, run_id: str, limit: int) -> list[str]:
         """Up to ``limit`` ready features, best rank first."""
@@ -773,7 +785,7 @@ class Store:
         start = "-" if after == "-" else f"({after}"
         with self._translate():
             rows = self.r.xrange(self.keys.events(run_id), min=start, count=count)
-        return [Event.from_entry(i, f) for i, f in rows]
+        return [event_from_entry(i, f) for i, f in rows]
 
     def append_event(
         self,
@@ -787,6 +799,8 @@ class Store:
         task_id: str = "",
         state: str = "",
         percent: int | None = None,
+        actor: str = "",
+        now: float | None = None,
     ) -> None:
         """Append a non-transition event (decision, freeze, retry, …) to the run's stream."""
         with self._translate():
@@ -802,7 +816,8 @@ class Store:
                     "worker": worker,
                     "task_id": task_id,
                     "evidence": json.dumps(evidence or {}, default=str),
-                    "ts": repr(time.time()),
+                    "ts": repr(now if now is not None else time.time()),
+                    "actor": actor,
                 },
                 maxlen=self.events_maxlen,
                 approximate=True,
@@ -842,6 +857,17 @@ class Store:
             _, _, members = pipe.execute()
         return sum(1 for m in members if str(m).startswith(f"{run_id}/"))
 
+    def extend_bake(self, run_id: str, until: float) -> None:
+        """Atomically raise the run's ``bake_until`` to ``until`` (never lowers it)."""
+        with self._translate():
+            self.r.eval(_EXTEND_BAKE, 1, self.keys.run(run_id), repr(until))
+
+    # -- metrics ----------------------------------------------------------------------
+    def metrics_source(self, policy: HealthPolicy, tick_s: float) -> MetricSource:
+        """The source of a feature's health evidence for ``policy`` (the redis source reads
+        this store's metrics keys; others read their own systems)."""
+        return make_source(policy, redis_client=self.r, keys=self.keys, tick_s=int(tick_s))
+
     # -- flags ------------------------------------------------------------------------
     def flags(self) -> dict[str, dict[str, Any]]:
         """The published flags hash, decoded (malformed entries are skipped)."""
@@ -860,6 +886,19 @@ class Store:
     def flags_version(self) -> int:
         with self._translate():
             return int(self.r.get(self.keys.flags_version) or 0)
+
+    # -- statistics -------------------------------------------------------------------
+    def count_decision(self, outcome: str) -> None:
+        """Count one evaluation outcome (``continue``, ``advance``, ``promote``,
+        ``rollback``) in ``<ns>:stats:decisions``; the exporter reads it."""
+        with self._translate():
+            self.r.hincrby(self.keys.stats_decisions, outcome, 1)
+
+    def decision_counts(self) -> dict[str, int]:
+        """Evaluation outcomes counted so far, over every run (missing outcomes: none)."""
+        with self._translate():
+            raw = self.r.hgetall(self.keys.stats_decisions)
+        return {str(k): int(_num(v)) for k, v in raw.items()}
 
 
 def new_run_id() -> str:

@@ -8,13 +8,19 @@
 -- KEYS[6] events stream     <ns>:run:<id>:events
 -- KEYS[7] ready zset        <ns>:run:<id>:ready
 -- KEYS[8] flags hash        <ns>:flags
+-- KEYS[9] flags version     <ns>:flags:version
 -- ARGV[1] run id   ARGV[2] plan name   ARGV[3] now   ARGV[4] plan (JSON)
 -- ARGV[5] features (JSON [[name, rank, [dependency, ...]], ...] in dispatch order)
 -- ARGV[6] max_parallel   ARGV[7] feature key prefix   ARGV[8] events max length
+-- ARGV[9] flags channel <ns>:flags
+-- KEYS[10] change log <ns>:flags:log (optional: derived from KEYS[8] when not given)
+-- ARGV[10] change log length, approximate (optional, default 1000)
 --
 -- Returns {"CREATED", run id, already enabled feature...} | {"EXISTS", active run id}
 --       | {"OVERLAP", other run id, feature}.
 -- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
+-- A feature with no published flag is published DISABLED now, atomically with the run,
+-- so a service whose coded default is "on" never turns it on while it waits.
 local existing = redis.call('HGET', KEYS[4], ARGV[2])
 if existing then return {'EXISTS', existing} end
 local feats = cjson.decode(ARGV[5])
@@ -27,6 +33,23 @@ local out = {'CREATED', ARGV[1]}
 local n_enabled = 0
 for _, f in ipairs(feats) do
   local raw = redis.call('HGET', KEYS[8], f[1])
+  if not raw then
+    -- the change message and log entry exactly as transition.lua writes them
+    local fv = redis.call('INCR', KEYS[9])
+    local at = tonumber(ARGV[3])
+    redis.call('HSET', KEYS[8], f[1], cjson.encode({state = 'DISABLED', percent = 0,
+      version = fv, updated_at = at}))
+    local change = cjson.encode({feature = f[1], state = 'DISABLED', percent = 0,
+      version = fv, updated_at = at})
+    redis.call('PUBLISH', ARGV[9], change)
+    local clog = KEYS[10] or (KEYS[8] .. ':log')
+    local logged = redis.pcall('XADD', clog, 'MAXLEN', '~', ARGV[10] or '1000', fv .. '-0',
+      'change', change)
+    if type(logged) == 'table' and logged.err then
+      redis.call('DEL', clog)  -- an entry id above fv: the counter went backwards
+      redis.call('XADD', clog, 'MAXLEN', '~', ARGV[10] or '1000', fv .. '-0', 'change', change)
+    end
+  end
   if raw then
     local ok, flag = pcall(cjson.decode, raw)
     if ok and type(flag) == 'table' and flag['state'] == 'ENABLED' then

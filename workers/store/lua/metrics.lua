@@ -1,6 +1,6 @@
 #!lua name=recovery_metrics
 -- metrics.lua — the one metrics writer: a Redis Function library (FUNCTION LOAD, FCALL).
--- Loaded by workers.metrics.load_library (see docs/flags.md, "Metrics ingestion").
+-- Loaded by workers.store.metrics.load_library (see docs/flags.md, "Metrics ingestion").
 --
 -- FCALL recovery_metrics_add <n> KEYS... ARGV...
 -- KEYS[1]    <ns>:metrics:arrived                stream: one entry per call that applied

@@ -7,7 +7,7 @@ with a ``ctl:`` prefix for the control cohort (missing = 0; ``requests`` 0 is a 
 and a TTL.
 
 **Writing** is one server-side call per flush: the Redis Function ``recovery_metrics_add``
-(library ``recovery_metrics``, source ``workers/lua/metrics.lua``). It validates the whole
+(library ``recovery_metrics``, source ``workers/store/lua/metrics.lua``). It validates the whole
 call (names, counts, key format, bounds) before writing anything, sets the TTL itself,
 applies each entry whole or not at all and answers one :class:`EntryStatus` per entry, so a
 caller never re-sends what applied. Applied features are announced in the capped stream
@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 __all__ = [
     "FUNCTION",
@@ -71,7 +71,7 @@ _BASE = frozenset({"requests", "errors", "slow"})
 
 
 class EntryStatus(StrEnum):
-    """What the function did with one entry (see ``workers/lua/metrics.lua``)."""
+    """What the function did with one entry (see ``workers/store/lua/metrics.lua``)."""
 
     OK = "OK"  # applied
     TICK = "TICK"  # the tick starts more than 60 s in the future by Redis's clock
@@ -117,7 +117,7 @@ def valid_entry(entry: Entry) -> bool:
 @cache
 def library_source() -> str:
     """The function library's Lua source."""
-    return resources.files("workers").joinpath("lua", "metrics.lua").read_text("utf-8")
+    return resources.files("workers.store").joinpath("lua", "metrics.lua").read_text("utf-8")
 
 
 def load_library(client: redis.Redis) -> None:
