@@ -24,32 +24,43 @@ FEATURES = ["a", "b", "c"]
 _namespaces = itertools.count()
 
 
-def test_store_transition_publishes_the_change_and_logs_it(redis_url: str, namespace: str) -> None:
-    """A store transition publishes the new value with its version and logs it under that id."""
+def test_store_scripts_publish_the_change_and_log_it(redis_url: str, namespace: str) -> None:
+    """create_run (a new feature published DISABLED) and a transition each publish the new
+    value with its version and log it under that id; a client applies both as deltas."""
     keys = Keys(namespace)
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     pubsub = raw.pubsub()
     pubsub.subscribe(keys.flags_channel)
     assert eventually(lambda: pubsub.get_message(timeout=0.1) is not None)
-    store = Store(redis_url, namespace)
-    run_id, _, _ = store.create_run(
-        plan_name="p", plan_json="{}", features=[("f", 0, [])], max_parallel=1
-    )
-    token = store.claim(run_id, "f", "w", 60)
-    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
-        result = store.transition(run_id, "f", FeatureState.TESTING, token=token, percent=25,
-                                  step=0, reason="ramp")  # fmt: skip
+
+    def next_change() -> tuple[str, dict[str, Any]]:
         msg = None
         while msg is None or msg["type"] != "message":
             msg = pubsub.get_message(timeout=1.0)
-        change = json.loads(msg["data"])
+        return msg["data"], json.loads(msg["data"])
+
+    store = Store(redis_url, namespace)
+    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
+        run_id, _, _ = store.create_run(
+            plan_name="p", plan_json="{}", features=[("f", 0, [])], max_parallel=1
+        )
+        token = store.claim(run_id, "f", "w", 60)
+        created_raw, created = next_change()
+        assert created["state"] == "DISABLED" and created["version"] == 1
+        result = store.transition(run_id, "f", FeatureState.TESTING, token=token, percent=25,
+                                  step=0, reason="ramp")  # fmt: skip
+        data, change = next_change()
         value = json.loads(raw.hget(keys.flags, "f") or "{}")
         assert change == {"feature": "f", **value}
         assert change["version"] == result.flags_version == int(raw.get(keys.flags_version) or 0)
-        [(entry_id, fields)] = raw.xrange(keys.flags_log)
-        assert entry_id == f"{result.flags_version}-0" and fields == {"change": msg["data"]}
+        assert raw.xrange(keys.flags_log) == [
+            ("1-0", {"change": created_raw}),
+            (f"{result.flags_version}-0", {"change": data}),
+        ]
         assert eventually(lambda: client.snapshot().version == result.flags_version)
-        assert client.health().deltas == 1 and client.snapshot().flags["f"].percent == 25
+        health = client.health()
+        assert (health.deltas, health.reloads) == (2, 1)
+        assert client.snapshot().flags["f"].percent == 25
     pubsub.close()
     store.close()
 
