@@ -77,3 +77,20 @@ def test_counts_survive_a_redis_outage() -> None:
             client.close()
     finally:
         server.cleanup()
+
+
+def test_names_the_metrics_function_refuses_are_dropped_not_retried(
+    redis_url: str, namespace: str, rclient: redis.Redis
+) -> None:
+    """Outcomes recorded under a name no plan can have are dropped and counted at the
+    flush; the valid ones in the same flush are written."""
+    with FlagClient(redis_url, namespace, flush_interval_s=3600) as client:
+        client.record("Not A Feature", True)
+        client.record("ok-feature", True, bad=["has space"])
+        client.record("good", False)
+        assert client.flush()
+        health = client.health()
+        assert health.metrics_rejected == 2 and health.metrics_pending == 0
+        assert client.flush()
+    assert totals(rclient, namespace, "good") == {"requests": 1, "errors": 1, "slow": 0}
+    assert not list(rclient.scan_iter(match=f"{namespace}:metrics:ok-feature:*"))

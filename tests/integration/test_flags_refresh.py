@@ -239,3 +239,16 @@ def test_close_stops_the_refresher(redis_url: str, namespace: str) -> None:
     assert not client.health().refresher_alive
     assert client.is_enabled("a", default=True)
     client.close()
+
+
+def test_changes_follow_without_hiredis(
+    redis_url: str, namespace: str, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hiredis the subscription is read through the connection: same result."""
+    monkeypatch.setattr("workers.flags._subscription._HIREDIS", False)
+    with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
+        for percent in (10, 20):
+            write_flag(rclient, "a", "TESTING", percent, namespace=namespace)
+        write_flag(rclient, "a", "ENABLED", 100, namespace=namespace)
+        assert eventually(lambda: client.is_enabled("a"))
+        assert client.health().deltas == 3 and client.health().reloads == 1
