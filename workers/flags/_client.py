@@ -17,7 +17,6 @@ Threads and state:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -35,6 +34,7 @@ from redis.retry import Retry
 
 from workers.core.states import FeatureState
 from workers.errors import InvalidInput
+from workers.flags._bootstrap import load_bootstrap
 from workers.flags._bucketing import BUCKETS, _murmur3_32, bucket
 from workers.flags._model import (
     ENABLED_RULE,
@@ -46,7 +46,6 @@ from workers.flags._model import (
     MetricCounts,
     compile_rules,
     flag_from_mapping,
-    parse_flag,
 )
 from workers.flags._outcome import Outcome
 from workers.flags._refresher import Refresher
@@ -504,32 +503,12 @@ class FlagClient:
 
     def _load_bootstrap(self, path: Path) -> None:
         """Serve a file's flags until Redis answers. A bad file is reported, not fatal."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("the file must hold a JSON object: feature -> flag")
-        except (OSError, ValueError) as exc:
-            self._note_error("flags_bootstrap_failed", exc)
-            return
-        flags: dict[str, Flag] = {}
-        malformed: list[str] = []
-        for name, entry in data.items():
-            try:
-                # a flag object, or a raw hash value (an HGETALL dump)
-                flags[name] = (
-                    parse_flag(entry) if isinstance(entry, str) else flag_from_mapping(entry)
-                )
-            except ValueError as exc:
-                malformed.append(name)
-                self._note_error("flags_malformed_entry", ValueError(f"{name}: {exc}"))
-        self._install_full(
-            FlagSnapshot(
-                flags=Map(flags),
-                source="bootstrap",
-                loaded_at=time.time(),
-                malformed=tuple(sorted(malformed)),
-            )
-        )
+        snapshot, problems = load_bootstrap(path)
+        for exc in problems:
+            event = "flags_bootstrap_failed" if snapshot is None else "flags_malformed_entry"
+            self._note_error(event, exc)
+        if snapshot is not None:
+            self._install_full(snapshot)
 
     # -- background: reporter -----------------------------------------------------------
     def _start_reporter(self) -> None:
