@@ -167,5 +167,5 @@ def test_other_fields_are_added_per_tick_and_sent_whole() -> None:
     [(key, entry)] = buf.take().items()
     assert key == ("a", 1000)
     assert entry_counts(entry) == {
-        "requests": 1, "errors": 1, "slow": 0, "ctl:requests": 4, "ctl:errors": 1
+        "requests": 1, "errors": 1, "ctl:requests": 4, "ctl:errors": 1
     }  # fmt: skip

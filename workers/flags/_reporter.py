@@ -192,10 +192,14 @@ def _merge_into(acc: _Entry, entry: _Entry) -> None:
 
 
 def entry_counts(entry: _Entry) -> dict[str, int]:
-    """The metrics fields of one buffered entry (the three built-in fields always, zeros
-    included, so a reader sees the tick's full shape)."""
+    """The metrics fields of one buffered entry: ``requests`` always (0 is a heartbeat),
+    the others when not zero (a missing field reads as 0)."""
     requests, errors, slow, bad, extra = entry
-    counts = {"requests": requests, "errors": errors, "slow": slow}
+    counts = {"requests": requests}
+    if errors:
+        counts["errors"] = errors
+    if slow:
+        counts["slow"] = slow
     for name, n in (bad or {}).items():
         counts[f"bad:{name}"] = n
     for name, n in (extra or {}).items():

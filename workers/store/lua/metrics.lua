@@ -16,12 +16,13 @@
 --          feature  [a-z0-9][a-z0-9._-]*, at most 64 bytes (the plan's name rule)
 --          field    requests | errors | slow | bad:<name>, each optionally prefixed ctl:
 --                   (the control cohort); <name> [A-Za-z0-9_.-]{1,64}
---          count    decimal digits, 0..1000000000
+--          count    an integer 0..1000000000 (any Lua number literal of one)
 --
 -- Validates the whole call before writing anything. A malformed call is refused with
 -- error "INVALID <reason>" and nothing written. Then each entry is checked against Redis
 -- and applied whole or not at all; the reply has one status per entry, in order:
---   "OK"        applied (every field HINCRBY'd; a key without TTL gets ttl_s)
+--   "OK"        applied (every non-zero field and "requests" HINCRBY'd; a key without
+--               TTL gets ttl_s)
 --   "TICK"      the tick starts more than 60 s after now by Redis's clock (not applied)
 --   "WRONGTYPE" the key exists and is not a hash (not applied)
 --   "NOTINT"    a field already holds a non-integer (not applied: counts unchanged)
@@ -36,12 +37,15 @@ local MAX_FIELDS = 64
 local MAX_COUNT = 1000000000
 local SKEW_S = 60
 local BASE = {requests = true, errors = true, slow = true}
+local FIXED = {requests = true, errors = true, slow = true,
+  ['ctl:requests'] = true, ['ctl:errors'] = true, ['ctl:slow'] = true}
 
 local function valid_name(name)
   return #name >= 1 and #name <= 64 and string.find(name, '^[%w_%.%-]+$') ~= nil
 end
 
 local function valid_field(field)
+  if FIXED[field] then return true end
   local rest = field
   if string.sub(rest, 1, 4) == 'ctl:' then rest = string.sub(rest, 5) end
   if BASE[rest] then return true end
@@ -79,36 +83,40 @@ local function add(all_keys, args)
     return redis.error_reply('INVALID entry count ' .. #keys)
   end
   -- 1. the shape of the whole call
+  local function invalid(what, e)
+    return redis.error_reply('INVALID ' .. what .. ' (entry ' .. e .. ')')
+  end
+  local prefix = ns .. ':metrics:'
   local entries, seen, i = {}, {}, 5
   for e = 1, #keys do
     local feature, tick_text, m_text = args[i], args[i + 1], args[i + 2]
-    local where = ' (entry ' .. e .. ')'
     if type(feature) ~= 'string' or not valid_feature(feature) then
-      return redis.error_reply('INVALID feature' .. where)
+      return invalid('feature', e)
     end
+    -- canonical decimal: no sign, no leading zero
     local tick = bounded(tick_text, 0, 999999999999)
-    if not tick or string.format('%d', tick) ~= tick_text then
-      return redis.error_reply('INVALID tick' .. where)
+    if not tick or (#tick_text > 1 and string.sub(tick_text, 1, 1) == '0') then
+      return invalid('tick', e)
     end
-    if keys[e] ~= ns .. ':metrics:' .. feature .. ':' .. tick_text then
-      return redis.error_reply('INVALID key' .. where)
-    end
-    if seen[keys[e]] then return redis.error_reply('INVALID duplicate key' .. where) end
-    seen[keys[e]] = true
-    local m = bounded(m_text, 1, MAX_FIELDS)
-    if not m then return redis.error_reply('INVALID field count' .. where) end
-    local fields, counts, names = {}, {}, {}
+    local key = keys[e]
+    if key ~= prefix .. feature .. ':' .. tick_text then return invalid('key', e) end
+    if seen[key] then return invalid('duplicate key', e) end
+    seen[key] = true
+    local m = tonumber(m_text)
+    if not m or m < 1 or m > MAX_FIELDS or m % 1 ~= 0 then return invalid('field count', e) end
+    local fields, counts = {}, {}
     for f = 1, m do
       local field, count = args[i + 1 + 2 * f], args[i + 2 + 2 * f]
-      if type(field) ~= 'string' or not valid_field(field) or names[field] then
-        return redis.error_reply('INVALID field' .. where)
+      if type(field) ~= 'string' or not valid_field(field) then return invalid('field', e) end
+      for g = 1, f - 1 do
+        if fields[g] == field then return invalid('field', e) end
       end
-      names[field] = true
-      local n = bounded(count, 0, MAX_COUNT)
-      if not n then return redis.error_reply('INVALID count' .. where) end
+      -- any number literal of an integer in range (it is written as that integer)
+      local n = tonumber(count)
+      if not n or n < 0 or n > MAX_COUNT or n % 1 ~= 0 then return invalid('count', e) end
       fields[f], counts[f] = field, n
     end
-    entries[e] = {key = keys[e], feature = feature, tick = tick, fields = fields, counts = counts}
+    entries[e] = {key = key, feature = feature, tick = tick, fields = fields, counts = counts}
     i = i + 3 + 2 * m
   end
   if i ~= #args + 1 then return redis.error_reply('INVALID trailing arguments') end
@@ -125,7 +133,12 @@ local function add(all_keys, args)
     else
       status[e] = 'OK'
       for f, field in ipairs(entry.fields) do
-        local res = redis.pcall('HINCRBY', entry.key, field, entry.counts[f])
+        -- a zero adds nothing (a missing field reads as 0), but "requests" is always
+        -- written: requests 0 is the heartbeat
+        local res = 0
+        if entry.counts[f] > 0 or field == 'requests' then
+          res = redis.pcall('HINCRBY', entry.key, field, entry.counts[f])
+        end
         if type(res) == 'table' and res.err then
           local err = res.err
           if string.find(err, 'WRONGTYPE', 1, true) then
@@ -136,7 +149,9 @@ local function add(all_keys, args)
             status[e] = 'NOTINT'
           end
           for g = 1, f - 1 do
-            redis.call('HINCRBY', entry.key, entry.fields[g], -entry.counts[g])
+            if entry.counts[g] > 0 then
+              redis.call('HINCRBY', entry.key, entry.fields[g], -entry.counts[g])
+            end
           end
           break
         end
