@@ -43,7 +43,9 @@ def legacy_flush(client: redis.Redis, keys: Keys, batch: Batch, ttl_s: int) -> i
     n = 2  # MULTI, EXEC
     for (feature, tick), entry in batch.items():
         key = keys.metrics(feature, tick)
-        for field, count in entry_counts(entry).items():
+        # the reporter of before wrote the three built-in fields always, zeros included
+        fields = {"requests": 0, "errors": 0, "slow": 0, **entry_counts(entry)}
+        for field, count in fields.items():
             pipe.hincrby(key, field, count)
             n += 1
         pipe.expire(key, ttl_s)
