@@ -127,3 +127,24 @@ def test_track_records_an_outcome(request: pytest.FixtureRequest) -> None:
         assert dict(counts.bad) == {"stale": 1}
     finally:
         api.shutdown()
+
+
+def test_init_timeout_reports_error_then_ready_once_redis_answers(
+    server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    """With init_timeout_s, a provider without a snapshot ends initialize in ERROR (the SDK's
+    PROVIDER_ERROR), and turns READY when the first snapshot arrives."""
+    flags = FlagClient(server.url, NS, connect_timeout_s=0.2, min_backoff_s=0.05,
+                       max_backoff_s=0.2)  # fmt: skip
+    provider = RecoveryProvider(flags, close_client=True, init_timeout_s=0.3,
+                                check_interval_s=0.05)  # fmt: skip
+    domain = f"init-{request.node.name}"
+    api.set_provider(provider, domain=domain)
+    client = api.get_client(domain)
+    try:
+        assert eventually(lambda: client.get_provider_status() is ProviderStatus.ERROR)
+        server.start()
+        assert eventually(lambda: client.get_provider_status() is ProviderStatus.READY)
+        assert client.get_boolean_details("a", True).error_code == ErrorCode.FLAG_NOT_FOUND
+    finally:
+        api.shutdown()
