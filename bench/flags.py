@@ -478,11 +478,20 @@ def main() -> None:
         with FlagClient(server.url, NS, poll_interval_s=POLL_S) as client:
             share = sum(client.is_enabled(FEATURE, k) for k in KEYS) / len(KEYS)
             ours = bench_ours(client, seconds)
+            # the same check over a plain dict (the table before persistent snapshots)
+            persistent = client._rules
+            client._rules = dict(persistent)  # type: ignore[assignment]  # a bench probe
+            plain = bench_ours(client, seconds)
+            client._rules = persistent
             hget = bench_hget(server.url, seconds / 3)
             unleash = bench_unleash(seconds)
             of_memory, of_ours = bench_openfeature(client, seconds)
         print(f"is_enabled with a key, TESTING 50 % (share on: {share:.1%}), one core:")
         print(f"  FlagClient.is_enabled           {ours:>14,.0f} /s")
+        print(
+            f"  the same over a plain dict      {plain:>14,.0f} /s   "
+            f"persistent map costs {1 - ours / plain:.0%}"
+        )
         print(f"  HGET per call (+parse, bucket)  {hget:>14,.0f} /s   ours is {ours / hget:,.0f}x")
         if unleash is not None:
             print(
@@ -494,7 +503,7 @@ def main() -> None:
             f"ours is {ours / of_memory:,.0f}x"
         )
         print(f"  OpenFeature + RecoveryProvider  {of_ours:>14,.0f} /s")
-        print(f"  target >= 1,000,000 /s: {'met' if ours >= 1e6 else 'MISSED'}")
+        print(f"  target >= 2,000,000 /s: {'met' if ours >= 2e6 else 'MISSED'}")
 
         published, dropped = propagation(server.url, 50 if quick else 200, 2 if quick else 5)
         print(f"propagation, change in Redis -> is_enabled in another process ({len(published)}):")
