@@ -31,7 +31,7 @@ from workers.core.plan import Feature, Plan, parse_plan
 from workers.core.retry import backoff_delay
 from workers.core.states import FeatureHealth, FeatureState, Reason, RunStatus
 from workers.errors import ConflictError, LeaseHeld, UnknownFeature
-from workers.health import Decision, Evaluator, make_source
+from workers.health import Decision, Evaluator
 from workers.settings import Settings
 from workers.store import FeatureRecord, Step, Store, TransitionResult
 
@@ -158,7 +158,7 @@ class PartialRecoveryManager:
         Picked atomically in Redis; features dispatched within the lease TTL count as
         occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
         """
-        sent = self.store.take_ready(run_id, self.clock(), self.settings.lease_ttl_s)
+        sent = self.store.take_ready(run_id, now=self.clock(), grace_s=self.settings.lease_ttl_s)
         for name in sent:
             self.dispatcher.test_feature(run_id, name)
         if sent:
@@ -176,7 +176,7 @@ class PartialRecoveryManager:
         spec = self._spec(ctx, feature)
         try:
             token, rec = self.store.claim_record(
-                run_id, feature, self.worker, self.settings.lease_ttl_s
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
             )
         except LeaseHeld:
             return "leased"
@@ -332,7 +332,9 @@ class PartialRecoveryManager:
             self.store.schedule(run_id, feature, now + self.settings.beat_interval_s)
             return "frozen"
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=now
+            )
         except LeaseHeld:
             return "leased"
         try:
@@ -358,12 +360,7 @@ class PartialRecoveryManager:
         until = ((now - self.settings.metrics_lag_s) // tick) * tick
         if until <= last:
             return ev.health, last
-        source = make_source(
-            spec.health,
-            redis_client=self.store.r,
-            keys=self.store.keys,
-            tick_s=self.settings.metrics_tick_s,
-        )
+        source = self.store.metrics_source(spec.health, self.settings.metrics_tick_s)
         sample = source.collect(feature, last, until)
         health = ev.observe(
             requests=sample.requests,
@@ -505,12 +502,13 @@ class PartialRecoveryManager:
         self.store.append_event(
             run_id,
             "health",
+            now=self.clock(),
             feature=rec.name,
             reason=health.value.lower(),
             evidence=evidence,
             worker=self.worker,
             task_id=task_id,
-            state=rec.state.value,
+            state=rec.state,
             percent=rec.percent,
         )
 
@@ -533,7 +531,9 @@ class PartialRecoveryManager:
         now: float,
     ) -> str:
         run = self.store.run(run_id)
-        count = self.store.note_unhealthy(run_id, rec.name, now, self.settings.freeze_window_s)
+        count = self.store.note_unhealthy(
+            run_id, rec.name, now=now, window_s=self.settings.freeze_window_s
+        )
         if (
             count >= self.settings.freeze_min_features
             and count > self.settings.freeze_share * run.total
@@ -542,11 +542,12 @@ class PartialRecoveryManager:
                 f"{count} of {run.total} features of run {run_id} turned unhealthy within "
                 f"{self.settings.freeze_window_s:g}s: a shared cause is likely; stopping the line"
             )
-            if self.store.freeze(why, by="manager"):
+            if self.store.freeze(why, by="manager", now=now):
                 log.warning("self_freeze", run_id=run_id, unhealthy=count, total=run.total)
                 self.store.append_event(
                     run_id,
                     "freeze",
+                    now=now,
                     reason="self_freeze",
                     evidence={"message": why, "unhealthy": count, "total": run.total},
                 )
@@ -568,7 +569,9 @@ class PartialRecoveryManager:
         """Promote a TESTING feature to ENABLED and dispatch the dependents that became ready."""
         ctx = self.context(run_id)
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
+            )
         except LeaseHeld:
             return "leased"
         try:
@@ -648,7 +651,7 @@ class PartialRecoveryManager:
         for _ in range(5):
             dependents = ctx.graph.dependents(feature)
             states = self.store.feature_states(run_id, dependents) if dependents else {}
-            live = [d for d in dependents if states.get(d) in (S.TESTING.value, S.ENABLED.value)]
+            live = [d for d in dependents if states.get(d) in (S.TESTING, S.ENABLED)]
             for dep in live:
                 why = {"because": feature}
                 if self._rollback_one(
@@ -679,12 +682,12 @@ class PartialRecoveryManager:
     ) -> bool | None:
         """Roll back one feature. True: done; False: nothing to do; None: dependents busy."""
         spec = ctx.plan.features[feature]
+        now = self.clock()
         token = self.store.claim(
-            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True
+            run_id, feature, self.worker, self.settings.lease_ttl_s, now=now, force=True
         )
         try:
             rec = self.store.feature(run_id, feature)
-            now = self.clock()
             rolled = False
             if rec.state is not S.DISABLED:
                 res = self.store.transition(
@@ -736,6 +739,7 @@ class PartialRecoveryManager:
                     token=token,
                     reason="manual",
                     blocked=ctx.graph.dependents(feature),
+                    now=now,
                     worker=self.worker,
                     task_id=task_id,
                     evidence=evidence,
@@ -749,6 +753,7 @@ class PartialRecoveryManager:
                     token=token,
                     reason=f"quarantined after {attempts} attempts ({reason})",
                     blocked=ctx.graph.dependents(feature),
+                    now=now,
                     worker=self.worker,
                     task_id=task_id,
                     evidence={**evidence, "attempts": attempts},
@@ -775,6 +780,7 @@ class PartialRecoveryManager:
                 self.store.append_event(
                     run_id,
                     "retry_scheduled",
+                    now=now,
                     feature=feature,
                     reason=reason,
                     evidence={
@@ -784,7 +790,7 @@ class PartialRecoveryManager:
                     },
                     worker=self.worker,
                     task_id=task_id,
-                    state=S.DISABLED.value,
+                    state=S.DISABLED,
                     percent=0,
                 )
             return rolled
@@ -829,14 +835,12 @@ class PartialRecoveryManager:
         run = self.store.run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
             return []
-        self.store.set_run_fields(run_id, stopping=1)
+        self.store.mark_stopping(run_id)
         order = ctx.graph.order()
         done: list[str] = []
         for _ in range(3):
             states = self.store.feature_states(run_id, order)
-            live = [
-                n for n in reversed(order) if states.get(n) in (S.TESTING.value, S.ENABLED.value)
-            ]
+            live = [n for n in reversed(order) if states.get(n) in (S.TESTING, S.ENABLED)]
             if not live:
                 break
             for name in live:
@@ -850,17 +854,20 @@ class PartialRecoveryManager:
 
     def freeze(self, reason: str, *, by: str = "operator") -> bool:
         """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
-        changed = self.store.freeze(reason, by)
+        now = self.clock()
+        changed = self.store.freeze(reason, by, now=now)
         for run_id in self.store.active_runs().values():
             self.store.append_event(
-                run_id, "freeze", reason="freeze", evidence={"message": reason, "by": by}
+                run_id, "freeze", now=now, reason="freeze", evidence={"message": reason, "by": by}
             )
         return changed
 
     def unfreeze(self, *, by: str = "operator") -> bool:
         changed = self.store.unfreeze()
         for run_id in self.store.active_runs().values():
-            self.store.append_event(run_id, "unfreeze", reason="unfreeze", evidence={"by": by})
+            self.store.append_event(
+                run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
+            )
             self.dispatch_ready(run_id)
         return changed
 
@@ -877,7 +884,7 @@ class PartialRecoveryManager:
             run = self.store.run(run_id)
             if run.status is not RunStatus.RUNNING:
                 continue
-            for name in self.store.pop_due(run_id, now, self.settings.lease_ttl_s):
+            for name in self.store.pop_due(run_id, now=now, grace_s=self.settings.lease_ttl_s):
                 self.dispatcher.evaluate(run_id, name)
                 sent += 1
             # a TESTING feature always has a due time; restore one lost with a crash

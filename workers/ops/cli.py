@@ -35,7 +35,7 @@ from workers.errors import (
     UnknownFeature,
 )
 from workers.settings import get_settings
-from workers.store import Store
+from workers.store import RedisStore, store_from_settings
 
 __all__ = ["app", "handles_errors", "main", "read_plan", "user_errors"]
 
@@ -252,8 +252,9 @@ def _manager() -> PartialRecoveryManager:
     from workers.tasks import CeleryDispatcher
 
     s = get_settings()
-    store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="cli")
+    return PartialRecoveryManager(
+        store_from_settings(s), s, CeleryDispatcher(make_app(s)), worker="cli"
+    )
 
 
 _FINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "ABORTED"}
@@ -422,9 +423,8 @@ def unfreeze() -> None:
 
 
 # -- operator experience: watch, report, demo, exporter (issue #6) ---------------------------
-def _store() -> Store:
-    s = get_settings()
-    return Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+def _store() -> RedisStore:
+    return store_from_settings(get_settings())
 
 
 @app.command()

@@ -58,7 +58,7 @@ from prometheus_client.registry import Collector
 
 from workers.core.states import FeatureState
 from workers.errors import RecoveryError
-from workers.store import Event, Store
+from workers.store import Event, Store, store_from_settings
 
 __all__ = ["LATENCY_BUCKETS", "RecoveryCollector", "RunTally", "serve"]
 
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recent", type=int, default=10, help="finished runs to report")
     args = parser.parse_args(argv)
     settings = get_settings()
-    serve(Store(settings.redis_url, settings.namespace), args.port, args.address, args.recent)
+    serve(store_from_settings(settings), args.port, args.address, args.recent)
     print(f"serving http://{args.address}:{args.port}/metrics", file=sys.stderr)
     try:
         while True:
