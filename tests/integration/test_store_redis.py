@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from tests.contract import store_contract
-from tests.contract.store_contract import *  # noqa: F403  # the shared contract suite
-from tests.contract.store_contract import Published, Report, T, make_run, move
+from tests.contract import store_runs
+from tests.contract.store_helpers import Published, Report, T, make_run, move
+from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
+from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from tests.processes import RedisServer
 from workers.core.states import FeatureState, RunStatus
 from workers.errors import ConflictError, StoreUnavailable
@@ -24,12 +25,13 @@ from workers.store import RedisStore, Store
 
 S = FeatureState
 
+
 # create_run.lua has no request-id map yet: it lands with the celery-edge branch, which
 # then removes this mark (strict, so the test fails once the Redis store supports it)
 @pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="arrives with celery-edge")
 def test_request_id_already_mapped_returns_that_run(store: RedisStore) -> None:
     """A request id seen before returns its run with created False (contract, pending)."""
-    store_contract.test_request_id_already_mapped_returns_that_run(store)
+    store_runs.test_request_id_already_mapped_returns_that_run(store)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from tests.contract.store_contract import *  # noqa: F403  # the shared contract suite
-from tests.contract.store_contract import Published, Report, T, make_run, move
+from tests.contract.store_helpers import Published, Report, T, make_run, move
+from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
+from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from workers.core.states import FeatureState
 from workers.errors import ConflictError, InvalidInput
 from workers.store import MemoryStore, Store

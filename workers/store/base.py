@@ -1,7 +1,7 @@
 """The store interface: every operation the engine, the tasks and the operator tools need.
 
 Two implementations keep the same semantics and pass one contract suite
-(``tests/contract/store_contract.py``): :class:`workers.store.redis.RedisStore`, where each
+(``tests/contract/``): :class:`workers.store.redis.RedisStore`, where each
 state change is one atomic Lua script, and :class:`workers.store.memory.MemoryStore`, the
 same rules under one lock, for unit tests and the decision core's property tests.
 

@@ -5,7 +5,7 @@ does under one lock what the matching script (``workers/store/lua/*.lua``) does 
 Redis, on the same stored field layout (:mod:`workers.store.codec`), and refuses with the
 same codes and messages (:mod:`workers.store.refusals`) — the scripts' twins live in
 :mod:`workers.store.memory_scripts`; the shared contract suite
-(``tests/contract/store_contract.py``) holds both stores to it.
+(``tests/contract/``) holds both stores to it.
 
 Differences, all about infrastructure rather than semantics: leases expire against the
 store's clock, the latest ``now`` any call passed (Redis uses its own clock), and so does
