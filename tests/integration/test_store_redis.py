@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.contract import store_runs
-from tests.contract.store_helpers import Published, Report, T, make_run, move
+from tests.contract.store_helpers import Published, Report, S, T, make_run, move
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from tests.processes import RedisServer
@@ -22,8 +22,6 @@ from workers.core.states import FeatureState, RunStatus
 from workers.errors import ConflictError, StoreUnavailable
 from workers.health.sources.redis import record_counts
 from workers.store import RedisStore, Store
-
-S = FeatureState
 
 
 # create_run.lua has no request-id map yet: it lands with the celery-edge branch, which

@@ -6,15 +6,12 @@ import threading
 
 import pytest
 
-from tests.contract.store_helpers import Published, Report, T, make_run, move
+from tests.contract.store_helpers import Published, Report, S, T, make_run, move
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
-from workers.core.states import FeatureState
 from workers.errors import ConflictError, InvalidInput
 from workers.store import MemoryStore, Store
 from workers.store.memory_metrics import MemoryMetrics, MemorySource
-
-S = FeatureState
 
 
 @pytest.fixture
