@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from workers.health.policy import HealthPolicy
     from workers.health.sources.base import MetricSource
 
-__all__ = ["FeatureSpec", "Step", "Store", "TransitionResult"]
+__all__ = ["NewFeature", "Step", "Store", "TransitionResult"]
 
 #: one feature of a new run: (name, dispatch rank, direct dependencies)
-FeatureSpec = tuple[str, int, Sequence[str]]
+NewFeature = tuple[str, int, Sequence[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class Store(Protocol):
         *,
         plan_name: str,
         plan_json: str,
-        features: Sequence[FeatureSpec],
+        features: Sequence[NewFeature],
         max_parallel: int,
         now: float,
         run_id: str | None = None,

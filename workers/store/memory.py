@@ -26,7 +26,7 @@ from workers.core.records import Event, FeatureRecord, RunRecord
 from workers.core.states import FeatureState, RunStatus
 from workers.errors import RecoveryError
 from workers.store import memory_scripts as scripts
-from workers.store.base import FeatureSpec, Step, TransitionResult
+from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import (
     decode_flags,
     event_fields,
@@ -90,7 +90,7 @@ class MemoryStore:
         *,
         plan_name: str,
         plan_json: str,
-        features: Sequence[FeatureSpec],
+        features: Sequence[NewFeature],
         max_parallel: int,
         now: float,
         run_id: str | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 
 from workers.core.states import TRANSITIONS, FeatureState, RunStatus
 from workers.errors import RecoveryError, RunActive
-from workers.store.base import FeatureSpec, Step, TransitionResult
+from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import evidence_json, new_run_id
 from workers.store.refusals import refusal
 
@@ -141,7 +141,7 @@ def create_run(
     *,
     plan_name: str,
     plan_json: str,
-    features: Sequence[FeatureSpec],
+    features: Sequence[NewFeature],
     max_parallel: int,
     now: float,
     run_id: str | None,

@@ -23,7 +23,7 @@ from workers.errors import RunActive, UnknownFeature, UnknownRun
 from workers.health.policy import HealthPolicy
 from workers.health.sources import MetricSource, make_source
 from workers.store import scripts
-from workers.store.base import FeatureSpec, Step, TransitionResult
+from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import (
     decode_flags,
     event_fields,
@@ -98,7 +98,7 @@ class RedisStore:
         *,
         plan_name: str,
         plan_json: str,
-        features: Sequence[FeatureSpec],
+        features: Sequence[NewFeature],
         max_parallel: int,
         now: float,
         run_id: str | None = None,

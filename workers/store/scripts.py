@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from workers.core.states import TRANSITIONS
-from workers.store.base import FeatureSpec, Step
+from workers.store.base import NewFeature, Step
 from workers.store.codec import evidence_json
 from workers.store.keys import Keys
 
@@ -68,7 +68,7 @@ def create_run(
     *,
     plan_name: str,
     plan_json: str,
-    features: Sequence[FeatureSpec],
+    features: Sequence[NewFeature],
     max_parallel: int,
     now: float,
     events_maxlen: int,
