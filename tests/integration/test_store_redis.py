@@ -7,11 +7,15 @@ import json
 import multiprocessing
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.contract import store_runs
 from tests.contract.store_helpers import Published, Report, S, T, make_run, move
@@ -19,9 +23,9 @@ from tests.contract.store_runs import *  # noqa: F403  # the shared contract sui
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from tests.processes import RedisServer
 from workers.core.states import FeatureState, RunStatus
-from workers.errors import ConflictError, StoreUnavailable
+from workers.errors import ConflictError, RecoveryError, StoreUnavailable
 from workers.health.sources.redis import record_counts
-from workers.store import RedisStore, Store
+from workers.store import MemoryStore, RedisStore, Step, Store
 
 
 # create_run.lua has no request-id map yet: it lands with the celery-edge branch, which
@@ -202,3 +206,113 @@ def test_tokens_stay_monotonic_when_the_counter_is_lost(
     after = store.claim(run_id, "x", "w2", 10, now=T, force=True)
     assert after > before
     assert store.feature(run_id, "x").token == after
+
+
+# -- differential: random operation sequences give the same results on both stores -------
+_DEPS = {"a": [], "b": ["a"], "c": ["b"], "d": []}
+_DIRECT = {"a": [("b", 1)], "b": [("c", 2)], "c": [], "d": []}
+_NAMES = st.sampled_from(sorted(_DEPS))
+_OPS = st.one_of(
+    st.tuples(st.just("move"), _NAMES, st.sampled_from(list(S)), st.booleans(), st.booleans()),
+    st.tuples(st.just("update"), _NAMES, st.booleans(), st.sampled_from(["set", "-", None])),
+    st.tuples(st.just("quarantine"), _NAMES, st.lists(_NAMES, max_size=3)),
+    st.tuples(st.just("walk"), _NAMES),
+    st.tuples(st.sampled_from(["take_ready", "pop_due", "freeze", "unfreeze", "stop"])),
+    st.tuples(st.just("schedule"), _NAMES, st.integers(-3, 3)),
+    st.tuples(st.just("note"), _NAMES),
+    st.tuples(st.just("finish")),
+)
+
+
+def _apply(store: Store, op: tuple[Any, ...], now: float) -> Any:
+    """One operation on ``store``; the outcome with tokens and event ids left out."""
+    kind, *args = op
+    try:
+        if kind == "move":
+            name, to, automatic, expect = args
+            rec = store.feature("r", name)
+            token = store.claim("r", name, "w", 600, now=now, force=True)
+            pct = {S.DISABLED: 0, S.TESTING: 10 + rec.percent % 50, S.ENABLED: 100}[to]
+            return store.transition(
+                "r", name, to, token=token, percent=pct, step=rec.step + 1, reason="r", now=now,
+                automatic=automatic, expect_version=rec.version if expect else None,
+                due_at=now + 2 if to is S.TESTING else None, dependents=_DIRECT[name],
+                fields={"health": "HEALTHY", "step_since": now},
+            )  # fmt: skip
+        if kind == "update":
+            name, fenced, queue = args
+            token = store.claim("r", name, "w", 600, now=now, force=True) if fenced else None
+            return store.update(
+                "r", name, token=token, fields={"attempts": 1, "next_attempt_at": now + 0.5},
+                due_at=now + 1 if queue == "set" else None, remove_due=queue == "-",
+                ready_rank=7 if queue == "set" else None, remove_ready=queue == "-",
+            )  # fmt: skip
+        if kind == "quarantine":
+            name, blocked = args
+            token = store.claim("r", name, "w", 600, now=now, force=True)
+            return store.quarantine("r", name, token=token, reason="q", blocked=blocked, now=now)
+        if kind == "walk":
+            (name,) = args
+            rec = store.feature("r", name)
+            token = store.claim("r", name, "w", 600, now=now, force=True)
+            steps = [
+                Step(S.TESTING, 50, 0, "s", expect_version=rec.version),
+                Step(S.ENABLED, 100, 1, "p", expect_version=rec.version + 1,
+                     dependents=_DIRECT[name]),
+            ]  # fmt: skip
+            results, taken = store.transitions(
+                "r", name, steps, token=token, now=now, release=True, dispatch_grace_s=2
+            )
+            return results, taken
+        if kind == "take_ready":
+            return store.take_ready("r", now=now, grace_s=2)
+        if kind == "pop_due":
+            return store.pop_due("r", now=now, grace_s=2)
+        if kind == "freeze":
+            return store.freeze("f", "t", now=now)
+        if kind == "unfreeze":
+            return store.unfreeze()
+        if kind == "stop":
+            return store.mark_stopping("r")
+        if kind == "schedule":
+            name, dt = args
+            return store.schedule("r", name, now + dt)
+        if kind == "note":
+            return store.note_unhealthy("r", args[0], now=now, window_s=5)
+        return store.finish_run("r", RunStatus.ABORTED, "end", sorted(_DEPS), now=now)
+    except RecoveryError as exc:
+        return type(exc).__name__, str(exc).split(" ", 1)[0]
+
+
+def _state(store: Store) -> Any:
+    """Everything observable about run ``r``, with tokens and event ids left out."""
+    names = sorted(_DEPS)
+    features = {n: replace(r, token=0) for n, r in store.features("r", names).items()}
+    events = [replace(e, id="", token=None) for e in store.events("r")]
+    return (
+        store.run("r"), features, store.ready("r", 10), store.due_scores("r", names),
+        store.testing("r"), store.flags(), store.flags_version(), store.frozen(),
+        store.active_runs(), [store.run_of_feature(n) for n in names], events,
+    )  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_OPS, min_size=1, max_size=25))
+def test_memory_and_redis_stores_agree_on_random_operations(
+    redis_server: RedisServer, ops: list[tuple[Any, ...]]
+) -> None:
+    """Any sequence of store operations gives the same results and the same state on the
+    memory store as on Redis (tokens and event ids aside)."""
+    redis_store = RedisStore(redis_server.url, f"d{uuid.uuid4().hex[:10]}")
+    memory = MemoryStore()
+    features = [(n, i, _DEPS[n]) for i, n in enumerate(sorted(_DEPS))]
+    try:
+        for s in (redis_store, memory):
+            s.create_run(plan_name="p", plan_json="{}", features=features, max_parallel=2,
+                         now=T, run_id="r")  # fmt: skip
+        for i, op in enumerate(ops):
+            now = T + i
+            assert _apply(memory, op, now) == _apply(redis_store, op, now), (i, op)
+        assert _state(memory) == _state(redis_store)
+    finally:
+        redis_store.close()
