@@ -78,19 +78,32 @@ def test_overlapping_plan_is_refused_naming_the_run(store: Store) -> None:
 
 
 def test_request_id_already_mapped_returns_that_run(store: Store) -> None:
-    """A request id seen before returns its run with created False, even for another plan."""
+    """A request id used before returns the run that start got (even finished) with
+    created False, refuses another plan with ConflictError, and names its run."""
     first, created, _ = store.create_run(
         plan_name="p", plan_json="{}", features=[("a", 0, [])], max_parallel=1, now=T,
         request_id="req-1",
     )  # fmt: skip
-    assert created
-    store.finish_run(first, RunStatus.ABORTED, "t", ["a"], now=T + 1)
+    assert created and store.run_for_request("req-1") == first
     again = store.create_run(
-        plan_name="q", plan_json="{}", features=[("b", 0, [])], max_parallel=1, now=T + 2,
+        plan_name="p", plan_json="{}", features=[("a", 0, [])], max_parallel=1, now=T + 1,
+        request_id="req-2",
+    )  # fmt: skip
+    assert again == (first, False, []) and store.run_for_request("req-2") == first
+    store.finish_run(first, RunStatus.ABORTED, "t", ["a"], now=T + 2)
+    retry = store.create_run(
+        plan_name="p", plan_json="{}", features=[("a", 0, [])], max_parallel=1, now=T + 3,
         request_id="req-1",
     )  # fmt: skip
-    assert again == (first, False, [])
+    assert retry == (first, False, [])
+    with pytest.raises(ConflictError):
+        store.create_run(
+            plan_name="q", plan_json="{}", features=[("b", 0, [])], max_parallel=1, now=T + 4,
+            request_id="req-1",
+        )  # fmt: skip
     assert store.runs() == [first]
+    with pytest.raises(UnknownRun):
+        store.run_for_request("req-unknown")
 
 
 def test_feature_enabled_in_the_published_flags_starts_enabled(store: Store) -> None:

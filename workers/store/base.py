@@ -107,12 +107,19 @@ class Store(Protocol):
     ) -> tuple[str, bool, list[str]]:
         """Atomically persist a run; return ``(run_id, created, already_enabled)``.
 
-        A ``request_id`` already mapped to a run returns that run with ``created`` False.
+        ``request_id`` (an idempotency key): a key already used for the same plan returns
+        the run that start got with ``created`` False, even a finished one; for another
+        plan it raises ConflictError. The run a start returns (created or already active)
+        is recorded under its key.
         If the plan already has an active run, return its id with ``created`` False and
         change nothing. If a feature belongs to another active run, raise RunActive naming
         it and change nothing. A feature whose published flag is ENABLED starts ENABLED;
         features with no pending dependency enter the ready queue at their rank.
         """
+        ...
+
+    def run_for_request(self, request_id: str) -> str:
+        """The id of the run a start with this request id got. Raises UnknownRun."""
         ...
 
     def run(self, run_id: str) -> RunRecord:

@@ -104,6 +104,14 @@ class MemoryStore:
                 max_parallel=max_parallel, now=now, run_id=run_id, request_id=request_id,
             )  # fmt: skip
 
+    def run_for_request(self, request_id: str) -> str:
+        """The id of the run a start with this request id got. Raises UnknownRun."""
+        with self._lock:
+            known = self._ks.requests.get(request_id)
+        if known is None:
+            raise refuse(f"NORUN no run was started with request id {request_id!r}")
+        return known[0]
+
     def run(self, run_id: str) -> RunRecord:
         """The run's record. Raises UnknownRun."""
         with self._lock:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.core.states import TRANSITIONS, FeatureState, RunStatus
-from workers.errors import RecoveryError, RunActive
+from workers.errors import ConflictError, RecoveryError, RunActive
 from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import evidence_json, new_run_id
 from workers.store.refusals import refusal
@@ -89,7 +89,8 @@ class Keyspace:
     started: dict[str, float] = field(default_factory=dict)
     active_plans: dict[str, str] = field(default_factory=dict)
     active_features: dict[str, str] = field(default_factory=dict)
-    requests: dict[str, str] = field(default_factory=dict)
+    #: request id -> (run id, plan name) that a start with it got
+    requests: dict[str, tuple[str, str]] = field(default_factory=dict)
     features: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     leases: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     events: dict[str, list[tuple[EventId, dict[str, str]]]] = field(default_factory=dict)
@@ -147,11 +148,21 @@ def create_run(
     run_id: str | None,
     request_id: str | None,
 ) -> tuple[str, bool, list[str]]:
-    """create_run.lua, with the request-id map in front."""
+    """create_run.lua (with the request map of the celery-edge branch: a known request id
+    returns its run, or raises ConflictError for another plan; the run a start returns,
+    created or already active, is recorded under its request id)."""
     if request_id is not None and request_id in ks.requests:
-        return ks.requests[request_id], False, []
+        known, known_plan = ks.requests[request_id]
+        if known_plan != plan_name:
+            raise ConflictError(
+                f"request id {request_id!r} already started run {known} of plan "
+                f"{known_plan!r}, not {plan_name!r}; use a new request id"
+            )
+        return known, False, []
     existing = ks.active_plans.get(plan_name)
     if existing is not None:
+        if request_id is not None:
+            ks.requests[request_id] = (existing, plan_name)
         return existing, False, []
     for name, _, _ in features:
         other = ks.active_features.get(name)
@@ -191,7 +202,7 @@ def create_run(
         "ts": stamp,
     })  # fmt: skip
     if request_id is not None:
-        ks.requests[request_id] = run_id
+        ks.requests[request_id] = (run_id, plan_name)
     return run_id, True, enabled
 
 

@@ -131,6 +131,11 @@ class RedisStore:
         self._plan_cache[run_id] = plan_json
         return run_id, True, [str(x) for x in res[2:]]
 
+    def run_for_request(self, request_id: str) -> str:
+        """The run a start with this request id got (lands with create_run.lua's request
+        map, celery-edge)."""
+        raise NotImplementedError("RedisStore.run_for_request arrives with celery-edge")
+
     def run(self, run_id: str) -> RunRecord:
         """The run's record. Raises UnknownRun."""
         with translated(self.r):
