@@ -1,15 +1,17 @@
 """Persistence: the store interface, its Redis and in-memory implementations, key schema.
 
-=====================  ========================================================
-:mod:`.base`           the ``Store`` protocol, ``Step``, ``TransitionResult``
-:mod:`.redis`          ``RedisStore``: atomic Lua scripts (:mod:`.scripts`, ``lua/``)
-:mod:`.memory`         ``MemoryStore``: the same semantics under one lock (tests)
-:mod:`.factory`        ``store_from_settings``: the production store, built once
-:mod:`.keys`           every Redis key and channel (the schema)
-:mod:`.codec`          stored fields <-> typed records, shared by both stores
-:mod:`.refusals`       refusal codes -> project errors, shared by both stores
-:mod:`.translate`      Redis driver errors -> project errors
-=====================  ========================================================
+========================  ========================================================
+:mod:`.base`              the ``Store`` protocol, ``Step``, ``TransitionResult``
+:mod:`.redis`             ``RedisStore``: atomic Lua scripts (:mod:`.scripts`, ``lua/``)
+:mod:`.memory`            ``MemoryStore``: the same semantics under one lock (tests)
+:mod:`.memory_scripts`    the memory keyspace and its twins of the Lua scripts
+:mod:`.memory_metrics`    in-memory per-tick counts and the metric source reading them
+:mod:`.factory`           ``store_from_settings``: the production store, built once
+:mod:`.keys`              every Redis key and channel (the schema)
+:mod:`.codec`             stored fields <-> typed records, shared by both stores
+:mod:`.refusals`          refusal codes -> project errors, shared by both stores
+:mod:`.translate`         Redis driver errors -> project errors
+========================  ========================================================
 
 Importing this package does not import the Redis driver: the implementations load on
 first use.
