@@ -168,12 +168,13 @@ class EngineBase:
                 self.store.append_event(
                     run_id,
                     "health",
+                    now=now,
                     feature=name,
                     reason=action.health.value.lower(),
                     evidence=action.evidence,
                     worker=self.worker,
                     task_id=task_id,
-                    state=rec.state.value,
+                    state=rec.state,
                     percent=rec.percent,
                 )
                 return "noted"
@@ -311,7 +312,7 @@ class EngineBase:
             evidence=action.evidence,
             worker=self.worker,
             task_id=task_id,
-            state=rec.state.value,
+            state=rec.state,
             percent=rec.percent,
             actor=actor or self.worker,
             now=now,
@@ -332,7 +333,9 @@ class EngineBase:
         now: float,
     ) -> str:
         run = self.store.run(run_id)
-        count = self.store.note_unhealthy(run_id, rec.name, now, self.settings.freeze_window_s)
+        count = self.store.note_unhealthy(
+            run_id, rec.name, now=now, window_s=self.settings.freeze_window_s
+        )
         freeze = decide.self_freeze(run, count, self.tuning)
         if freeze is not None:
             self._freeze(run_id, freeze)
@@ -352,8 +355,9 @@ class EngineBase:
         return "rollback"
 
     def _freeze(self, run_id: str, action: Freeze) -> None:
-        if self.store.freeze(action.message, by="manager"):
+        now = self.clock()
+        if self.store.freeze(action.message, by="manager", now=now):
             log.warning("self_freeze", run_id=run_id, **action.evidence)
             self.store.append_event(
-                run_id, "freeze", reason="self_freeze", evidence=action.evidence
+                run_id, "freeze", now=now, reason="self_freeze", evidence=action.evidence
             )

@@ -40,7 +40,9 @@ class EvaluationMixin(EngineBase):
         if actions is not None:
             return self.carry_out(run_id, ctx, rec, actions, token=None, task_id=task_id, now=now)
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=now
+            )
         except LeaseHeld:
             return "leased"
         try:
