@@ -28,6 +28,17 @@ acceptable rate ``p0`` and a clearly-bad rate ``p1`` (:class:`RateThresholds`) a
 * both modes — a fast guard: a tumbling window of at least ``guard_min_requests``
   requests with an error share ``≥ guard_error_share`` rolls back at once.
 
+``baseline: control`` (the policy's option) judges each metric against the feature-off
+cohort at the same ticks instead: the same SPRT bounds, truncation, dwell watch and
+CUSUM, but every tick's LLR increment comes from :mod:`workers.health.control` (the
+conditional binomial test of the on/off split of the tick's bad events, with an absolute
+floor; the one-sample test against the off-cohort's last rate when a tick has no
+off-cohort, as for an ENABLED feature; the fixed rates when the off-cohort was never
+seen). The fast guard stays on the on-cohort alone. With control counts, whatever the
+baseline, :attr:`Evaluator.shared_degradation` says whether the rates are bad for *both*
+cohorts (each nearer the fixed ``p1`` than ``p0``) while the on-cohort is not shown worse
+than the off-cohort: a shared cause, not this feature.
+
 Silence never promotes: a stale, empty, NaN or otherwise invalid observation adds no
 evidence and makes the health UNKNOWN and the decision CONTINUE for that tick (a ROLLBACK
 stays a ROLLBACK). ROLLBACK is sticky until :meth:`Evaluator.reset`.
@@ -42,6 +53,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from workers.errors import InvalidInput
+from workers.health.control import ControlSpec, conditional_llr, reference_rate
 from workers.health.policy import HealthPolicy, RateThresholds
 from workers.states import FeatureHealth
 
@@ -55,7 +67,8 @@ Mode = Literal["testing", "enabled"]
 #: "watch" (ENABLED mode, CUSUM-watched), "bad" (rolled back)
 Status = Literal["open", "good", "watch", "bad"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _ERROR_METRIC = "error_rate"
 
 
@@ -124,15 +137,29 @@ class Evaluator:
 
     ``mode="testing"``: decisions CONTINUE, PROMOTE ("this step's evidence is good") or
     ROLLBACK. ``mode="enabled"``: CONTINUE or ROLLBACK. See the module docstring for the
-    statistics. Not thread-safe (one evaluator per feature per tick).
+    statistics. ``reference`` (``baseline: control``) maps metric names to the off-cohort's
+    last rates, e.g. :attr:`reference` of the feature's TESTING evaluator, for an ENABLED
+    feature that has no off-cohort left. Not thread-safe (one evaluator per feature per
+    tick).
     """
 
-    def __init__(self, policy: HealthPolicy, mode: Mode = "testing") -> None:
+    def __init__(
+        self,
+        policy: HealthPolicy,
+        mode: Mode = "testing",
+        *,
+        reference: Mapping[str, float] | None = None,
+    ) -> None:
         if mode not in ("testing", "enabled"):
             raise InvalidInput(f"unknown evaluator mode {mode!r} (testing or enabled)")
         self.policy = policy
         self.mode: Mode = mode
         self._specs = metric_specs(policy)
+        self._control = ControlSpec.of(policy) if policy.baseline == "control" else None
+        self._ref: dict[str, float | None] = {s.name: None for s in self._specs}
+        for name, rate in (reference or {}).items():
+            if name in self._ref and isinstance(rate, int | float) and 0 <= rate <= 1:
+                self._ref[name] = float(rate)
         self.reset()
 
     # -- public surface ----------------------------------------------------------------
@@ -148,28 +175,77 @@ class Evaluator:
 
     @property
     def requests(self) -> float:
-        """Requests of every fresh, valid observation since creation or the last reset."""
+        """On-cohort requests of every fresh, valid observation since creation or reset."""
         return self._requests
+
+    @property
+    def control_requests(self) -> float:
+        """Off-cohort requests of every fresh, valid observation since creation or reset."""
+        return self._control_requests
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Names of the judged metrics (``error_rate``, ``slow_rate``, ``bad:<name>``)."""
         return tuple(spec.name for spec in self._specs)
 
+    @property
+    def reference(self) -> dict[str, float]:
+        """The off-cohort's last reference rate per metric (kept by :meth:`reset`)."""
+        return {name: rate for name, rate in self._ref.items() if rate is not None}
+
+    @property
+    def shared_degradation(self) -> bool:
+        """Whether a metric is bad for both cohorts alike: a shared cause, not this feature.
+
+        True when, for some metric, both cohorts have at least ``min_requests`` requests
+        since the test started, each cohort's rate is nearer the fixed ``p1`` than ``p0``
+        (its fixed-threshold LLR is positive), and the on-cohort is not shown worse than
+        the off-cohort (the conditional test has not crossed its rollback bound and, with
+        ``baseline: control``, the metric was not judged bad). False without control counts.
+        """
+        floor = self.policy.min_requests
+        for spec in self._specs:
+            name = spec.name
+            (on_n, on_s), (off_n, off_s) = self._on[name], self._off[name]
+            if on_n < floor or off_n < floor:
+                continue
+            if spec.llr(on_n, on_s) <= 0 or spec.llr(off_n, off_s) <= 0:
+                continue
+            worse = self._cllr[name] >= spec.upper or (
+                self._control is not None
+                and self._status[name] == "bad"
+                and self._reason[name] != "guard"
+            )
+            if not worse:
+                return True
+        return False
+
     def reset(self) -> None:
-        """Forget all evidence (after a transition): tests restart, CUSUMs go back to 0."""
+        """Forget all evidence (after a transition): tests restart, CUSUMs go back to 0.
+
+        The off-cohort's reference rates (:attr:`reference`) are kept.
+        """
         self._requests: float = 0
+        self._control_requests: float = 0
         self._guard_n: float = 0
         self._guard_bad: float = 0
         start: Status = "open" if self.mode == "testing" else "watch"
-        self._status: dict[str, Status] = {s.name: start for s in self._specs}
-        self._n: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._s: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._cusum: dict[str, float] = {s.name: 0.0 for s in self._specs}
-        self._wn: dict[str, float] = {s.name: 0 for s in self._specs}  # since CUSUM start
-        self._ws: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._settled_at: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._reason: dict[str, str] = {s.name: "" for s in self._specs}
+        names = [s.name for s in self._specs]
+        self._status: dict[str, Status] = dict.fromkeys(names, start)
+        self._n: dict[str, float] = dict.fromkeys(names, 0)
+        self._s: dict[str, float] = dict.fromkeys(names, 0)
+        self._llr: dict[str, float] = dict.fromkeys(names, 0.0)  # control SPRT statistic
+        self._cusum: dict[str, float] = dict.fromkeys(names, 0.0)
+        self._wn: dict[str, float] = dict.fromkeys(names, 0)  # since CUSUM start
+        self._ws: dict[str, float] = dict.fromkeys(names, 0)
+        self._settled_at: dict[str, float] = dict.fromkeys(names, 0)
+        self._reason: dict[str, str] = dict.fromkeys(names, "")
+        # both cohorts' totals since the test started, every status; the pure conditional
+        # LLR over them (whatever the baseline) and the off-cohort since the CUSUM start
+        self._on: dict[str, list[float]] = {n: [0, 0] for n in names}
+        self._off: dict[str, list[float]] = {n: [0, 0] for n in names}
+        self._cllr: dict[str, float] = dict.fromkeys(names, 0.0)
+        self._woff: dict[str, list[float]] = {n: [0, 0] for n in names}
         self._health = FeatureHealth.UNKNOWN
         self._decision = Decision.CONTINUE
         self._why: dict[str, Any] = {"reason": "no_data"}
@@ -181,34 +257,61 @@ class Evaluator:
         slow: float = 0,
         bad: Mapping[str, float] | None = None,
         stale: bool = False,
+        *,
+        control_requests: float = 0,
+        control_errors: float = 0,
+        control_slow: float = 0,
+        control_bad: Mapping[str, float] | None = None,
     ) -> FeatureHealth:
         """Add one tick's counts and return the new health. Never raises on bad data.
 
-        ``bad`` maps custom metric names (without the ``bad:`` prefix) to counts; a
-        missing name counts 0. Stale, empty (0 requests), NaN, negative or inconsistent
-        counts (bad > requests) add no evidence: health UNKNOWN, decision CONTINUE,
-        unless the decision already is ROLLBACK.
+        ``requests``/``errors``/``slow``/``bad`` are the feature-on cohort's counts, the
+        ``control_*`` ones the feature-off cohort's (0 requests: no off-cohort this
+        tick). ``bad`` maps custom metric names (without the ``bad:`` prefix) to counts; a
+        missing name counts 0. Stale, empty (0 on-cohort requests), NaN, negative or
+        inconsistent counts (bad > requests, in either cohort) add no evidence: health
+        UNKNOWN, decision CONTINUE, unless the decision already is ROLLBACK.
         """
         if self._decision is Decision.ROLLBACK:
             return self._health
         if stale:
             return self._no_evidence("stale")
         counts = {"errors": errors, "slow": slow}
+        control = {"errors": control_errors, "slow": control_slow}
         for spec in self._specs:
             if spec.field not in counts:
                 counts[spec.field] = (bad or {}).get(spec.field, 0)
-        values = [requests, *counts.values()]
+                control[spec.field] = (control_bad or {}).get(spec.field, 0)
+        values = [requests, *counts.values(), control_requests, *control.values()]
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             return self._no_evidence("invalid")
         if requests < 0 or any(c < 0 or c > requests for c in counts.values()):
             return self._no_evidence("invalid")
+        if control_requests < 0 or any(c < 0 or c > control_requests for c in control.values()):
+            return self._no_evidence("invalid")
         if requests == 0:
             return self._no_evidence("no_data")
         self._requests += requests
+        self._control_requests += control_requests
+        if control_requests > 0:
+            for spec in self._specs:
+                self._tally(
+                    spec, requests, counts[spec.field], control_requests, control[spec.field]
+                )
         if self._guard(requests, errors):
             return self._health
         for spec in self._specs:
-            self._update(spec, requests, counts[spec.field])
+            inc = None
+            if self._control is not None:
+                off = control[spec.field] if control_requests > 0 else 0
+                inc = self._control.increment(
+                    requests, counts[spec.field], control_requests, off, self._ref[spec.name]
+                )
+            self._update(spec, requests, counts[spec.field], inc)
+            if control_requests > 0:
+                woff = self._woff[spec.name]
+                woff[0] += control_requests
+                woff[1] += control[spec.field]
         if self.mode == "testing" and self._requests >= max(
             self.policy.max_requests, self.policy.min_requests
         ):
@@ -217,11 +320,20 @@ class Evaluator:
         return self._health
 
     def observe_sample(self, sample: Sample) -> FeatureHealth:
-        """Observe a source's :class:`Sample`; a failed or stale read is no evidence."""
+        """Observe a source's :class:`Sample`, both cohorts; a failed or stale read is no
+        evidence (``error`` set, or ``fresh`` False). The one path the engine should use."""
         if sample.error is not None and self._decision is not Decision.ROLLBACK:
             return self._no_evidence("source_error", error=sample.error[:200])
         return self.observe(
-            sample.requests, sample.errors, sample.slow, sample.bad, stale=not sample.fresh
+            sample.requests,
+            sample.errors,
+            sample.slow,
+            sample.bad,
+            stale=not sample.fresh,
+            control_requests=sample.control_requests,
+            control_errors=sample.control_errors,
+            control_slow=sample.control_slow,
+            control_bad=sample.control_bad,
         )
 
     def explain(self) -> dict[str, Any]:
@@ -232,11 +344,19 @@ class Evaluator:
         ``leaning_bad``, ``undecided``, ``watching``, ``min_requests``, ``stale``,
         ``no_data``, ``invalid``, ``source_error``) and, when a metric drove it,
         ``metric``, ``requests``, ``bad``, ``rate`` (observed), ``p0``, ``p1``,
-        ``statistic`` and ``bound`` (the one it crossed or is measured against).
+        ``statistic`` and ``bound`` (the one it crossed or is measured against). With
+        ``baseline: control`` also ``baseline``; once off-cohort counts were seen also
+        ``control_requests``, ``control_bad``, ``control_rate`` (the off-cohort's, over the
+        same span as ``requests``), ``ratio`` (``rate / control_rate``, ``None`` when the
+        off-cohort had no bad event) and ``shared_degradation``.
         """
         out: dict[str, Any] = {"health": str(self._health), "decision": str(self._decision)}
         for key, value in self._why.items():
             out[key] = round(value, 6) if isinstance(value, float) else value
+        if self._control is not None:
+            out["baseline"] = "control"
+        if self._control_requests > 0:
+            out["shared_degradation"] = self.shared_degradation
         return out
 
     # -- persistence -------------------------------------------------------------------
@@ -246,6 +366,7 @@ class Evaluator:
             "v": _STATE_VERSION,
             "mode": self.mode,
             "requests": self._requests,
+            "control_requests": self._control_requests,
             "guard": [self._guard_n, self._guard_bad],
             "health": str(self._health),
             "decision": str(self._decision),
@@ -255,11 +376,17 @@ class Evaluator:
                     "status": self._status[s.name],
                     "n": self._n[s.name],
                     "s": self._s[s.name],
+                    "llr": self._llr[s.name],
                     "cusum": self._cusum[s.name],
                     "wn": self._wn[s.name],
                     "ws": self._ws[s.name],
                     "at": self._settled_at[s.name],
                     "reason": self._reason[s.name],
+                    "on": list(self._on[s.name]),
+                    "off": list(self._off[s.name]),
+                    "cllr": self._cllr[s.name],
+                    "woff": list(self._woff[s.name]),
+                    "ref": self._ref[s.name],
                 }
                 for s in self._specs
             },
@@ -269,11 +396,12 @@ class Evaluator:
     def from_state(cls, policy: HealthPolicy, state: Mapping[str, Any]) -> Evaluator:
         """Rebuild an evaluator from :meth:`to_state` output for the same policy.
 
-        Raises :class:`~workers.errors.InvalidInput` when the state is malformed or was
-        made for a policy with other metrics.
+        Reads states of version 1 (before control counts) too. Raises
+        :class:`~workers.errors.InvalidInput` when the state is malformed or was made for
+        a policy with other metrics.
         """
         try:
-            if state["v"] != _STATE_VERSION:
+            if state["v"] not in _READABLE_VERSIONS:
                 raise InvalidInput(f"evaluator state version {state['v']!r} is not supported")
             ev = cls(policy, state["mode"])
             metrics = state["metrics"]
@@ -283,6 +411,7 @@ class Evaluator:
                     f"{sorted(ev.metrics)}"
                 )
             ev._requests = state["requests"]
+            ev._control_requests = state.get("control_requests", 0)
             ev._guard_n, ev._guard_bad = state["guard"]
             ev._health = FeatureHealth(state["health"])
             ev._decision = Decision(state["decision"])
@@ -293,11 +422,18 @@ class Evaluator:
                 ev._status[name] = m["status"]
                 ev._n[name] = m["n"]
                 ev._s[name] = m["s"]
+                ev._llr[name] = float(m.get("llr", 0.0))
                 ev._cusum[name] = m["cusum"]
                 ev._wn[name] = m["wn"]
                 ev._ws[name] = m["ws"]
                 ev._settled_at[name] = m["at"]
                 ev._reason[name] = m["reason"]
+                ev._on[name] = _pair(m.get("on", [0, 0]))
+                ev._off[name] = _pair(m.get("off", [0, 0]))
+                ev._cllr[name] = float(m.get("cllr", 0.0))
+                ev._woff[name] = _pair(m.get("woff", [0, 0]))
+                ref = m.get("ref")
+                ev._ref[name] = None if ref is None else float(ref)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed evaluator state: {exc!r}") from exc
         return ev
@@ -309,6 +445,18 @@ class Evaluator:
             self._decision = Decision.CONTINUE
             self._why = {"reason": reason, "requests": self._requests, **extra}
         return self._health
+
+    def _tally(self, spec: MetricSpec, n: float, s: float, cn: float, cs: float) -> None:
+        """Both cohorts' totals, the pure conditional LLR and the off-cohort reference."""
+        name = spec.name
+        on, off = self._on[name], self._off[name]
+        on[0] += n
+        on[1] += s
+        off[0] += cn
+        off[1] += cs
+        c = self.policy.control
+        self._cllr[name] += conditional_llr(n, s, cn, cs, c.healthy, c.unhealthy)
+        self._ref[name] = reference_rate(off[0], off[1])
 
     def _guard(self, requests: float, errors: float) -> bool:
         """Tumbling guard window: True (and ROLLBACK) when plainly broken."""
@@ -335,15 +483,20 @@ class Evaluator:
         )
         return True
 
-    def _update(self, spec: MetricSpec, requests: float, bad: float) -> None:
+    def _update(self, spec: MetricSpec, requests: float, bad: float, inc: float | None) -> None:
+        """One tick of one metric; ``inc`` is the control increment (``None``: fixed)."""
         name = spec.name
         status = self._status[name]
         if status == "open":
             self._n[name] += requests
             self._s[name] += bad
+            if inc is not None:
+                self._llr[name] += inc
+            elif self._control is not None:  # control baseline, no off-cohort known yet
+                self._llr[name] += spec.llr(requests, bad)
             if self._requests < self.policy.min_requests:
                 return
-            llr = spec.llr(self._n[name], self._s[name])
+            llr = self._stat(spec)
             if llr >= spec.upper:
                 self._settle(name, "bad", "sprt_bad")
             elif llr <= spec.lower:
@@ -351,10 +504,17 @@ class Evaluator:
         elif status in ("good", "watch"):
             self._wn[name] += requests
             self._ws[name] += bad
-            self._cusum[name] = max(0.0, self._cusum[name] + spec.llr(requests, bad))
+            step = spec.llr(requests, bad) if inc is None else inc
+            self._cusum[name] = max(0.0, self._cusum[name] + step)
             fired = self._cusum[name] >= self.policy.cusum_threshold
             if fired and self._requests >= self.policy.min_requests:
                 self._settle(name, "bad", "cusum")
+
+    def _stat(self, spec: MetricSpec) -> float:
+        """The open sequential test's LLR: from the counts (fixed) or summed (control)."""
+        if self._control is None:
+            return spec.llr(self._n[spec.name], self._s[spec.name])
+        return self._llr[spec.name]
 
     def _settle(self, name: str, status: Status, reason: str) -> None:
         self._status[name] = status
@@ -363,11 +523,12 @@ class Evaluator:
         if status == "good":
             self._cusum[name] = 0.0
             self._wn[name] = self._ws[name] = 0
+            self._woff[name] = [0, 0]
 
     def _truncate(self) -> None:
         for spec in self._specs:
             if self._status[spec.name] == "open":
-                if spec.llr(self._n[spec.name], self._s[spec.name]) > 0:
+                if self._stat(spec) > 0:
                     self._settle(spec.name, "bad", "truncated_bad")
                 else:
                     self._settle(spec.name, "good", "truncated_good")
@@ -376,27 +537,40 @@ class Evaluator:
         name = spec.name
         if reason.startswith(("sprt", "truncated")) or reason in ("undecided", "leaning_bad"):
             n, s = self._n[name], self._s[name]
-            stat = spec.llr(n, s)
+            cn, cs = self._off[name]
+            stat = self._stat(spec)
             bound = {"sprt_good": spec.lower, "truncated_bad": 0.0, "truncated_good": 0.0}.get(
                 reason, spec.upper
             )
         else:  # a CUSUM watch: counts since the watch started
             n, s = self._wn[name], self._ws[name]
+            cn, cs = self._woff[name]
             stat = self._cusum[name]
             bound = self.policy.cusum_threshold
             if reason in ("cusum_degraded", "watching"):
                 bound = bound / 2
-        return {
+        p0, p1 = spec.p0, spec.p1
+        ref = self._ref[name]
+        if self._control is not None and ref is not None:
+            p0, p1 = self._control.rates(ref)
+        why: dict[str, Any] = {
             "reason": reason,
             "metric": name,
             "requests": n,
             "bad": s,
             "rate": s / n if n else 0.0,
-            "p0": spec.p0,
-            "p1": spec.p1,
+            "p0": p0,
+            "p1": p1,
             "statistic": stat,
             "bound": bound,
         }
+        if self._control_requests > 0:
+            rate, control_rate = why["rate"], cs / cn if cn else 0.0
+            why["control_requests"] = cn
+            why["control_bad"] = cs
+            why["control_rate"] = control_rate
+            why["ratio"] = rate / control_rate if control_rate else None
+        return why
 
     def _rollback(self, **why: Any) -> None:
         self._health = FeatureHealth.UNHEALTHY
@@ -437,7 +611,12 @@ class Evaluator:
             spec = max(specs, key=lambda s: self._settled_at[s.name])
             self._why = self._metric_why(spec, self._reason[spec.name])
             return
-        spec = max(open_, key=lambda s: s.llr(self._n[s.name], self._s[s.name]) / s.upper)
-        leaning = spec.llr(self._n[spec.name], self._s[spec.name]) >= spec.upper / 2
+        spec = max(open_, key=lambda s: self._stat(s) / s.upper)
+        leaning = self._stat(spec) >= spec.upper / 2
         self._health = FeatureHealth.DEGRADED if leaning else FeatureHealth.UNKNOWN
         self._why = self._metric_why(spec, "leaning_bad" if leaning else "undecided")
+
+
+def _pair(value: Any) -> list[float]:
+    first, second = value
+    return [float(first), float(second)]
