@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402  # after the path fix, so the bench runs from a checkout
 
 from tests.processes import RedisServer  # noqa: E402
+from workers.core.states import FeatureState  # noqa: E402
 from workers.flags import FlagClient, bucket  # noqa: E402
 from workers.flags.testing import write_flag  # noqa: E402
-from workers.keys import Keys  # noqa: E402
-from workers.states import FeatureState  # noqa: E402
 from workers.store import Store  # noqa: E402
+from workers.store.keys import Keys  # noqa: E402
 
 NS = "bench"
 FEATURE = "checkout"

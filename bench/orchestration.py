@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.processes import CeleryProcess, RedisServer  # noqa: E402
 from workers.celery import make_app  # noqa: E402
-from workers.manager import PartialRecoveryManager  # noqa: E402
+from workers.core.states import RunStatus  # noqa: E402
+from workers.engine import PartialRecoveryManager  # noqa: E402
 from workers.settings import Settings  # noqa: E402
-from workers.states import RunStatus  # noqa: E402
 from workers.store import Store  # noqa: E402
 from workers.tasks import CeleryDispatcher  # noqa: E402
 

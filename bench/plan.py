@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from workers.graph import Graph
-from workers.plan import Plan, parse_plan
+from workers.core.graph import Graph
+from workers.core.plan import Plan, parse_plan
 
 N_FEATURES = 10_000
 DEPS_PER_FEATURE = 3

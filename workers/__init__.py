@@ -5,8 +5,8 @@ package does not import Celery or Redis, so the pure core (plans, graph, states,
 stays usable anywhere.
 """
 
+from workers.core.states import FeatureHealth, FeatureState, Reason, RunStatus
 from workers.errors import RecoveryError
-from workers.states import FeatureHealth, FeatureState, Reason, RunStatus
 
 __all__ = ["FeatureHealth", "FeatureState", "Reason", "RecoveryError", "RunStatus"]
 __version__ = "0.1.0"

@@ -21,8 +21,8 @@ from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.celery import ROLLBACK_QUEUE, app
+from workers.engine import PartialRecoveryManager
 from workers.errors import InvalidInput, PayloadError, RecoveryError, StoreUnavailable
-from workers.manager import PartialRecoveryManager
 from workers.settings import get_settings
 from workers.store import Store
 

@@ -20,7 +20,7 @@ from tests.chaos.invariants import results_path
 from tests.integration.conftest import Cluster
 from tests.processes import RedisServer
 from workers.celery import make_app
-from workers.manager import PartialRecoveryManager
+from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
 from workers.store import Store
 from workers.tasks import CeleryDispatcher

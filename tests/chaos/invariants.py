@@ -7,7 +7,7 @@ them all at once rather than stop at the first:
 
 - the run finished (a final status);
 - no illegal transition: each event starts from the state the previous one left, and
-  ``from -> to`` is in :data:`workers.states.TRANSITIONS`;
+  ``from -> to`` is in :data:`workers.core.states.TRANSITIONS`;
 - no feature entered TESTING before all its dependencies were ENABLED;
 - no feature left ENABLED while a direct dependent was still TESTING/ENABLED;
 - no transition applied twice (or lost): each feature's versions are 1, 2, 3, … in order;
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.states import FINAL_RUN_STATUSES, TRANSITIONS, FeatureState, RunStatus
+from workers.core.states import FINAL_RUN_STATUSES, TRANSITIONS, FeatureState, RunStatus
 from workers.store import Store
 
 __all__ = [

@@ -20,7 +20,7 @@ from tests.chaos.invariants import check_run, dag_plan, downstream, record
 from tests.chaos.workers import InfoWorker
 from tests.integration.conftest import Cluster
 from tests.processes import CeleryProcess, wait_for
-from workers.states import FINAL_RUN_STATUSES, RunStatus
+from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 
 WORKERS = 3
 CONCURRENCY = 2

@@ -12,9 +12,9 @@ import redis
 
 from tests.processes import ROOT, CeleryProcess, RedisServer, wait_for
 from workers.celery import make_app
-from workers.manager import PartialRecoveryManager
+from workers.core.states import RunStatus
+from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.states import RunStatus
 from workers.store import Store
 from workers.tasks import CeleryDispatcher
 

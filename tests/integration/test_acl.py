@@ -17,11 +17,11 @@ from tests.chaos.invariants import check_run, record
 from tests.integration.conftest import ACL_FILE, Cluster, acl_client, acl_url
 from tests.processes import CeleryProcess, RedisServer, wait_for
 from workers.celery import make_app
-from workers.keys import Keys
-from workers.manager import PartialRecoveryManager
+from workers.core.states import RunStatus
+from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.states import RunStatus
 from workers.store import Store
+from workers.store.keys import Keys
 from workers.tasks import CeleryDispatcher
 
 NS = "recovery"  # the ACL patterns are written for the default namespace

@@ -29,8 +29,8 @@ from tests.chaos.workers import InfoWorker
 from tests.integration.conftest import Cluster, make_cluster
 from tests.processes import wait_for
 from workers.celery import make_app
-from workers.cli import app as cli
 from workers.errors import InvalidInput
+from workers.ops.cli import app as cli
 from workers.settings import get_settings
 
 BROKER_KEY_PREFIXES = ("_kombu.", "unacked", "celery")

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from tests.integration.conftest import html_text
 from tests.processes import need_binary
-from workers.demo import DemoConfig, DemoResult, check_outcome, load_demo_plan, run_demo
-from workers.graph import Graph
+from workers.core.graph import Graph
+from workers.demo.run import DemoConfig, DemoResult, check_outcome, load_demo_plan, run_demo
 
 
 @pytest.fixture(scope="module")

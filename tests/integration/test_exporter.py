@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import ROLLBACK_PLAN, Cluster
 from tests.processes import free_port
-from workers.exporter import serve
+from workers.ops.exporter import serve
 from workers.store import Store
 
 

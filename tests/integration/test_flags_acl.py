@@ -13,7 +13,7 @@ from tests.integration.conftest import acl_client, acl_url
 from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)

@@ -8,7 +8,7 @@ import redis
 
 from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 
 def totals(r: redis.Redis, namespace: str, feature: str) -> dict[str, int]:

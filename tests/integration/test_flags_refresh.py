@@ -14,7 +14,7 @@ import redis
 from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 
 @pytest.fixture

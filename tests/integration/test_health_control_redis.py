@@ -12,7 +12,7 @@ from workers.flags import FlagClient
 from workers.flags.testing import write_flag
 from workers.health import Decision, Evaluator, HealthPolicy, make_source
 from workers.health.sources.redis import RedisSource, record_counts
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 T0 = 1_700_000_000
 CONTROL = HealthPolicy.model_validate({"baseline": "control", "slow_rate": None})

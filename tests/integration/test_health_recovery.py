@@ -10,8 +10,8 @@ import redis
 
 from tests.integration.conftest import Cluster
 from tests.processes import wait_for
+from workers.core.states import RunStatus
 from workers.health.sources.redis import record_counts
-from workers.states import RunStatus
 
 ERROR_RATE = {"good": 0.0, "bad": 0.2}
 

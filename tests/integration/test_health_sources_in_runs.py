@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import Cluster
 from tests.processes import PrometheusServer, wait_for
-from workers.states import RunStatus
+from workers.core.states import RunStatus
 
 #: cumulative counters per feature, served in the text exposition format
 COUNTERS: dict[str, dict[str, int]] = {f: {"requests": 0, "errors": 0} for f in ("good", "bad")}

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.processes import PrometheusServer, free_port
+from workers.core.states import FeatureHealth
 from workers.health import Decision, Evaluator, HealthPolicy, make_source
 from workers.health.sources import MetricSource
-from workers.states import FeatureHealth
 
 WAIT_S = 30.0
 COUNTERS: dict[str, float] = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import redis
 
 from tests.processes import free_port
+from workers.core.states import FeatureHealth
 from workers.health import HealthPolicy, make_source
 from workers.health.evaluator import Evaluator
 from workers.health.sources.redis import RedisSource, record_counts
-from workers.keys import Keys
-from workers.states import FeatureHealth
+from workers.store.keys import Keys
 
 T0 = 1_700_000_000  # a tick boundary for tick_s = 1 and 5
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.integration.conftest import ROLLBACK_PLAN, Cluster
 from tests.processes import wait_for
-from workers.states import RunStatus
+from workers.core.states import RunStatus
 
 
 def dag_plan(
@@ -124,7 +124,7 @@ def test_concurrent_starts_create_exactly_one_run(cluster: Cluster) -> None:
     """20 concurrent starts of one plan return one run id and create one run."""
     import threading
 
-    from workers.manager import PartialRecoveryManager
+    from workers.engine import PartialRecoveryManager
     from workers.store import Store
 
     plan = chain_plan()

@@ -11,9 +11,9 @@ from typing import Any
 from tests.chaos.invariants import check_run, dag_plan, record
 from tests.integration.conftest import Cluster
 from tests.processes import wait_for
+from workers.core.states import FINAL_RUN_STATUSES, RunStatus
+from workers.engine import PartialRecoveryManager
 from workers.errors import ConflictError
-from workers.manager import PartialRecoveryManager
-from workers.states import FINAL_RUN_STATUSES, RunStatus
 from workers.store import Store
 
 

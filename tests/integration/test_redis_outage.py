@@ -11,8 +11,8 @@ import time
 from tests.chaos.conftest import chaos_cluster, close_cluster
 from tests.chaos.invariants import check_run, dag_plan, record
 from tests.processes import wait_for
+from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 from workers.flags import FlagClient
-from workers.states import FINAL_RUN_STATUSES, RunStatus
 
 OUTAGE_S = 10.0
 

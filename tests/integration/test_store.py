@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from tests.processes import RedisServer
+from workers.core.states import TRANSITIONS, FeatureState
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -20,7 +21,6 @@ from workers.errors import (
     StaleToken,
     StoreUnavailable,
 )
-from workers.states import TRANSITIONS, FeatureState
 from workers.store import Store
 
 S = FeatureState

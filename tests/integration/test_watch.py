@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tests.integration.conftest import ROLLBACK_PLAN, Cluster, html_text
 from tests.processes import ROOT
-from workers.watch import RunWatcher, render_view, watch
+from workers.ops.watch import RunWatcher, render_view, watch
 
 
 def cli(c: Cluster, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:

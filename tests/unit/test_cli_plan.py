@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from workers.cli import app, handles_errors, redact_url
+from workers.core.graph import Graph
+from workers.core.plan import load_plan
 from workers.errors import ConflictError, StoreUnavailable, UnknownFeature
-from workers.graph import Graph
-from workers.plan import load_plan
+from workers.ops.cli import app, handles_errors, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "config" / "shop.yaml"

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 import workers.flags
+from workers.core.states import FeatureState
 from workers.errors import InvalidInput
 from workers.flags import EvaluationReason, FlagClient, bucket
 from workers.flags._model import parse_flag
-from workers.states import FeatureState
 
 FLAGS = {
     "on": {"state": "ENABLED", "percent": 100},

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from workers.core.graph import Graph, find_cycle
 from workers.errors import PlanError, UnknownFeature
-from workers.graph import Graph, find_cycle
 
 # A small shop: auth and catalog first; cart needs both; checkout needs cart and payments.
 SHOP = {

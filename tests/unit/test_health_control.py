@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
 from workers.health import Decision, Evaluator, HealthPolicy, Sample
 from workers.health.control import ControlSpec, conditional_llr, reference_rate
-from workers.states import FeatureHealth
 
 PERCENT = 0.2
 PER_EVAL = 200

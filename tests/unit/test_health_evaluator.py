@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
 from workers.health import Decision, Evaluator, HealthPolicy
 from workers.health.evaluator import metric_specs
 from workers.health.sources import Sample
-from workers.states import FeatureHealth
 
 # Hand-computed for p0 = 0.01, p1 = 0.05, α = 0.01, β = 0.05, one metric:
 A_BAD = 1.6094379124341003  # ln(0.05 / 0.01) = ln 5

@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from workers.errors import InvalidInput, PlanError
-from workers.graph import Graph
-from workers.health import HealthPolicy
-from workers.plan import (
+from workers.core.graph import Graph
+from workers.core.plan import (
     MAX_PLAN_BYTES,
     Defaults,
     Feature,
@@ -21,6 +19,8 @@ from workers.plan import (
     load_plan,
     parse_plan,
 )
+from workers.errors import InvalidInput, PlanError
+from workers.health import HealthPolicy
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -498,7 +498,7 @@ def test_plan_and_graph_import_neither_redis_nor_celery() -> None:
     import sys
 
     code = (
-        "import sys, workers.plan, workers.graph; "
+        "import sys, workers.core.plan, workers.core.graph; "
         "bad = sorted(m for m in ('redis', 'celery', 'kombu') if m in sys.modules); "
         "print(','.join(bad))"
     )

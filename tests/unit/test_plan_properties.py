@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workers.core.graph import Graph
+from workers.core.plan import parse_plan
 from workers.errors import PlanError
-from workers.graph import Graph
-from workers.plan import parse_plan
 
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}", fullmatch=True)
 

@@ -19,12 +19,12 @@ PUBLIC = {
         "BUCKETS", "ClientHealth", "EvaluationReason", "Flag", "FlagClient", "FlagEvaluation",
         "FlagSnapshot", "MetricCounts", "Outcome", "RecoveryProvider", "bucket",
     ],
-    "workers.plan": [
+    "workers.core.plan": [
         "Defaults", "Feature", "FeatureSpec", "MAX_PLAN_BYTES", "NAME_PATTERN", "Plan",
         "RetryPolicy", "load_plan", "parse_plan",
     ],
-    "workers.graph": ["Graph", "find_cycle"],
-    "workers.states": [
+    "workers.core.graph": ["Graph", "find_cycle"],
+    "workers.core.states": [
         "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Reason",
         "RunStatus", "TRANSITIONS", "is_legal",
     ],
@@ -53,3 +53,29 @@ def test_every_error_is_a_recovery_error_drawn_in_the_tree() -> None:
         assert issubclass(cls, workers.errors.RecoveryError), cls
         assert cls.__name__ in doc, f"{cls.__name__} missing from the drawn tree"
     assert sorted(workers.errors.__all__) == sorted(c.__name__ for c in classes)
+
+
+MOVED = {
+    "workers.plan": ("workers.core.plan", "parse_plan"),
+    "workers.graph": ("workers.core.graph", "Graph"),
+    "workers.states": ("workers.core.states", "FeatureState"),
+    "workers.keys": ("workers.store.keys", "Keys"),
+    "workers.manager": ("workers.engine", "PartialRecoveryManager"),
+    "workers.cli": ("workers.ops.cli", "main"),
+    "workers.watch": ("workers.ops.watch", "watch"),
+    "workers.report": ("workers.ops.report", "render_html"),
+    "workers.exporter": ("workers.ops.exporter", "main"),
+    "workers.fleet": ("workers.demo.fleet", "Fleet"),
+    "workers.health.backoff": ("workers.core.retry", "backoff_delay"),
+}
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_moved_names_still_import_with_a_deprecation_warning(old: str) -> None:
+    """A name imported from its pre-0.2 module is the new object, with a DeprecationWarning
+    that names the new path (one deprecation cycle)."""
+    new, name = MOVED[old]
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=rf"moved to {new}\.{name}"):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), name)

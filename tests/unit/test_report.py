@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from workers.plan import parse_plan
-from workers.report import build_timeline, describe, evidence_text, render_html, render_svg
+from workers.core.plan import parse_plan
+from workers.ops.report import build_timeline, describe, evidence_text, render_html, render_svg
 
 PLAN = parse_plan(
     {

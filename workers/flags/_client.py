@@ -36,6 +36,7 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workers.core.states import FeatureState
 from workers.errors import InvalidInput
 from workers.flags._bucketing import BUCKETS, _murmur3_32, bucket
 from workers.flags._cohort import CohortRecorder
@@ -53,8 +54,7 @@ from workers.flags._model import (
 )
 from workers.flags._outcome import Outcome
 from workers.flags._reporter import MetricBuffer, write_batch
-from workers.keys import Keys
-from workers.states import FeatureState
+from workers.store.keys import Keys
 
 __all__ = ["FlagClient"]
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from workers.states import FeatureState
+from workers.core.states import FeatureState
 
 __all__ = [
     "ENABLED_RULE",

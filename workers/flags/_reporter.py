@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from workers.flags._model import MetricCounts
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 __all__ = ["Batch", "MetricBuffer", "write_batch"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
-from workers.keys import Keys
-from workers.states import FeatureState
+from workers.core.states import FeatureState
+from workers.store.keys import Keys
 
 __all__ = ["write_flag"]
 

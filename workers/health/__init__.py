@@ -12,7 +12,7 @@ concrete sources are imported by :func:`make_source` only when a policy needs th
 <Decision.PROMOTE: 'promote'>
 """
 
-from workers.health.backoff import backoff_delay
+from workers.core.retry import backoff_delay
 from workers.health.evaluator import Decision, Evaluator
 from workers.health.policy import HealthPolicy, RateThresholds
 from workers.health.sources import MetricSource, Sample, make_source

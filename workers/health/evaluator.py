@@ -51,11 +51,11 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
 from workers.health.control import ControlSpec, conditional_llr, reference_rate
 from workers.health.metrics import MetricSpec, metric_specs
 from workers.health.policy import HealthPolicy
-from workers.states import FeatureHealth
 
 if TYPE_CHECKING:
     from workers.health.sources.base import Sample

@@ -18,7 +18,7 @@ from typing import Any
 from workers.errors import InvalidInput
 from workers.health.policy import HealthPolicy
 from workers.health.sources.base import MetricSource, Sample
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 __all__ = ["MetricSource", "Sample", "make_source"]
 

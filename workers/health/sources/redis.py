@@ -1,6 +1,6 @@
 """The ``redis`` source: per-tick outcome counts that services' flag clients push.
 
-Layout (a published contract, see ``docs/health.md`` and :mod:`workers.keys`): one hash
+Layout (a published contract, see ``docs/health.md`` and :mod:`workers.store.keys`): one hash
 per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
 ``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
 ``bad:<name>`` for the feature-on cohort, ``ctl:requests``, ``ctl:errors``, ``ctl:slow``
@@ -22,7 +22,7 @@ import redis
 
 from workers.errors import InvalidInput
 from workers.health.sources.base import Sample
-from workers.keys import Keys
+from workers.store.keys import Keys
 
 __all__ = ["MAX_TICKS", "RedisSource", "queue_counts", "record_counts", "tick_of"]
 

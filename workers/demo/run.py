@@ -3,8 +3,8 @@
 It starts, as child processes it owns: a private ``redis-server`` on a free loopback port
 (data in a temporary directory; no ACL users, for simplicity — production uses
 ``config/redis.conf``), two Celery workers, the beat, Flower (basic auth), and a simulated
-service fleet (:mod:`workers.fleet`) that reads the flags with the flag client and reports
-outcomes for every feature of ``config/demo.yaml``. One feature (``pricing``) is bad: it
+service fleet (:mod:`workers.demo.fleet`) that reads the flags with the flag client and reports
+outcomes for every feature of ``demo.yaml`` (package data). One feature (``pricing``) is bad: it
 passes its ramp, then regresses under sustained full traffic. The demo starts the
 recovery, shows the live view, writes the HTML timeline, prints what happened and why,
 and stops every process it started — on success, on error and on Ctrl-C.
@@ -38,10 +38,11 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
+from workers.core.graph import Graph
+from workers.core.plan import Plan, parse_plan
 from workers.errors import InvalidInput, RecoveryError, StoreUnavailable
-from workers.graph import Graph
-from workers.plan import Plan, parse_plan
-from workers.report import build_timeline, describe, render_html
+from workers.ops.describe import describe
+from workers.ops.report import build_timeline, render_html
 
 __all__ = [
     "DEFAULT_PLAN",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: The demo's plan, next to the realistic example ``config/shop.yaml``.
-DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEFAULT_PLAN = Path(__file__).resolve().parent / "demo.yaml"
 DEFAULT_BAD = "pricing"
 
 
@@ -288,11 +289,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     machine lacks ``redis-server`` or the plan is wrong, StoreUnavailable when Redis does
     not come up."""
     from workers.celery import make_app
-    from workers.manager import PartialRecoveryManager
+    from workers.engine import PartialRecoveryManager
+    from workers.ops.watch import watch
     from workers.settings import Settings
     from workers.store import Store
     from workers.tasks import CeleryDispatcher
-    from workers.watch import watch
 
     console = console or Console()
     began = time.monotonic()
@@ -366,7 +367,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
             console.print(Text(flower_hint, style="bold cyan"))
         procs.start(
             "fleet",
-            [sys.executable, "-m", "workers.fleet", str(cfg.plan), "--bad", cfg.bad,
+            [sys.executable, "-m", "workers.demo.fleet", str(cfg.plan), "--bad", cfg.bad,
              "--leak-after", str(cfg.leak_after_s), "--rate", str(cfg.fleet_rate),
              "--lifetime", str(cfg.timeout_s + 60)],
             env,

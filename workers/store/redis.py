@@ -1,10 +1,10 @@
 """The Redis state store: the only module that talks to Redis for run and feature state.
 
 Every state change is one atomic Lua script (``workers/lua/*.lua``, each opening with its
-KEYS/ARGV header): it validates the transition against :data:`workers.states.TRANSITIONS`,
+KEYS/ARGV header): it validates the transition against :data:`workers.core.states.TRANSITIONS`,
 checks the fencing token, writes the state, appends the audit event, updates the published
 flag, bumps the flags version and publishes — or changes nothing. Key names come from
-:class:`workers.keys.Keys`. Redis driver errors never leave this module: they become
+:class:`workers.store.keys.Keys`. Redis driver errors never leave this module: they become
 :class:`workers.errors.StoreUnavailable`; refusals from the scripts become the matching
 :class:`workers.errors.ConflictError`.
 """
@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
+from workers.core.records import Event, FeatureRecord, RunRecord
+from workers.core.states import TRANSITIONS, FeatureHealth, FeatureState, RunStatus
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -35,8 +37,7 @@ from workers.errors import (
     UnknownFeature,
     UnknownRun,
 )
-from workers.keys import Keys
-from workers.states import TRANSITIONS, FeatureState, RunStatus
+from workers.store.keys import Keys
 
 __all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
 
@@ -44,7 +45,7 @@ _LEGAL = ",".join(f"{a.value}>{b.value}" for a, b in sorted(TRANSITIONS))
 
 
 def _script_source(name: str) -> str:
-    return resources.files("workers").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("workers.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 def _num(value: str | None, default: float = 0.0) -> float:
@@ -56,149 +57,80 @@ def _num(value: str | None, default: float = 0.0) -> float:
         return default
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRecord:
-    """One feature of one run, as stored."""
-
-    name: str
-    state: FeatureState
-    percent: int
-    step: int
-    health: str
-    attempts: int
-    quarantined: bool
-    blocked: bool
-    reason: str
-    pending: int
-    token: int
-    version: int
-    updated_at: float
-    state_since: float
-    step_since: float
-    rank: int
-    next_attempt_at: float
-    raw: Mapping[str, str] = field(repr=False)
-
-    @classmethod
-    def from_hash(cls, name: str, h: Mapping[str, str]) -> FeatureRecord:
-        return cls(
-            name=name,
-            state=FeatureState(h.get("state", "DISABLED")),
-            percent=int(_num(h.get("percent"))),
-            step=int(_num(h.get("step"), -1)),
-            health=h.get("health", "UNKNOWN") or "UNKNOWN",
-            attempts=int(_num(h.get("attempts"))),
-            quarantined=h.get("quarantined") == "1",
-            blocked=h.get("blocked") == "1",
-            reason=h.get("reason", ""),
-            pending=int(_num(h.get("pending"))),
-            token=int(_num(h.get("token"))),
-            version=int(_num(h.get("version"))),
-            updated_at=_num(h.get("updated_at")),
-            state_since=_num(h.get("state_since")),
-            step_since=_num(h.get("step_since"), _num(h.get("state_since"))),
-            rank=int(_num(h.get("rank"))),
-            next_attempt_at=_num(h.get("next_attempt_at")),
-            raw=dict(h),
-        )
+def feature_from_hash(name: str, h: Mapping[str, str]) -> FeatureRecord:
+    """A :class:`FeatureRecord` from its stored hash (missing or garbled fields default)."""
+    return FeatureRecord(
+        name=name,
+        state=FeatureState(h.get("state", "DISABLED")),
+        percent=int(_num(h.get("percent"))),
+        step=int(_num(h.get("step"), -1)),
+        health=_health(h.get("health")),
+        attempts=int(_num(h.get("attempts"))),
+        quarantined=h.get("quarantined") == "1",
+        blocked=h.get("blocked") == "1",
+        reason=h.get("reason", ""),
+        pending=int(_num(h.get("pending"))),
+        token=int(_num(h.get("token"))),
+        version=int(_num(h.get("version"))),
+        updated_at=_num(h.get("updated_at")),
+        state_since=_num(h.get("state_since")),
+        step_since=_num(h.get("step_since"), _num(h.get("state_since"))),
+        testing_since=_num(h.get("testing_since"), _num(h.get("state_since"))),
+        last_eval_at=_num(h.get("last_eval_at")),
+        eval_state=h.get("eval", ""),
+        rank=int(_num(h.get("rank"))),
+        next_attempt_at=_num(h.get("next_attempt_at")),
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run's metadata, as stored."""
-
-    run_id: str
-    plan: str
-    status: RunStatus
-    started_at: float
-    finished_at: float | None
-    max_parallel: int
-    total: int
-    enabled: int
-    quarantined: int
-    blocked: int
-    reason: str
-    raw: Mapping[str, str] = field(repr=False)
-
-    @classmethod
-    def from_hash(cls, h: Mapping[str, str]) -> RunRecord:
-        finished = h.get("finished_at") or ""
-        return cls(
-            run_id=h["run_id"],
-            plan=h.get("plan", ""),
-            status=RunStatus(h.get("status", "PENDING")),
-            started_at=_num(h.get("started_at")),
-            finished_at=float(finished) if finished else None,
-            max_parallel=int(_num(h.get("max_parallel"), 1)),
-            total=int(_num(h.get("total"))),
-            enabled=int(_num(h.get("enabled"))),
-            quarantined=int(_num(h.get("quarantined"))),
-            blocked=int(_num(h.get("blocked"))),
-            reason=h.get("reason", ""),
-            raw=dict(h),
-        )
-
-    @property
-    def settled(self) -> int:
-        """Features that need nothing more from this run: enabled, quarantined or blocked."""
-        return self.enabled + self.quarantined + self.blocked
+def _health(value: str | None) -> FeatureHealth:
+    try:
+        return FeatureHealth(value or "UNKNOWN")
+    except ValueError:
+        return FeatureHealth.UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One audit event of a run (oldest first in :meth:`Store.events`)."""
+def run_from_hash(h: Mapping[str, str]) -> RunRecord:
+    """A :class:`RunRecord` from its stored hash."""
+    finished = h.get("finished_at") or ""
+    return RunRecord(
+        run_id=h["run_id"],
+        plan=h.get("plan", ""),
+        status=RunStatus(h.get("status", "PENDING")),
+        started_at=_num(h.get("started_at")),
+        finished_at=float(finished) if finished else None,
+        max_parallel=int(_num(h.get("max_parallel"), 1)),
+        total=int(_num(h.get("total"))),
+        enabled=int(_num(h.get("enabled"))),
+        quarantined=int(_num(h.get("quarantined"))),
+        blocked=int(_num(h.get("blocked"))),
+        reason=h.get("reason", ""),
+        stopping=h.get("stopping") == "1",
+    )
 
-    id: str
-    kind: str
-    ts: float
-    feature: str
-    from_: str
-    to: str
-    percent: int | None
-    reason: str
-    worker: str
-    task_id: str
-    evidence: dict[str, Any]
-    version: int | None
-    token: int | None
 
-    @classmethod
-    def from_entry(cls, entry_id: str, f: Mapping[str, str]) -> Event:
-        try:
-            evidence = json.loads(f.get("evidence") or "{}")
-        except ValueError:
-            evidence = {"raw": f.get("evidence")}
-        pct = f.get("percent", "")
-        return cls(
-            id=entry_id,
-            kind=f.get("kind", ""),
-            ts=_num(f.get("ts")),
-            feature=f.get("feature", ""),
-            from_=f.get("from", ""),
-            to=f.get("to", ""),
-            percent=int(_num(pct)) if pct != "" else None,
-            reason=f.get("reason", ""),
-            worker=f.get("worker", ""),
-            task_id=f.get("task_id", ""),
-            evidence=evidence if isinstance(evidence, dict) else {"value": evidence},
-            version=int(_num(f["version"])) if f.get("version") else None,
-            token=int(_num(f["token"])) if f.get("token") else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``events --json`` contract, plus ``kind`` and ``evidence``."""
-        return {
-            "ts": self.ts,
-            "feature": self.feature or None,
-            "from": self.from_ or None,
-            "to": self.to or None,
-            "percent": self.percent,
-            "reason": self.reason,
-            "worker": self.worker or None,
-            "task_id": self.task_id or None,
-            "kind": self.kind,
-            "evidence": self.evidence,
-        }
+def event_from_entry(entry_id: str, f: Mapping[str, str]) -> Event:
+    """An :class:`Event` from a stream entry (unreadable evidence is kept as ``raw``)."""
+    try:
+        evidence = json.loads(f.get("evidence") or "{}")
+    except ValueError:
+        evidence = {"raw": f.get("evidence")}
+    pct = f.get("percent", "")
+    return Event(
+        id=entry_id,
+        kind=f.get("kind", ""),
+        ts=_num(f.get("ts")),
+        feature=f.get("feature", ""),
+        from_=f.get("from", ""),
+        to=f.get("to", ""),
+        percent=int(_num(pct)) if pct != "" else None,
+        reason=f.get("reason", ""),
+        worker=f.get("worker", ""),
+        task_id=f.get("task_id", ""),
+        evidence=evidence if isinstance(evidence, dict) else {"value": evidence},
+        version=int(_num(f["version"])) if f.get("version") else None,
+        token=int(_num(f["token"])) if f.get("token") else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +322,7 @@ class Store:
             h = self.r.hgetall(self.keys.run(run_id))
         if not h:
             raise UnknownRun(f"no run with id {run_id!r}")
-        return RunRecord.from_hash(h)
+        return run_from_hash(h)
 
     def plan_json(self, run_id: str) -> str:
         """The run's stored plan (JSON), cached per process (it never changes)."""
@@ -457,7 +389,7 @@ class Store:
             h = self.r.hgetall(self.keys.feature(run_id, name))
         if not h:
             raise UnknownFeature(f"run {run_id} has no feature {name!r}")
-        return FeatureRecord.from_hash(name, h)
+        return feature_from_hash(name, h)
 
     def features(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureRecord]:
         """Records of the named features (one round trip); missing ones are left out."""
@@ -466,7 +398,7 @@ class Store:
             for n in names:
                 pipe.hgetall(self.keys.feature(run_id, n))
             rows = pipe.execute()
-        return {n: FeatureRecord.from_hash(n, h) for n, h in zip(names, rows, strict=True) if h}
+        return {n: feature_from_hash(n, h) for n, h in zip(names, rows, strict=True) if h}
 
     def feature_states(self, run_id: str, names: Sequence[str]) -> dict[str, str]:
         """Just the state of each named feature (one round trip)."""
@@ -501,7 +433,7 @@ class Store:
             [worker, max(1, int(ttl_s * 1000)), "0", "1"],
         )
         fields = dict(zip(res[1::2], res[2::2], strict=True))
-        return int(res[0]), FeatureRecord.from_hash(name, fields)
+        return int(res[0]), feature_from_hash(name, fields)
 
     def release(self, run_id: str, name: str, token: int) -> bool:
         """Drop the lease if ``token`` still holds it."""
@@ -773,7 +705,7 @@ class Store:
         start = "-" if after == "-" else f"({after}"
         with self._translate():
             rows = self.r.xrange(self.keys.events(run_id), min=start, count=count)
-        return [Event.from_entry(i, f) for i, f in rows]
+        return [event_from_entry(i, f) for i, f in rows]
 
     def append_event(
         self,

@@ -1,0 +1,141 @@
+"""Every Redis key and channel the project uses, in one place. This docstring is the schema.
+
+All keys live under a namespace ``ns`` (setting ``RECOVERY_NAMESPACE``, default ``recovery``).
+On Redis Cluster put the namespace in braces (``{recovery}``): every key then shares one
+hash tag, so each Lua script touches a single slot.
+
+Published contract (services and other languages read these):
+
+==================================  ======  ==============================================
+key                                 type    meaning
+==================================  ======  ==============================================
+``<ns>:flags``                      hash    feature -> JSON ``{"state", "percent",
+                                            "version", "updated_at"}``; no TTL
+``<ns>:flags:version``              string  integer, bumped on every flag change; no TTL
+channel ``<ns>:flags``              pubsub  JSON ``{"feature", "state", "percent",
+                                            "version"}`` published on every change
+``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
+                                            non-overlapping tick (``tick = floor(unix_s /
+                                            tick_s)``): integer fields ``requests``,
+                                            ``errors``, ``slow``, ``bad:<name>`` (the
+                                            feature-on cohort) and ``ctl:requests``,
+                                            ``ctl:errors``, ``ctl:slow``,
+                                            ``ctl:bad:<name>`` (the feature-off cohort,
+                                            for ``baseline: control``) (HINCRBY;
+                                            missing = 0; ``requests`` 0 = heartbeat);
+                                            TTL ``metrics_ttl_s`` (EXPIRE on every write,
+                                            see ``workers.health.sources.redis``)
+==================================  ======  ==============================================
+
+Internal (the store is the only writer):
+
+======================================  ======  ==========================================
+``<ns>:fence``                          string  global fencing-token counter (INCR)
+``<ns>:freeze``                         string  JSON ``{"reason", "at", "by"}``; present =
+                                                frozen (stop the line)
+``<ns>:runs``                           zset    run id -> start time (unix s)
+``<ns>:active:plans``                   hash    plan name -> active run id
+``<ns>:active:features``                hash    feature -> active run id (overlap check)
+``<ns>:unhealthy``                      zset    "run/feature/ts" -> time it turned
+                                                UNHEALTHY (self-freeze window); trimmed
+``<ns>:run:<id>``                       hash    run meta: plan, status, started_at,
+                                                finished_at, max_parallel, reason, ...
+``<ns>:run:<id>:plan``                  string  the validated plan, JSON
+``<ns>:run:<id>:feature:<name>``        hash    per-feature state: state, percent, step,
+                                                health, attempts, quarantined, blocked,
+                                                reason, pending, token, version, ...
+``<ns>:run:<id>:lease:<name>``          string  ``"<token> <worker>"``, PX lease TTL
+``<ns>:run:<id>:events``                stream  audit events, oldest first (capped)
+``<ns>:run:<id>:due``                   zset    feature -> unix time of next evaluation
+``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
+                                                dependencies ENABLED, waiting for a slot
+``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+======================================  ======  ==========================================
+
+Run keys get a TTL (``run_ttl_s``) once the run is finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key templates bound to one namespace."""
+
+    ns: str = "recovery"
+
+    # -- published contract ------------------------------------------------------------
+    @property
+    def flags(self) -> str:
+        return f"{self.ns}:flags"
+
+    @property
+    def flags_version(self) -> str:
+        return f"{self.ns}:flags:version"
+
+    @property
+    def flags_channel(self) -> str:
+        return f"{self.ns}:flags"
+
+    def metrics(self, feature: str, tick: int) -> str:
+        return f"{self.ns}:metrics:{feature}:{tick}"
+
+    def metrics_prefix(self) -> str:
+        """Prefix of every metrics key (for ACL patterns)."""
+        return f"{self.ns}:metrics:"
+
+    # -- internal ----------------------------------------------------------------------
+    @property
+    def fence(self) -> str:
+        return f"{self.ns}:fence"
+
+    @property
+    def freeze(self) -> str:
+        return f"{self.ns}:freeze"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.ns}:runs"
+
+    @property
+    def active_plans(self) -> str:
+        return f"{self.ns}:active:plans"
+
+    @property
+    def active_features(self) -> str:
+        return f"{self.ns}:active:features"
+
+    @property
+    def unhealthy(self) -> str:
+        return f"{self.ns}:unhealthy"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}"
+
+    def run_plan(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:plan"
+
+    def feature(self, run_id: str, name: str) -> str:
+        return f"{self.ns}:run:{run_id}:feature:{name}"
+
+    def feature_prefix(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:feature:"
+
+    def lease(self, run_id: str, name: str) -> str:
+        return f"{self.ns}:run:{run_id}:lease:{name}"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:events"
+
+    def due(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:due"
+
+    def ready(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:ready"
+
+    def testing(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:testing"
