@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
 from workers.health.control import ControlSpec, conditional_llr, reference_rate
-from workers.health.metrics import MetricSpec, metric_specs
+from workers.health.metrics import MetricSpec, MetricState, Status, metric_specs
 from workers.health.policy import HealthPolicy
 
 if TYPE_CHECKING:
@@ -63,9 +63,6 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Evaluator", "MetricSpec", "metric_specs"]
 
 Mode = Literal["testing", "enabled"]
-#: per-metric status: "open" (SPRT running), "good" (accepted p0, CUSUM-watched),
-#: "watch" (ENABLED mode, CUSUM-watched), "bad" (rolled back)
-Status = Literal["open", "good", "watch", "bad"]
 
 _STATE_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
@@ -152,18 +149,14 @@ class Evaluator:
         """
         floor = self.policy.min_requests
         for spec in self._specs:
-            name = spec.name
-            (on_n, on_s), (off_n, off_s) = self._on[name], self._off[name]
+            m = self._m[spec.name]
+            (on_n, on_s), (off_n, off_s) = m.on, m.off
             if on_n < floor or off_n < floor:
                 continue
             if spec.llr(on_n, on_s) <= 0 or spec.llr(off_n, off_s) <= 0:
                 continue
-            worse = self._cllr[name] >= spec.upper or (
-                self._control is not None
-                and self._status[name] == "bad"
-                and self._reason[name] != "guard"
-            )
-            if not worse:
+            judged_worse = self._control is not None and m.status == "bad" and m.reason != "guard"
+            if not (m.cllr >= spec.upper or judged_worse):
                 return True
         return False
 
@@ -177,22 +170,7 @@ class Evaluator:
         self._guard_n: float = 0
         self._guard_bad: float = 0
         start: Status = "open" if self.mode == "testing" else "watch"
-        names = [s.name for s in self._specs]
-        self._status: dict[str, Status] = dict.fromkeys(names, start)
-        self._n: dict[str, float] = dict.fromkeys(names, 0)
-        self._s: dict[str, float] = dict.fromkeys(names, 0)
-        self._llr: dict[str, float] = dict.fromkeys(names, 0.0)  # control SPRT statistic
-        self._cusum: dict[str, float] = dict.fromkeys(names, 0.0)
-        self._wn: dict[str, float] = dict.fromkeys(names, 0)  # since CUSUM start
-        self._ws: dict[str, float] = dict.fromkeys(names, 0)
-        self._settled_at: dict[str, float] = dict.fromkeys(names, 0)
-        self._reason: dict[str, str] = dict.fromkeys(names, "")
-        # both cohorts' totals since the test started, every status; the pure conditional
-        # LLR over them (whatever the baseline) and the off-cohort since the CUSUM start
-        self._on: dict[str, list[float]] = {n: [0, 0] for n in names}
-        self._off: dict[str, list[float]] = {n: [0, 0] for n in names}
-        self._cllr: dict[str, float] = dict.fromkeys(names, 0.0)
-        self._woff: dict[str, list[float]] = {n: [0, 0] for n in names}
+        self._m = {spec.name: MetricState(status=start) for spec in self._specs}
         self._health = FeatureHealth.UNKNOWN
         self._decision = Decision.CONTINUE
         self._why: dict[str, Any] = {"reason": "no_data"}
@@ -256,7 +234,7 @@ class Evaluator:
                 )
             self._update(spec, requests, counts[spec.field], inc)
             if control_requests > 0:
-                woff = self._woff[spec.name]
+                woff = self._m[spec.name].woff
                 woff[0] += control_requests
                 woff[1] += control[spec.field]
         if self.mode == "testing" and self._requests >= max(
@@ -319,23 +297,7 @@ class Evaluator:
             "decision": str(self._decision),
             "why": dict(self._why),
             "metrics": {
-                s.name: {
-                    "status": self._status[s.name],
-                    "n": self._n[s.name],
-                    "s": self._s[s.name],
-                    "llr": self._llr[s.name],
-                    "cusum": self._cusum[s.name],
-                    "wn": self._wn[s.name],
-                    "ws": self._ws[s.name],
-                    "at": self._settled_at[s.name],
-                    "reason": self._reason[s.name],
-                    "on": list(self._on[s.name]),
-                    "off": list(self._off[s.name]),
-                    "cllr": self._cllr[s.name],
-                    "woff": list(self._woff[s.name]),
-                    "ref": self._ref[s.name],
-                }
-                for s in self._specs
+                name: {**m.to_dict(), "ref": self._ref[name]} for name, m in self._m.items()
             },
         }
 
@@ -364,21 +326,7 @@ class Evaluator:
             ev._decision = Decision(state["decision"])
             ev._why = dict(state["why"])
             for name, m in metrics.items():
-                if m["status"] not in ("open", "good", "watch", "bad"):
-                    raise InvalidInput(f"unknown metric status {m['status']!r}")
-                ev._status[name] = m["status"]
-                ev._n[name] = m["n"]
-                ev._s[name] = m["s"]
-                ev._llr[name] = float(m.get("llr", 0.0))
-                ev._cusum[name] = m["cusum"]
-                ev._wn[name] = m["wn"]
-                ev._ws[name] = m["ws"]
-                ev._settled_at[name] = m["at"]
-                ev._reason[name] = m["reason"]
-                ev._on[name] = _pair(m.get("on", [0, 0]))
-                ev._off[name] = _pair(m.get("off", [0, 0]))
-                ev._cllr[name] = float(m.get("cllr", 0.0))
-                ev._woff[name] = _pair(m.get("woff", [0, 0]))
+                ev._m[name] = MetricState.from_dict(m)
                 ref = m.get("ref")
                 ev._ref[name] = None if ref is None else float(ref)
         except (KeyError, TypeError, ValueError) as exc:
@@ -395,15 +343,14 @@ class Evaluator:
 
     def _tally(self, spec: MetricSpec, n: float, s: float, cn: float, cs: float) -> None:
         """Both cohorts' totals, the pure conditional LLR and the off-cohort reference."""
-        name = spec.name
-        on, off = self._on[name], self._off[name]
-        on[0] += n
-        on[1] += s
-        off[0] += cn
-        off[1] += cs
+        m = self._m[spec.name]
+        m.on[0] += n
+        m.on[1] += s
+        m.off[0] += cn
+        m.off[1] += cs
         c = self.policy.control
-        self._cllr[name] += conditional_llr(n, s, cn, cs, c.healthy, c.unhealthy)
-        self._ref[name] = reference_rate(off[0], off[1])
+        m.cllr += conditional_llr(n, s, cn, cs, c.healthy, c.unhealthy)
+        self._ref[spec.name] = reference_rate(m.off[0], m.off[1])
 
     def _guard(self, requests: float, errors: float) -> bool:
         """Tumbling guard window: True (and ROLLBACK) when plainly broken."""
@@ -416,7 +363,7 @@ class Evaluator:
         if e / n < self.policy.guard_error_share:
             return False
         err = self._specs[0]
-        self._settle(err.name, "bad", "guard")
+        self._settle(self._m[err.name], "bad", "guard")
         self._rollback(
             reason="guard",
             metric=err.name,
@@ -432,67 +379,67 @@ class Evaluator:
 
     def _update(self, spec: MetricSpec, requests: float, bad: float, inc: float | None) -> None:
         """One tick of one metric; ``inc`` is the control increment (``None``: fixed)."""
-        name = spec.name
-        status = self._status[name]
-        if status == "open":
-            self._n[name] += requests
-            self._s[name] += bad
+        m = self._m[spec.name]
+        if m.status == "open":
+            m.n += requests
+            m.s += bad
             if inc is not None:
-                self._llr[name] += inc
+                m.llr += inc
             elif self._control is not None:  # control baseline, no off-cohort known yet
-                self._llr[name] += spec.llr(requests, bad)
+                m.llr += spec.llr(requests, bad)
             if self._requests < self.policy.min_requests:
                 return
             llr = self._stat(spec)
             if llr >= spec.upper:
-                self._settle(name, "bad", "sprt_bad")
+                self._settle(m, "bad", "sprt_bad")
             elif llr <= spec.lower:
-                self._settle(name, "good", "sprt_good")
-        elif status in ("good", "watch"):
-            self._wn[name] += requests
-            self._ws[name] += bad
+                self._settle(m, "good", "sprt_good")
+        elif m.status in ("good", "watch"):
+            m.wn += requests
+            m.ws += bad
             step = spec.llr(requests, bad) if inc is None else inc
-            self._cusum[name] = max(0.0, self._cusum[name] + step)
-            fired = self._cusum[name] >= self.policy.cusum_threshold
+            m.cusum = max(0.0, m.cusum + step)
+            fired = m.cusum >= self.policy.cusum_threshold
             if fired and self._requests >= self.policy.min_requests:
-                self._settle(name, "bad", "cusum")
+                self._settle(m, "bad", "cusum")
 
     def _stat(self, spec: MetricSpec) -> float:
         """The open sequential test's LLR: from the counts (fixed) or summed (control)."""
-        if self._control is None:
-            return spec.llr(self._n[spec.name], self._s[spec.name])
-        return self._llr[spec.name]
+        m = self._m[spec.name]
+        return spec.llr(m.n, m.s) if self._control is None else m.llr
 
-    def _settle(self, name: str, status: Status, reason: str) -> None:
-        self._status[name] = status
-        self._reason[name] = reason
-        self._settled_at[name] = self._requests
+    def _settle(self, m: MetricState, status: Status, reason: str) -> None:
+        m.status = status
+        m.reason = reason
+        m.at = self._requests
         if status == "good":
-            self._cusum[name] = 0.0
-            self._wn[name] = self._ws[name] = 0
-            self._woff[name] = [0, 0]
+            m.cusum = 0.0
+            m.wn = m.ws = 0
+            m.woff = [0, 0]
 
     def _truncate(self) -> None:
         for spec in self._specs:
-            if self._status[spec.name] == "open":
+            m = self._m[spec.name]
+            if m.status == "open":
                 if self._stat(spec) > 0:
-                    self._settle(spec.name, "bad", "truncated_bad")
+                    self._settle(m, "bad", "truncated_bad")
                 else:
-                    self._settle(spec.name, "good", "truncated_good")
+                    self._settle(m, "good", "truncated_good")
 
     def _metric_why(self, spec: MetricSpec, reason: str) -> dict[str, Any]:
         name = spec.name
+        m = self._m[name]
         if reason.startswith(("sprt", "truncated")) or reason in ("undecided", "leaning_bad"):
-            n, s = self._n[name], self._s[name]
-            cn, cs = self._off[name]
+            n, s = m.n, m.s
+            cn, cs = m.off
             stat = self._stat(spec)
             bound = {"sprt_good": spec.lower, "truncated_bad": 0.0, "truncated_good": 0.0}.get(
                 reason, spec.upper
             )
         else:  # a CUSUM watch: counts since the watch started
-            n, s = self._wn[name], self._ws[name]
-            cn, cs = self._woff[name]
-            stat = self._cusum[name]
+            n, s = m.wn, m.ws
+            cn, cs = m.woff
+            stat = m.cusum
             bound = self.policy.cusum_threshold
             if reason in ("cusum_degraded", "watching"):
                 bound = bound / 2
@@ -525,12 +472,12 @@ class Evaluator:
         self._why = why
 
     def _judge(self) -> None:
-        specs = self._specs
+        specs, m = self._specs, self._m
         h = self.policy.cusum_threshold
-        bad = [s for s in specs if self._status[s.name] == "bad"]
+        bad = [s for s in specs if m[s.name].status == "bad"]
         if bad:
             spec = bad[0]
-            self._rollback(**self._metric_why(spec, self._reason[spec.name]))
+            self._rollback(**self._metric_why(spec, m[spec.name].reason))
             return
         self._decision = Decision.CONTINUE
         if self._requests < self.policy.min_requests:
@@ -538,32 +485,27 @@ class Evaluator:
             self._why = {"reason": "min_requests", "requests": self._requests,
                          "bound": self.policy.min_requests}  # fmt: skip
             return
-        watched = [s for s in specs if self._status[s.name] in ("good", "watch")]
-        degraded = [s for s in watched if self._cusum[s.name] >= h / 2]
+        watched = [s for s in specs if m[s.name].status in ("good", "watch")]
+        degraded = [s for s in watched if m[s.name].cusum >= h / 2]
         if degraded:
-            spec = max(degraded, key=lambda s: self._cusum[s.name])
+            spec = max(degraded, key=lambda s: m[s.name].cusum)
             self._health = FeatureHealth.DEGRADED
             self._why = self._metric_why(spec, "cusum_degraded")
             return
         if self.mode == "enabled":
             self._health = FeatureHealth.HEALTHY
-            spec = max(watched, key=lambda s: self._cusum[s.name])
+            spec = max(watched, key=lambda s: m[s.name].cusum)
             self._why = self._metric_why(spec, "watching")
             return
-        open_ = [s for s in specs if self._status[s.name] == "open"]
+        open_ = [s for s in specs if m[s.name].status == "open"]
         if not open_:
             self._health = FeatureHealth.HEALTHY
             self._decision = Decision.PROMOTE
             # the binding metric: the last one to accept "good"
-            spec = max(specs, key=lambda s: self._settled_at[s.name])
-            self._why = self._metric_why(spec, self._reason[spec.name])
+            spec = max(specs, key=lambda s: m[s.name].at)
+            self._why = self._metric_why(spec, m[spec.name].reason)
             return
         spec = max(open_, key=lambda s: self._stat(s) / s.upper)
         leaning = self._stat(spec) >= spec.upper / 2
         self._health = FeatureHealth.DEGRADED if leaning else FeatureHealth.UNKNOWN
         self._why = self._metric_why(spec, "leaning_bad" if leaning else "undecided")
-
-
-def _pair(value: Any) -> list[float]:
-    first, second = value
-    return [float(first), float(second)]

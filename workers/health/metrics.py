@@ -1,17 +1,26 @@
-"""The metrics a health policy judges and their constants (SPRT weights and bounds).
+"""The metrics a health policy judges: their constants and the evidence gathered on each.
 
-Pure; derived from a :class:`~workers.health.policy.HealthPolicy`, never persisted. See
+:class:`MetricSpec` holds the constants (SPRT weights and bounds), derived from a
+:class:`~workers.health.policy.HealthPolicy` and never persisted; :class:`MetricState`
+the evidence of one metric, persisted inside the evaluator's state. Pure. See
 :mod:`workers.health.evaluator` for how they are used.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from workers.health.policy import HealthPolicy, RateThresholds
 
-__all__ = ["MetricSpec", "metric_specs"]
+__all__ = ["STATUSES", "MetricSpec", "MetricState", "Status", "metric_specs"]
+
+#: per-metric status: "open" (SPRT running), "good" (accepted p0, CUSUM-watched),
+#: "watch" (ENABLED mode, CUSUM-watched), "bad" (rolled back)
+Status = Literal["open", "good", "watch", "bad"]
+STATUSES: tuple[Status, ...] = ("open", "good", "watch", "bad")
 
 _ERROR_METRIC = "error_rate"
 
@@ -66,3 +75,60 @@ def metric_specs(policy: HealthPolicy) -> tuple[MetricSpec, ...]:
         )
         for name, field, th in rates
     )
+
+
+@dataclass(slots=True)
+class MetricState:
+    """The evidence on one metric since the evaluator's last reset.
+
+    ``n``/``s``: on-cohort requests and bad events while the test was open; ``llr``: the
+    summed control increments of the open test (``baseline: control``); ``cusum``,
+    ``wn``/``ws`` and ``woff`` (off-cohort ``[n, s]``): the CUSUM watch and its counts
+    since it started; ``at``/``reason``: when and why the status last changed; ``on`` and
+    ``off``: both cohorts' ``[n, s]`` since the reset, whatever the status, and ``cllr``
+    the pure conditional LLR over them (for the shared-degradation signal).
+    """
+
+    status: Status
+    n: float = 0
+    s: float = 0
+    llr: float = 0.0
+    cusum: float = 0.0
+    wn: float = 0
+    ws: float = 0
+    at: float = 0
+    reason: str = ""
+    on: list[float] = field(default_factory=lambda: [0, 0])
+    off: list[float] = field(default_factory=lambda: [0, 0])
+    cllr: float = 0.0
+    woff: list[float] = field(default_factory=lambda: [0, 0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_dict` restores it exactly."""
+        return {
+            "status": self.status, "n": self.n, "s": self.s, "llr": self.llr,
+            "cusum": self.cusum, "wn": self.wn, "ws": self.ws, "at": self.at,
+            "reason": self.reason, "on": list(self.on), "off": list(self.off),
+            "cllr": self.cllr, "woff": list(self.woff),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricState:
+        """Restore :meth:`to_dict` output; the cohort fields of version-1 states (before
+        control counts) default to empty. Raises ``ValueError``/``KeyError``/``TypeError``
+        when malformed."""
+        status = data["status"]
+        if status not in STATUSES:
+            raise ValueError(f"unknown metric status {status!r}")
+        return cls(
+            status=status, n=data["n"], s=data["s"], llr=float(data.get("llr", 0.0)),
+            cusum=data["cusum"], wn=data["wn"], ws=data["ws"], at=data["at"],
+            reason=data["reason"], on=_pair(data.get("on", (0, 0))),
+            off=_pair(data.get("off", (0, 0))), cllr=float(data.get("cllr", 0.0)),
+            woff=_pair(data.get("woff", (0, 0))),
+        )  # fmt: skip
+
+
+def _pair(value: Any) -> list[float]:
+    first, second = value
+    return [float(first), float(second)]
