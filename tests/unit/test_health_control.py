@@ -195,6 +195,8 @@ def test_enabled_cusum_uses_the_off_cohorts_last_rate_as_reference() -> None:
     for _ in range(50):
         worse.observe(100, binomial(rng, 100, 0.09))
     assert worse.decision is Decision.ROLLBACK and worse.explain()["reason"] == "cusum"
+    with pytest.raises(InvalidInput, match="error_rate"):
+        Evaluator(policy(), "enabled", reference={"error_rate": 1.5})
 
 
 def test_state_round_trips_mid_test_and_continues_identically() -> None:

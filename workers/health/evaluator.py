@@ -83,8 +83,9 @@ class Evaluator:
     ROLLBACK. ``mode="enabled"``: CONTINUE or ROLLBACK. See the module docstring for the
     statistics. ``reference`` (``baseline: control``) maps metric names to the off-cohort's
     last rates, e.g. :attr:`reference` of the feature's TESTING evaluator, for an ENABLED
-    feature that has no off-cohort left. Not thread-safe (one evaluator per feature per
-    tick).
+    feature that has no off-cohort left (names the policy does not judge are ignored; a
+    rate outside [0, 1] raises :class:`~workers.errors.InvalidInput`). Not thread-safe
+    (one evaluator per feature per tick).
     """
 
     def __init__(
@@ -102,7 +103,9 @@ class Evaluator:
         self._control = ControlSpec.of(policy) if policy.baseline == "control" else None
         self._ref: dict[str, float | None] = {s.name: None for s in self._specs}
         for name, rate in (reference or {}).items():
-            if name in self._ref and isinstance(rate, int | float) and 0 <= rate <= 1:
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise InvalidInput(f"reference rate of {name!r} must be within [0, 1]: {rate!r}")
+            if name in self._ref:  # a metric this policy does not judge is ignored
                 self._ref[name] = float(rate)
         self.reset()
 
