@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from workers.core.plan import parse_plan
 from workers.core.states import FeatureHealth
-from workers.errors import InvalidInput
+from workers.errors import InvalidInput, PlanError
 from workers.health import Decision, Evaluator, HealthPolicy, Sample
 from workers.health.control import ControlSpec, conditional_llr, reference_rate
 
@@ -298,3 +299,22 @@ def test_policy_validation_names_the_problem() -> None:
         )
     ok = policy(source="prometheus", prometheus=prom, control={"floor": 0.01})
     assert ok.control.floor == 0.01
+
+
+def test_plans_embed_the_control_baseline_and_name_a_bad_field() -> None:
+    """A plan sets baseline: control in its defaults and a feature deep-merges its own
+    ratios over them; a bad control section is refused naming the feature and field."""
+    plan = parse_plan(
+        {
+            "name": "p",
+            "defaults": {"health": {"baseline": "control"}},
+            "features": [{"name": "a"}, {"name": "b", "health": {"control": {"unhealthy": 3}}}],
+        }
+    )
+    assert plan.features["a"].health.baseline == "control"
+    assert plan.features["b"].health.control.unhealthy == 3
+    assert plan.features["b"].health.control.healthy == 1.2
+    with pytest.raises(PlanError, match=r"features\[name=a\]\.health\.control"):
+        parse_plan(
+            {"name": "p", "features": [{"name": "a", "health": {"control": {"healthy": 0.5}}}]}
+        )
