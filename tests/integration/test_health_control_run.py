@@ -9,8 +9,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from tests.integration.conftest import Cluster
 from tests.processes import wait_for
 from workers.core.states import RunStatus
@@ -47,11 +45,6 @@ def service(cluster: Cluster, shared_rate: float, guilty_adds: float) -> Iterato
         thread.join(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine feeds the evaluator without control counts until it calls "
-    "Evaluator.observe_sample(sample) (lead, issue 13)",
-)
 def test_shared_degradation_promotes_the_innocent_and_rolls_back_only_the_guilty(
     cluster: Cluster,
 ) -> None:
