@@ -78,6 +78,7 @@ def feature_from_hash(name: str, h: Mapping[str, str]) -> FeatureRecord:
         awaiting=int(_num(h["awaiting"])) if h.get("awaiting") else None,
         approved=int(_num(h.get("approved"), -1)),
         bake_ends_at=_num(h.get("bake_ends_at")),
+        reference=h.get("ref", ""),
     )
 
 
