@@ -77,7 +77,7 @@ class StepsMixin(EngineBase):
         Picked atomically in Redis; features dispatched within the lease TTL count as
         occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
         """
-        sent = self.store.take_ready(run_id, self.clock(), self.settings.lease_ttl_s)
+        sent = self.store.take_ready(run_id, now=self.clock(), grace_s=self.settings.lease_ttl_s)
         for name in sent:
             self.dispatcher.test_feature(run_id, name)
         if sent:
@@ -94,7 +94,7 @@ class StepsMixin(EngineBase):
         spec = ctx.spec(feature)
         try:
             token, rec = self.store.claim_record(
-                run_id, feature, self.worker, self.settings.lease_ttl_s
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
             )
         except LeaseHeld:
             return "leased"
@@ -134,6 +134,9 @@ class StepsMixin(EngineBase):
             )
             if walk:
                 last = results[-1]
+                for move, res in zip(action.walk, results[1:], strict=False):
+                    if res.applied:  # each walked step is a decision of its own
+                        self.store.count_decision(decide.outcome((move,)))
                 if len(results) < len(steps) or not last.applied:
                     return "testing"  # refused midway: the beat's reconciliation goes on
                 self.after_enable(run_id, feature, taken, last)
@@ -194,7 +197,9 @@ class StepsMixin(EngineBase):
         ctx = self.context(run_id)
         spec = ctx.spec(feature)
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
+            )
         except LeaseHeld:
             return "leased"
         try:

@@ -27,7 +27,7 @@ from workers.flags._model import MetricCounts
 from workers.store.keys import Keys
 from workers.store.metrics import MAX_ENTRIES, Entry, EntryStatus, add_counts, valid_entry
 
-__all__ = ["Batch", "Flushed", "MetricBuffer", "entry_counts", "write_batch"]
+__all__ = ["Batch", "Flushed", "MetricBuffer", "entry_counts", "with_control", "write_batch"]
 
 # [requests, errors, slow, {bad name: count} or None, {other field: count} or None];
 # a list so updates happen in place
@@ -205,6 +205,24 @@ def entry_counts(entry: _Entry) -> dict[str, int]:
     for name, n in (extra or {}).items():
         counts[name] = counts.get(name, 0) + n
     return counts
+
+
+def with_control(batch: Batch, control: Batch) -> Batch:
+    """``batch`` with the off-cohort counts of ``control`` added as ``ctl:`` fields of the
+    same (feature, tick) entries (new entries where the on-cohort had none). Takes over
+    both batches' lists (they were just taken from their buffers)."""
+    if not control:
+        return batch
+    for k, off in control.items():
+        entry = batch.get(k)
+        if entry is None:
+            entry = batch[k] = [0, 0, 0, None, None]
+        fields = entry[4]
+        if fields is None:
+            fields = entry[4] = {}
+        for name, n in entry_counts(off).items():
+            fields[f"ctl:{name}"] = fields.get(f"ctl:{name}", 0) + n
+    return batch
 
 
 @dataclass

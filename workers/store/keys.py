@@ -23,10 +23,13 @@ channel ``<ns>:flags``              pubsub  the change message, on every change:
 ``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
                                             non-overlapping tick (``tick = floor(unix_s /
                                             tick_s)``): integer fields ``requests``,
-                                            ``errors``, ``slow``, ``bad:<name>``, each
-                                            also ``ctl:``-prefixed for the control cohort
-                                            (missing = 0; ``requests`` 0 = heartbeat);
-                                            TTL ``metrics_ttl_s``; written only by the
+                                            ``errors``, ``slow``, ``bad:<name>`` (the
+                                            feature-on cohort) and ``ctl:requests``,
+                                            ``ctl:errors``, ``ctl:slow``,
+                                            ``ctl:bad:<name>`` (the feature-off cohort,
+                                            for ``baseline: control``) (missing = 0;
+                                            ``requests`` 0 = heartbeat); TTL
+                                            ``metrics_ttl_s``; written only by the
                                             function ``recovery_metrics_add``
                                             (``workers.store.metrics``)
 ``<ns>:metrics:arrived``            stream  field ``features``: the features whose counts

@@ -3,9 +3,11 @@
 Layout (a published contract, see ``docs/health.md`` and :mod:`workers.store.keys`): one
 hash per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
 ``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
-``bad:<name>`` (integers; a missing field is 0), and a TTL so memory stays bounded
-whatever the traffic. Every write goes through the validating metrics function
-(:mod:`workers.store.metrics`); :func:`record_counts` is a one-entry helper over it.
+``bad:<name>`` for the feature-on cohort, ``ctl:requests``, ``ctl:errors``, ``ctl:slow``
+and ``ctl:bad:<name>`` for the feature-off cohort (integers; a missing field is 0), and a
+TTL so memory stays bounded whatever the traffic. Every write goes through the validating
+metrics function (:mod:`workers.store.metrics`); :func:`record_counts` is a one-entry
+helper over it.
 
 This module imports ``redis``; :mod:`workers.health` only imports it lazily, from
 :func:`workers.health.sources.make_source`.
@@ -28,6 +30,8 @@ __all__ = ["MAX_TICKS", "RedisSource", "record_counts", "tick_of"]
 
 #: most ticks one collect reads (older ticks have normally expired anyway)
 MAX_TICKS = 3600
+#: the summed plain fields of a metrics hash (``bad:`` and ``ctl:bad:`` are per name)
+_TOTALS = ("requests", "errors", "slow", "ctl:requests", "ctl:errors", "ctl:slow")
 
 
 def tick_of(unix_s: float, tick_s: int = 1) -> int:
@@ -47,11 +51,16 @@ def record_counts(
     ttl_s: int = 3600,
     *,
     tick_s: int = 1,
+    control_requests: int = 0,
+    control_errors: int = 0,
+    control_slow: int = 0,
+    control_bad: Mapping[str, int] | None = None,
 ) -> None:
     """Atomically add one feature's counts for one tick through the metrics function.
 
     ``requests`` is always written (0 is a heartbeat: "alive, no traffic"); other zero
-    counts are skipped. Raises :class:`~workers.errors.InvalidInput` for counts, names or
+    counts are skipped. The ``control_*`` counts (the feature-off cohort) go to the
+    ``ctl:`` fields. Raises :class:`~workers.errors.InvalidInput` for counts, names or
     a tick the function refuses (nothing is written then); Redis errors propagate as the
     driver's exceptions: a writer helper for tests and tools, which handle their own
     retries. The flag client's reporter writes through the same function
@@ -59,6 +68,10 @@ def record_counts(
     """
     counts = {"requests": requests, "errors": errors, "slow": slow}
     counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
+    counts.update(
+        {"ctl:requests": control_requests, "ctl:errors": control_errors, "ctl:slow": control_slow}
+    )
+    counts.update({f"ctl:bad:{name}": n for name, n in (control_bad or {}).items()})
     counts = {f: n for f, n in counts.items() if n or f == "requests"}
     entry = Entry(feature, tick, counts)
     if not valid_entry(entry):
@@ -119,8 +132,9 @@ class RedisSource:
             return Sample.failed(f"timeout: redis: {exc}")
         except redis.exceptions.RedisError as exc:
             return Sample.failed(f"unavailable: redis: {exc}")
-        totals = {"requests": 0.0, "errors": 0.0, "slow": 0.0}
+        totals = dict.fromkeys(_TOTALS, 0.0)
         bad: dict[str, float] = {}
+        control_bad: dict[str, float] = {}
         newest: int | None = None
         try:
             for tick, row in zip(ticks, rows, strict=True):
@@ -134,6 +148,8 @@ class RedisSource:
                         totals[name] += value
                     elif name.startswith("bad:"):
                         bad[name[4:]] = bad.get(name[4:], 0) + value
+                    elif name.startswith("ctl:bad:"):
+                        control_bad[name[8:]] = control_bad.get(name[8:], 0) + value
         except ValueError as exc:
             return Sample.failed(f"bad_response: redis metrics hash: {exc}")
         fresh = newest is not None and until - (newest + 1) * self.tick_s <= self.stale_after_s
@@ -143,4 +159,8 @@ class RedisSource:
             slow=totals["slow"],
             bad=bad,
             fresh=fresh,
+            control_requests=totals["ctl:requests"],
+            control_errors=totals["ctl:errors"],
+            control_slow=totals["ctl:slow"],
+            control_bad=control_bad,
         )
