@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from typing import Any
 
 import redis
@@ -17,7 +18,7 @@ from workers.core.states import FeatureState
 from workers.flags import FlagClient
 from workers.flags._refresher import Refresher
 from workers.flags.testing import write_flag
-from workers.store import Store
+from workers.store import RedisStore
 from workers.store.keys import Keys
 
 FEATURES = ["a", "b", "c"]
@@ -39,16 +40,16 @@ def test_store_scripts_publish_the_change_and_log_it(redis_url: str, namespace: 
             msg = pubsub.get_message(timeout=1.0)
         return msg["data"], json.loads(msg["data"])
 
-    store = Store(redis_url, namespace)
+    store = RedisStore(redis_url, namespace)
     with FlagClient(redis_url, namespace, poll_interval_s=60) as client:
         run_id, _, _ = store.create_run(
-            plan_name="p", plan_json="{}", features=[("f", 0, [])], max_parallel=1
+            plan_name="p", plan_json="{}", features=[("f", 0, [])], max_parallel=1, now=time.time()
         )
-        token = store.claim(run_id, "f", "w", 60)
+        token = store.claim(run_id, "f", "w", 60, now=time.time())
         created_raw, created = next_change()
         assert created["state"] == "DISABLED" and created["version"] == 1
         result = store.transition(run_id, "f", FeatureState.TESTING, token=token, percent=25,
-                                  step=0, reason="ramp")  # fmt: skip
+                                  step=0, reason="ramp", now=time.time())  # fmt: skip
         data, change = next_change()
         value = json.loads(raw.hget(keys.flags, "f") or "{}")
         assert change == {"feature": "f", **value}
