@@ -142,10 +142,10 @@ def publish(ks: Keyspace, name: str, state: str, pct: int, now: float) -> int:
     new flags version."""
     ks.flags_version += 1
     fv = ks.flags_version
-    ks.flags[name] = json.dumps(
-        {"state": state, "percent": pct, "version": fv, "updated_at": _number(now)}
-    )
-    ks.published.append({"feature": name, "state": state, "percent": pct, "version": fv})
+    value = {"state": state, "percent": pct, "version": fv, "updated_at": _number(now)}
+    ks.flags[name] = json.dumps(value)
+    # the change message: the new value plus the feature (docs/flags.md)
+    ks.published.append({"feature": name, **value})
     return fv
 
 
