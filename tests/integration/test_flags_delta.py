@@ -162,3 +162,26 @@ def test_any_interleaving_ends_equal_to_the_hash(
     assert _as_dict(client) == world.hash_now()
     assert client.snapshot().version == max(world.history)
     assert not refresher.data_loss
+
+
+def test_a_burst_becomes_one_new_snapshot(redis_url: str) -> None:
+    """Messages drained together are folded into one snapshot: listeners hear once."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    heard: list[frozenset[str]] = []
+    client.add_listener(heard.append)
+    refresher = Refresher(
+        client, world.r, world.keys, stop=threading.Event(), first_attempt=threading.Event(),
+        poll_interval_s=60, connect_timeout_s=1, socket_timeout_s=1, min_backoff_s=0.1,
+        max_backoff_s=1,
+    )  # fmt: skip
+    refresher.full_read(world.r)
+    heard.clear()
+    for name in FEATURES:
+        world.write(name, FeatureState.ENABLED, 100, True)
+    snapshots = {id(client.snapshot())}
+    refresher.on_messages(world.r, world.inflight)
+    snapshots.add(id(client.snapshot()))
+    assert heard == [frozenset(FEATURES)] and len(snapshots) == 2
+    assert refresher.deltas == 3 and refresher.reloads == 1
+    assert _as_dict(client) == world.hash_now()

@@ -24,6 +24,7 @@ from workers.store.metrics import (
     add_counts,
     arrived_stream,
     load_library,
+    read_arrivals,
 )
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
@@ -242,3 +243,19 @@ def test_a_service_scoped_to_its_features_cannot_touch_another_features_evidence
         assert not root.exists(KEYS.metrics("search", NOW))
     finally:
         server.cleanup()
+
+
+def test_arrivals_name_the_features_whose_counts_just_landed(
+    service: redis.Redis, admin: redis.Redis
+) -> None:
+    """A reader blocked on the arrival stream learns which features got counts, once each,
+    and misses nothing written between two reads."""
+    last, features = read_arrivals(admin, KEYS)
+    assert features == set()
+    add_counts(service, KEYS, [Entry("arr-a", NOW, {"requests": 1}),
+                               Entry("arr-b", NOW, {"requests": 1})])  # fmt: skip
+    add_counts(service, KEYS, [Entry("arr-a", NOW - 1, {"requests": 1})])
+    last, features = read_arrivals(admin, KEYS, last, block_ms=1000)
+    assert features == {"arr-a", "arr-b"}
+    last, features = read_arrivals(admin, KEYS, last)
+    assert features == set()

@@ -53,6 +53,7 @@ __all__ = [
     "arrived_stream",
     "library_source",
     "load_library",
+    "read_arrivals",
     "read_ticks",
     "valid_entry",
     "valid_field",
@@ -175,6 +176,36 @@ def add_counts(
             ) from None
         reply = client.fcall(FUNCTION, len(names), *names, *argv)
     return [EntryStatus(s.decode() if isinstance(s, bytes) else str(s)) for s in reply]
+
+
+def read_arrivals(
+    client: redis.Redis, keys: Keys, after: str = "$", *, block_ms: int | None = None
+) -> tuple[str, set[str]]:
+    """The features whose counts arrived after stream id ``after`` (``"$"``: from now on),
+    and the id to pass next time. ``block_ms`` waits that long for a first arrival
+    (``XREAD BLOCK``; ``None``: do not wait). Raises the driver's errors.
+
+    The engine's trigger for evaluating as counts arrive: loop ``last, features =
+    read_arrivals(r, keys, last, block_ms=1000)`` and evaluate ``features``.
+    """
+    stream = arrived_stream(keys)
+    if after == "$":
+        # resolve "now" to an id first, so nothing landing between two calls is skipped
+        after = "0-0"
+        if client.exists(stream):
+            info: Any = client.xinfo_stream(stream)
+            last_id = info["last-generated-id"]
+            after = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
+    reply: Any = client.xread({stream: after}, count=1000, block=block_ms)
+    last = after
+    features: set[str] = set()
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            raw = fields.get(b"features") or fields.get("features") or b""
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            features.update(text.split())
+    return last, features
 
 
 def read_ticks(
