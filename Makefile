@@ -54,6 +54,7 @@ soak: install redis
 bench: install redis
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/flags.py
+	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
 
