@@ -7,6 +7,8 @@ consumes beside the default one, so a rollback never waits behind forward work.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from celery.signals import beat_init, setup_logging, worker_process_init
 from kombu.entity import Queue
@@ -15,10 +17,26 @@ from workers.broker import harden_redis_transport
 from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
 
-__all__ = ["DEFAULT_QUEUE", "ROLLBACK_QUEUE", "app"]
+__all__ = ["DEFAULT_QUEUE", "NOTIFY_QUEUE", "ROLLBACK_QUEUE", "app"]
 
 DEFAULT_QUEUE = "recovery"
 ROLLBACK_QUEUE = "rollback"
+#: outbound notifications (workers.notify_tasks), consumed by their own worker
+NOTIFY_QUEUE = "notify"
+
+
+def _notify_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """The notification scan's beat entry, only where notifications are configured (so a
+    deployment without them queues nothing for a ``notify`` worker it does not run)."""
+    if not os.environ.get("RECOVERY_NOTIFY_FILE"):
+        return {}
+    return {
+        "recovery-notify-scan": {
+            "task": "recovery.notify_scan",
+            "schedule": settings.beat_interval_s,
+            "options": {"queue": NOTIFY_QUEUE, "expires": max(2.0, settings.beat_interval_s * 5)},
+        }
+    }
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -26,7 +44,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     # kombu's Redis channel dies on a malformed message; log and drop it instead
     harden_redis_transport()
-    celery = Celery("workers", include=["workers.tasks"], set_as_current=False)
+    celery = Celery(
+        "workers", include=["workers.tasks", "workers.notify_tasks"], set_as_current=False
+    )
     celery.conf.update(
         broker_url=settings.effective_broker_url,
         broker_connection_retry_on_startup=True,
@@ -50,6 +70,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_routes={
             "recovery.rollback_feature": {"queue": ROLLBACK_QUEUE},
             "recovery.abort": {"queue": ROLLBACK_QUEUE},
+            "recovery.notify_scan": {"queue": NOTIFY_QUEUE},
+            "recovery.notify_deliver": {"queue": NOTIFY_QUEUE},
         },
         worker_hijack_root_logger=False,
         beat_schedule={
@@ -58,7 +80,8 @@ def make_app(settings: Settings | None = None) -> Celery:
                 "schedule": settings.beat_interval_s,
                 # a tick that waited longer than a few intervals is useless: drop it
                 "options": {"expires": max(2.0, settings.beat_interval_s * 5)},
-            }
+            },
+            **_notify_schedule(settings),
         },
         timezone="UTC",
     )

@@ -537,6 +537,15 @@ def exporter(
         raise typer.Exit(0) from None
 
 
+def _add_api() -> None:
+    from workers.ops.api.cli import api_app
+
+    app.add_typer(api_app, name="api")
+
+
+_add_api()
+
+
 def main() -> None:
     """Console-script entry point: ``recovery …``."""
     import os

@@ -46,6 +46,14 @@ Internal (the store is the only writer):
 ``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+``<ns>:mark:<kind>:<id>``               string  one-shot mark (``workers.store.marks``):
+                                                a webhook delivery seen (kind
+                                                ``pagerduty``: its event id), so a replay
+                                                is refused; TTL the replay window
+``<ns>:notify:cursor``                  hash    run id -> last audit event id whose
+                                                notifications were enqueued; entries
+                                                of runs gone from ``<ns>:runs`` dropped
+``<ns>:notify:lock``                    string  the notification scan's lock, PX TTL
 ======================================  ======  ==========================================
 
 Run keys get a TTL (``run_ttl_s``) once the run is finished.
@@ -135,3 +143,15 @@ class Keys:
 
     def testing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:testing"
+
+    # -- marks and notifications (workers.store.marks) ---------------------------------
+    def mark(self, kind: str, ident: str) -> str:
+        return f"{self.ns}:mark:{kind}:{ident}"
+
+    @property
+    def notify_cursor(self) -> str:
+        return f"{self.ns}:notify:cursor"
+
+    @property
+    def notify_lock(self) -> str:
+        return f"{self.ns}:notify:lock"
