@@ -44,6 +44,7 @@ _TITLES = {
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
+    500: "Internal server error",
     422: "Unprocessable content",
     503: "Service unavailable",
 }
@@ -124,6 +125,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConflictError)
     async def _recovery(request: Request, exc: Exception) -> Response:
         return problem(_status_of(exc), str(exc))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        log.exception("api_internal_error", path=request.url.path)
+        return problem(500, "internal error (logged by the server)")
 
     @app.exception_handler(StoreUnavailable)
     async def _store(request: Request, exc: StoreUnavailable) -> Response:
