@@ -1,6 +1,6 @@
 """The ``api`` fixture: a private Redis, a worker, a beat and ``recovery api`` serving it,
 with one token per scope. Test modules import it (``from tests.integration.api_fixture
-import api``)."""
+import api_server``)."""
 
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ def start_api(tmp: Path, extra_env: dict[str, str] | None = None, **settings: ob
     return Api(cluster, server, tokens, plans)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="module", name="api")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """An API server over a live cluster, shared by a module's tests."""
     a = start_api(tmp_path_factory.mktemp("api"))
     try:

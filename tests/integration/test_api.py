@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.api_fixture import QUICK_PLAN, SLOW_PLAN, Api, api  # noqa: F401
+from tests.integration.api_fixture import QUICK_PLAN, SLOW_PLAN, Api, api_server  # noqa: F401
 from tests.processes import wait_for
 
 
@@ -55,9 +55,7 @@ def test_start_by_plan_name_and_events_since(api: Api) -> None:
         assert all(e["id"] and e["text"] for e in everything["events"])
         middle = everything["events"][2]["id"]
         later = c.get(f"/v1/runs/{run_id}/events", params={"since": middle}).json()
-        assert [e["id"] for e in later["events"]] == [
-            e["id"] for e in everything["events"][3:]
-        ]
+        assert [e["id"] for e in later["events"]] == [e["id"] for e in everything["events"][3:]]
         assert later["next"] == everything["next"]
         tail = c.get(f"/v1/runs/{run_id}/events", params={"since": later["next"]}).json()
         assert tail["events"] == [] and tail["next"] == later["next"]
@@ -145,9 +143,7 @@ def test_feature_rollback_holds_it_with_the_actor(api: Api) -> None:
             what="s2 testing",
         )
     with api.client("oncall") as c:
-        resp = c.post(
-            f"/v1/runs/{run_id}/features/s1/rollback", json={"reason": "suspect s1"}
-        )
+        resp = c.post(f"/v1/runs/{run_id}/features/s1/rollback", json={"reason": "suspect s1"})
         assert resp.status_code == 200, resp.text
         assert resp.json()["result"] == ["s2", "s1"]
         feats = resp.json()["status"]["features"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.api_fixture import SLOW_PLAN, Api, api  # noqa: F401
+from tests.integration.api_fixture import SLOW_PLAN, Api, api_server  # noqa: F401
 from tests.processes import wait_for
 
 
@@ -71,8 +71,10 @@ def test_scope_escalation_is_403_and_logged(
     assert r.status_code == 403, r.text
     assert who in r.json()["detail"]
     wait_for(
-        lambda: f'"actor": "{who}"' in api.server.log_tail(400)
-        and "api_forbidden" in api.server.log_tail(400),
+        lambda: (
+            f'"actor": "{who}"' in api.server.log_tail(400)
+            and "api_forbidden" in api.server.log_tail(400)
+        ),
         5,
         what="the logged refusal",
     )
