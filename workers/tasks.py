@@ -87,6 +87,17 @@ class RollbackPayload(FeaturePayload):
     automatic: bool = True
 
 
+class CommandPayload(FeaturePayload):
+    """An operator's command on one feature of a run."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    actor: str = Field(default="task", min_length=1, max_length=200)
+
+
+class PromotePayload(CommandPayload):
+    full: bool = False
+
+
 class RunPayload(_Payload):
     run_id: str = Field(pattern=RUN_ID)
 
@@ -292,6 +303,49 @@ def tick(self: Task, *args: Any, **kwargs: Any) -> dict[str, int] | None:
     except RecoveryError as exc:
         log.warning("tick_failed", error=str(exc))
         return None
+
+
+def _command(self: Task, verb: str, model: type[CommandPayload], kwargs: dict[str, Any],
+             args: tuple[Any, ...]) -> str | None:  # fmt: skip
+    p = _parse(model, args, kwargs, self)
+    if p is None:
+        return None
+    engine = get_manager()
+    extra = {"full": p.full} if isinstance(p, PromotePayload) else {}
+    return _guarded(
+        self,
+        lambda: getattr(engine, verb)(p.run_id, p.feature, reason=p.reason, actor=p.actor, **extra),
+    )
+
+
+@app.task(name="recovery.pause", bind=True, base=RecoveryTask)
+def pause(self: Task, *args: Any, **kwargs: Any) -> str | None:
+    """Hold a feature at its current step (still judged)."""
+    return _command(self, "pause", CommandPayload, kwargs, args)
+
+
+@app.task(name="recovery.resume", bind=True, base=RecoveryTask)
+def resume(self: Task, *args: Any, **kwargs: Any) -> str | None:
+    """Lift a pause."""
+    return _command(self, "resume", CommandPayload, kwargs, args)
+
+
+@app.task(name="recovery.promote", bind=True, base=RecoveryTask)
+def promote(self: Task, *args: Any, **kwargs: Any) -> str | None:
+    """Skip the rest of a feature's step (``full``: to ENABLED)."""
+    return _command(self, "promote", PromotePayload, kwargs, args)
+
+
+@app.task(name="recovery.retry", bind=True, base=RecoveryTask)
+def retry(self: Task, *args: Any, **kwargs: Any) -> str | None:
+    """Give a quarantined feature another go in its run."""
+    return _command(self, "retry", CommandPayload, kwargs, args)
+
+
+@app.task(name="recovery.approve", bind=True, base=RecoveryTask)
+def approve(self: Task, *args: Any, **kwargs: Any) -> str | None:
+    """Approve a feature's next step at its approval gate."""
+    return _command(self, "approve", CommandPayload, kwargs, args)
 
 
 @task_prerun.connect

@@ -25,7 +25,8 @@ PUBLIC = {
     ],
     "workers.core.graph": ["Graph", "find_cycle"],
     "workers.core.states": [
-        "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Reason",
+        "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Hold",
+        "Reason",
         "RunStatus", "TRANSITIONS", "is_legal",
     ],
 }  # fmt: skip

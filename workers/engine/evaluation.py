@@ -53,7 +53,9 @@ class EvaluationMixin(EngineBase):
                 actions = decide.enabled(rec, spec, verdict, now, self.tuning)
             else:
                 return "skipped"
-            return self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            done = self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            self.store.count_decision(decide.outcome(actions))
+            return done
         except ConflictError as exc:
             log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
             return "refused"
@@ -82,6 +84,9 @@ class EvaluationMixin(EngineBase):
             evidence=ev.explain(),
             eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
             until=until,
+            requests=ev.requests,
+            span_s=max(until - start, 0.0),
+            read_s=until - last,
         )
 
     @staticmethod

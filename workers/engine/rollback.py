@@ -7,12 +7,13 @@ from typing import Any
 
 import structlog
 
+from workers.core import decide
 from workers.core import rollback as plan
 from workers.core.actions import Quarantine, RollBack, ScheduleRetry
 from workers.core.states import FeatureState, Reason, RunStatus
 from workers.engine.base import EngineBase
 from workers.engine.context import RunContext
-from workers.errors import UnknownFeature
+from workers.errors import ConflictError, Frozen, IllegalTransition, StaleToken, UnknownFeature
 
 __all__ = ["RollbackMixin"]
 
@@ -68,7 +69,28 @@ class RollbackMixin(EngineBase):
                 break
         self.dispatch_ready(run_id)
         self.check_completion(run_id)
+        if done and not automatic:
+            self._restatus(run_id)
         return done
+
+    def _restatus(self, run_id: str) -> None:
+        """A finished run's status and reason follow a manual rollback of its features."""
+        run = self.store.run(run_id)
+        if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED):
+            return
+        after = decide.settled_status(run)
+        if after.status is run.status and after.reason == run.reason:
+            return
+        self.store.set_run_fields(run_id, status=after.status.value, reason=after.reason)
+        self.store.append_event(
+            run_id,
+            "run_status",
+            reason=after.reason,
+            evidence={"from": run.status.value, "to": after.status.value},
+            state=after.status.value,
+            now=self.clock(),
+        )
+        log.warning("run_restatused", run_id=run_id, frm=run.status.value, to=after.status.value)
 
     def _states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
         if not names:
@@ -86,7 +108,31 @@ class RollbackMixin(EngineBase):
         count_attempt: bool,
         task_id: str,
     ) -> bool | None:
-        """Roll back one feature. True: done; False: nothing to do; None: dependents busy."""
+        """Roll back one feature. True: done; False: nothing to do; None: try again (a
+        dependent came up, or a concurrent step changed the feature under us)."""
+        try:
+            return self._rollback_claimed(
+                run_id, ctx, feature, reason, evidence, automatic, count_attempt, task_id
+            )
+        except (StaleToken, ConflictError) as exc:
+            if isinstance(exc, (Frozen, IllegalTransition)):
+                raise
+            # the lease was taken by force (an operator, another rollback) or the version
+            # moved: re-read and redo, so a rollback wins against every concurrent move
+            log.info("rollback_retried", run_id=run_id, feature=feature, why=str(exc))
+            return None
+
+    def _rollback_claimed(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        feature: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        automatic: bool,
+        count_attempt: bool,
+        task_id: str,
+    ) -> bool | None:
         spec = ctx.spec(feature)
         token = self.store.claim(
             run_id, feature, self.worker, self.settings.lease_ttl_s, force=True

@@ -41,7 +41,7 @@ class TickMixin(EngineBase):
 
     def check_completion(self, run_id: str) -> RunStatus | None:
         """Finish the run once every feature is enabled, quarantined or blocked."""
-        finish = decide.completion(self.store.run(run_id))
+        finish = decide.completion(self.store.run(run_id), self.clock())
         if finish is None:
             return None
         ctx = self.context(run_id)

@@ -85,6 +85,9 @@ class HealthPolicy(_Strict):
     #: custom bad-event counters reported as ``bad:<name>``, each with its own rates
     custom: dict[str, RateThresholds] = Field(default_factory=dict)
     min_requests: int = Field(default=20, ge=1)
+    #: below this observed traffic (requests/s in the step) a TESTING feature holds
+    #: (``insufficient_traffic``) instead of timing out; no traffic at all always holds
+    min_traffic_rps: float = Field(default=0.0, ge=0)
     alpha: float = Field(default=0.01, gt=0, lt=0.5, description="false rollback rate")
     beta: float = Field(default=0.05, gt=0, lt=0.5, description="false promotion rate")
     #: fast guard: roll back at once at >= this error share over >= guard_min_requests

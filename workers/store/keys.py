@@ -46,6 +46,14 @@ Internal (the store is the only writer):
 ``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
+                                                ended in it, over every run: fields
+                                                ``continue``, ``advance``, ``promote``,
+                                                ``rollback`` (HINCRBY 1 by the engine
+                                                once per evaluated feature per
+                                                evaluation; missing = 0); no TTL, never
+                                                reset (the exporter's
+                                                ``recovery_decisions_total``)
 ``<ns>:mark:<kind>:<id>``               string  one-shot mark (``workers.store.marks``):
                                                 a webhook delivery seen (kind
                                                 ``pagerduty``: its event id), so a replay
@@ -143,6 +151,10 @@ class Keys:
 
     def testing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:testing"
+
+    @property
+    def stats_decisions(self) -> str:
+        return f"{self.ns}:stats:decisions"
 
     # -- marks and notifications (workers.store.marks) ---------------------------------
     def mark(self, kind: str, ident: str) -> str:

@@ -24,7 +24,7 @@ import redis
 from redis.commands.core import Script
 
 from workers.core.records import Event, FeatureRecord, RunRecord
-from workers.core.states import TRANSITIONS, FeatureHealth, FeatureState, RunStatus
+from workers.core.states import TRANSITIONS, FeatureHealth, FeatureState, Hold, RunStatus
 from workers.errors import (
     ConflictError,
     Frozen,
@@ -81,7 +81,18 @@ def feature_from_hash(name: str, h: Mapping[str, str]) -> FeatureRecord:
         eval_state=h.get("eval", ""),
         rank=int(_num(h.get("rank"))),
         next_attempt_at=_num(h.get("next_attempt_at")),
+        hold=_hold(h.get("hold")),
+        awaiting=int(_num(h["awaiting"])) if h.get("awaiting") else None,
+        approved=int(_num(h.get("approved"), -1)),
+        bake_ends_at=_num(h.get("bake_ends_at")),
     )
+
+
+def _hold(value: str | None) -> Hold | None:
+    try:
+        return Hold(value) if value else None
+    except ValueError:
+        return None
 
 
 def _health(value: str | None) -> FeatureHealth:
@@ -107,6 +118,7 @@ def run_from_hash(h: Mapping[str, str]) -> RunRecord:
         blocked=int(_num(h.get("blocked"))),
         reason=h.get("reason", ""),
         stopping=h.get("stopping") == "1",
+        bake_until=_num(h.get("bake_until")),
     )
 
 
@@ -131,7 +143,18 @@ def event_from_entry(entry_id: str, f: Mapping[str, str]) -> Event:
         evidence=evidence if isinstance(evidence, dict) else {"value": evidence},
         version=int(_num(f["version"])) if f.get("version") else None,
         token=int(_num(f["token"])) if f.get("token") else None,
+        actor=_actor(f, evidence),
     )
+
+
+def _actor(f: Mapping[str, str], evidence: Any) -> str:
+    """Who made an event happen: its ``actor`` field, else an operator's ``by`` in the
+    evidence (transitions an operator asked for), else the worker."""
+    if f.get("actor"):
+        return f["actor"]
+    if isinstance(evidence, dict) and isinstance(evidence.get("by"), str):
+        return str(evidence["by"])
+    return f.get("worker", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +189,13 @@ class TransitionResult:
     blocking: tuple[str, ...] = ()
 
 
+# KEYS[1] run hash; ARGV[1] bake end (unix s): HSET bake_until to the max of both
+_EXTEND_BAKE = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'bake_until') or '0') or 0
+if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'bake_until', ARGV[1]) end
+return 1
+"""
+
 _ERRORS: dict[str, type[ConflictError] | type[UnknownFeature] | type[UnknownRun]] = {
     "ILLEGAL": IllegalTransition,
     "STALE": StaleToken,
@@ -174,6 +204,8 @@ _ERRORS: dict[str, type[ConflictError] | type[UnknownFeature] | type[UnknownRun]
     "FROZEN": Frozen,
     "INACTIVE": ConflictError,
     "QUARANTINED": ConflictError,
+    "NOTQUARANTINED": ConflictError,
+    "RUNACTIVE": ConflictError,
     "NOFEATURE": UnknownFeature,
     "NORUN": UnknownRun,
 }
@@ -220,6 +252,7 @@ class Store:
                 "finish_run",
                 "quarantine",
                 "dispatch",
+                "retry",
             )
         }
         self._plan_cache: dict[str, str] = {}
@@ -294,6 +327,7 @@ class Store:
                 k.events(run_id),
                 k.ready(run_id),
                 k.flags,
+                k.flags_version,
             ],
             [
                 run_id,
@@ -304,6 +338,7 @@ class Store:
                 max_parallel,
                 k.feature_prefix(run_id),
                 self.events_maxlen,
+                k.flags_channel,
             ],
         )
         if res[0] == "EXISTS":
@@ -649,6 +684,50 @@ class Store:
         )
         return int(res[0])
 
+    def retry_feature(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        token: int,
+        rank: int,
+        unblock: Sequence[str],
+        features: Sequence[str],
+        actor: str,
+        evidence: Mapping[str, Any],
+        now: float,
+    ) -> tuple[int, bool]:
+        """An operator's retry of a quarantined feature (see ``retry.lua``); returns how
+        many dependents were unblocked and whether a finished run was reopened.
+        Raises ConflictError (not quarantined, run aborted, owned by another run)."""
+        k = self.keys
+        res = self._run(
+            "retry",
+            [
+                k.feature(run_id, name),
+                k.run(run_id),
+                k.events(run_id),
+                k.ready(run_id),
+                k.active_plans,
+                k.active_features,
+            ],
+            [
+                str(token),
+                name,
+                rank,
+                repr(now),
+                k.feature_prefix(run_id),
+                json.dumps(list(unblock)),
+                json.dumps(list(features)),
+                k.run(run_id),
+                run_id,
+                actor,
+                json.dumps(dict(evidence), default=str),
+                self.events_maxlen,
+            ],
+        )
+        return int(res[0]), bool(int(res[1]))
+
     # -- queues -----------------------------------------------------------------------
     def ready(self, run_id: str, limit: int) -> list[str]:
         """Up to ``limit`` ready features, best rank first."""
@@ -720,6 +799,8 @@ class Store:
         task_id: str = "",
         state: str = "",
         percent: int | None = None,
+        actor: str = "",
+        now: float | None = None,
     ) -> None:
         """Append a non-transition event (decision, freeze, retry, …) to the run's stream."""
         with self._translate():
@@ -735,7 +816,8 @@ class Store:
                     "worker": worker,
                     "task_id": task_id,
                     "evidence": json.dumps(evidence or {}, default=str),
-                    "ts": repr(time.time()),
+                    "ts": repr(now if now is not None else time.time()),
+                    "actor": actor,
                 },
                 maxlen=self.events_maxlen,
                 approximate=True,
@@ -775,6 +857,11 @@ class Store:
             _, _, members = pipe.execute()
         return sum(1 for m in members if str(m).startswith(f"{run_id}/"))
 
+    def extend_bake(self, run_id: str, until: float) -> None:
+        """Atomically raise the run's ``bake_until`` to ``until`` (never lowers it)."""
+        with self._translate():
+            self.r.eval(_EXTEND_BAKE, 1, self.keys.run(run_id), repr(until))
+
     # -- metrics ----------------------------------------------------------------------
     def metrics_source(self, policy: HealthPolicy, tick_s: float) -> MetricSource:
         """The source of a feature's health evidence for ``policy`` (the redis source reads
@@ -799,6 +886,19 @@ class Store:
     def flags_version(self) -> int:
         with self._translate():
             return int(self.r.get(self.keys.flags_version) or 0)
+
+    # -- statistics -------------------------------------------------------------------
+    def count_decision(self, outcome: str) -> None:
+        """Count one evaluation outcome (``continue``, ``advance``, ``promote``,
+        ``rollback``) in ``<ns>:stats:decisions``; the exporter reads it."""
+        with self._translate():
+            self.r.hincrby(self.keys.stats_decisions, outcome, 1)
+
+    def decision_counts(self) -> dict[str, int]:
+        """Evaluation outcomes counted so far, over every run (missing outcomes: none)."""
+        with self._translate():
+            raw = self.r.hgetall(self.keys.stats_decisions)
+        return {str(k): int(_num(v)) for k, v in raw.items()}
 
 
 def new_run_id() -> str:

@@ -8,13 +8,17 @@
 -- KEYS[6] events stream     <ns>:run:<id>:events
 -- KEYS[7] ready zset        <ns>:run:<id>:ready
 -- KEYS[8] flags hash        <ns>:flags
+-- KEYS[9] flags version     <ns>:flags:version
 -- ARGV[1] run id   ARGV[2] plan name   ARGV[3] now   ARGV[4] plan (JSON)
 -- ARGV[5] features (JSON [[name, rank, [dependency, ...]], ...] in dispatch order)
 -- ARGV[6] max_parallel   ARGV[7] feature key prefix   ARGV[8] events max length
+-- ARGV[9] flags channel <ns>:flags
 --
 -- Returns {"CREATED", run id, already enabled feature...} | {"EXISTS", active run id}
 --       | {"OVERLAP", other run id, feature}.
 -- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
+-- A feature with no published flag is published DISABLED now, atomically with the run,
+-- so a service whose coded default is "on" never turns it on while it waits.
 local existing = redis.call('HGET', KEYS[4], ARGV[2])
 if existing then return {'EXISTS', existing} end
 local feats = cjson.decode(ARGV[5])
@@ -27,6 +31,13 @@ local out = {'CREATED', ARGV[1]}
 local n_enabled = 0
 for _, f in ipairs(feats) do
   local raw = redis.call('HGET', KEYS[8], f[1])
+  if not raw then
+    local fv = redis.call('INCR', KEYS[9])
+    redis.call('HSET', KEYS[8], f[1], cjson.encode({state = 'DISABLED', percent = 0,
+      version = fv, updated_at = tonumber(ARGV[3])}))
+    redis.call('PUBLISH', ARGV[9], cjson.encode({feature = f[1], state = 'DISABLED',
+      percent = 0, version = fv}))
+  end
   if raw then
     local ok, flag = pcall(cjson.decode, raw)
     if ok and type(flag) == 'table' and flag['state'] == 'ENABLED' then
