@@ -175,3 +175,45 @@ def test_errors_are_problem_documents(api: Api) -> None:
         r = c.post(f"/v1/runs/{first}/features/ghost/rollback", json={"reason": "x"})
         assert r.status_code == 404
         c.post(f"/v1/runs/{first}/abort", json={"reason": "cleanup"})
+
+
+def test_feature_actions_steer_one_feature(api: Api) -> None:
+    """pause holds a feature, a second pause is refused with 409 saying why, resume and a
+    full promote move it on, retry brings a rolled-back one back; each is audited with the
+    token's name as the actor."""
+    feats = [{"name": "p1"}, {"name": "p2", "depends_on": ["p1"]}]
+    plan = {**SLOW_PLAN, "name": "steer", "features": feats}
+    with api.client("starter") as c:
+        run_id = c.post("/v1/runs", json={"plan": plan}).json()["run_id"]
+        wait_for(
+            lambda: c.get(f"/v1/runs/{run_id}").json()["features"]["p1"]["state"] == "TESTING",
+            30,
+            what="p1 testing",
+        )
+    base = f"/v1/runs/{run_id}/features"
+    with api.client("oncall") as c:
+        r = c.post(f"{base}/p1/pause", json={"reason": "look closer"})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"]["features"]["p1"]["hold"] == "paused"
+        again = c.post(f"{base}/p1/pause", json={"reason": "again"})
+        assert again.status_code == 409 and "already paused" in again.json()["detail"]
+        assert c.post(f"{base}/p1/resume", json={"reason": "fine"}).status_code == 200
+        r = c.post(f"{base}/p1/promote", json={"reason": "ship it", "full": True})
+        assert r.status_code == 200, r.text
+        wait_for(
+            lambda: c.get(f"/v1/runs/{run_id}").json()["features"]["p1"]["state"] == "ENABLED",
+            10,
+            what="p1 enabled",
+        )
+        assert c.post(f"{base}/p2/pause", json={"reason": "x", "full": True}).status_code == 422
+        r = c.post(f"{base}/p1/rollback", json={"reason": "bad"})
+        assert r.status_code == 200 and r.json()["status"]["features"]["p2"]["blocked"]
+        r = c.post(f"{base}/p1/retry", json={"reason": "fixed"})
+        assert r.status_code == 200, r.text
+        feats_now = r.json()["status"]["features"]
+        assert not feats_now["p1"]["quarantined"] and not feats_now["p2"]["blocked"]
+        c.post(f"/v1/runs/{run_id}/abort", json={"reason": "cleanup"})
+    actors = {e.actor for e in api.cluster.store.events(run_id) if e.feature == "p1"}
+    assert "oncall" in actors
+    kinds = [e.kind for e in api.cluster.store.events(run_id) if e.actor == "oncall"]
+    assert "hold" in kinds and "hold_lifted" in kinds

@@ -30,7 +30,8 @@ The configuration (YAML or JSON; ``RECOVERY_NOTIFY_FILE``)::
 
 Types and severities: ``rollback`` (warning; the root of a cascade — its dependents are
 listed in ``cascade``), ``quarantine`` (critical), ``freeze`` (warning), ``self_freeze``
-(critical), ``hold`` (warning: a human decision is awaited), ``run_finished`` (info when
+(critical), ``hold`` (warning: an approval gate or an unhealthy hold awaits a person;
+info: paused), ``run_finished`` (info when
 SUCCEEDED, warning otherwise).
 
 A generic webhook is a POST of the notification's JSON with ``X-Recovery-Event-Id``,
@@ -57,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from workers.core.plan import NAME_PATTERN
 from workers.core.records import Event
+from workers.core.states import Hold
 from workers.errors import InvalidInput, UnknownRun
 from workers.ops.describe import describe, evidence_text
 from workers.store import Store
@@ -212,7 +214,14 @@ def _classify(e: Event) -> tuple[str, str] | None:
     if e.kind == "freeze":
         return ("self_freeze", "critical") if e.reason == "self_freeze" else ("freeze", "warning")
     if e.kind == "hold":
-        return "hold", "warning"
+        # only holds that wait for a person: an approval gate or an unhealthy hold (a pause
+        # is an operator's own doing: told as info); baking and too little traffic clear
+        # by themselves
+        if e.reason in (Hold.AWAITING_APPROVAL, Hold.UNHEALTHY_HOLD):
+            return "hold", "warning"
+        if e.reason == Hold.PAUSED:
+            return "hold", "info"
+        return None
     if e.kind == "run_finished":
         return "run_finished", "info" if e.to == "SUCCEEDED" else "warning"
     return None
@@ -261,7 +270,7 @@ def notifications(
                 ts=e.ts,
                 text=f"{text}"
                 + (f" (evidence: {detail})" if detail and detail not in text else ""),
-                actor=str(doc.get("actor") or e.evidence.get("by") or "") or None,
+                actor=e.actor or str(e.evidence.get("by") or "") or None,
                 extra={"state": e.to or None} if kind[0] == "run_finished" else {},
             )
         )
