@@ -63,7 +63,8 @@ def test_start_by_plan_name_and_events_since(api: Api) -> None:
 
 def test_idempotency_key_replay_returns_the_same_run(api: Api) -> None:
     """A replayed Idempotency-Key answers 200 with the run the first call created, even
-    after that run finished (when the plan alone would start a new one)."""
+    after that run finished (when the plan alone would start a new one); the key reused
+    for another plan is a 409 naming the run."""
     with api.client("starter") as c:
         key = {"Idempotency-Key": f"inc-{time.time_ns()}"}
         first = c.post("/v1/runs", json={"plan": QUICK_PLAN}, headers=key)
@@ -73,6 +74,8 @@ def test_idempotency_key_replay_returns_the_same_run(api: Api) -> None:
         again = c.post("/v1/runs", json={"plan": QUICK_PLAN}, headers=key)
         assert again.status_code == 200, again.text
         assert again.json()["run_id"] == run_id and again.json()["created"] is False
+        other = c.post("/v1/runs", json={"plan": {**QUICK_PLAN, "name": "other"}}, headers=key)
+        assert other.status_code == 409 and run_id in other.json()["detail"]
 
 
 def test_fifty_concurrent_identical_starts_create_one_run(api: Api) -> None:

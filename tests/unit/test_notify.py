@@ -153,3 +153,22 @@ def test_invalid_config_names_the_problem(tmp_path: Path, text: str, message: st
     path.write_text(text)
     with pytest.raises(InvalidInput, match=message):
         load_notify_config(path)
+
+
+@pytest.mark.parametrize(
+    ("reason", "told"),
+    [
+        ("awaiting_approval", ("hold", "warning")),
+        ("unhealthy_hold", ("hold", "warning")),
+        ("paused", ("hold", "info")),
+        ("baking", None),
+        ("insufficient_traffic", None),
+    ],
+)
+def test_holds_told_only_when_a_person_is_awaited(
+    reason: str, told: tuple[str, str] | None
+) -> None:
+    """Approval gates and unhealthy holds are warnings, a pause is info; holds that clear
+    by themselves (baking, too little traffic) are not told."""
+    out = notifications("r", "p", [ev(1, "hold", feature="a", reason=reason)])
+    assert [(n.type, n.severity) for n in out] == ([told] if told else [])

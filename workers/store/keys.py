@@ -62,6 +62,13 @@ Internal (the store is the only writer):
                                                 notifications were enqueued; entries
                                                 of runs gone from ``<ns>:runs`` dropped
 ``<ns>:notify:lock``                    string  the notification scan's lock, PX TTL
+``<ns>:request:<key>``                  string  ``"<run id> <plan name>"``: the run a start
+                                                with this idempotency key (HTTP
+                                                ``Idempotency-Key``, Celery
+                                                ``request_id``) got; TTL ``run_ttl_s``
+``<ns>:request:<key>:lock``             string  held while a start with the key is under
+                                                way (SET NX PX), so concurrent identical
+                                                starts create one run
 ======================================  ======  ==========================================
 
 Run keys get a TTL (``run_ttl_s``) once the run is finished.
@@ -167,3 +174,9 @@ class Keys:
     @property
     def notify_lock(self) -> str:
         return f"{self.ns}:notify:lock"
+
+    def request(self, key: str) -> str:
+        return f"{self.ns}:request:{key}"
+
+    def request_lock(self, key: str) -> str:
+        return f"{self.ns}:request:{key}:lock"

@@ -8,8 +8,6 @@ recorded with each action.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -17,23 +15,22 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.core.plan import NAME_PATTERN, Plan, load_plan
+from workers.core.plan import NAME_PATTERN, Plan
 from workers.core.records import Event
 from workers.engine import Engine
-from workers.errors import InvalidInput, UnknownRun
+from workers.errors import UnknownRun
 from workers.ops.api.auth import authenticate, requires
 from workers.ops.api.problems import ApiProblem
+from workers.ops.api.starts import plan_by_name, start_run
 from workers.ops.api.tokens import Principal
 from workers.ops.describe import describe
 
-__all__ = ["ACTIONS", "plan_by_name", "router", "start_run"]
+__all__ = ["ACTIONS", "router"]
 
 log = structlog.get_logger("workers.ops.api")
 router = APIRouter(prefix="/v1")
 
 RUN_ID = r"^[A-Za-z0-9._-]{1,64}$"
-#: an idempotency key (the same rule as a Celery ``request_id``)
-IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 RunId = Annotated[str, PathParam(pattern=RUN_ID, description="A run id.")]
 FeatureName = Annotated[str, PathParam(pattern=NAME_PATTERN.pattern, description="A feature.")]
 ACTIONS = ("pause", "resume", "promote", "retry", "approve", "rollback")
@@ -77,37 +74,6 @@ class ActionRequest(ReasonRequest):
 
 class OptionalReason(_Body):
     reason: str = Field(default="", max_length=500)
-
-
-# -- helpers shared with the webhooks -----------------------------------------------------------
-def plan_by_name(plans_dir: Path | None, name: str, max_features: int) -> Plan:
-    """The plan ``NAME.yaml|.yml|.json`` of the plan directory. Raises InvalidInput."""
-    if plans_dir is None:
-        raise InvalidInput("this server has no plan directory (RECOVERY_API_PLANS_DIR)")
-    if not NAME_PATTERN.fullmatch(name):
-        raise InvalidInput(f"invalid plan name {name!r}")
-    for suffix in (".yaml", ".yml", ".json"):
-        path = plans_dir / f"{name}{suffix}"
-        if path.is_file():
-            return load_plan(path, max_features=max_features)
-    raise InvalidInput(f"no plan named {name!r} in the plan directory")
-
-
-def start_run(
-    engine: Engine, plan: Plan | dict[str, Any], key: str | None, actor: str
-) -> tuple[str, bool]:
-    """Start (or find) the run through the engine; ``key`` is the idempotency key: a start
-    with a key seen before returns that start's run (``created`` False)."""
-    if key is not None and not re.fullmatch(IDEMPOTENCY_KEY, key):
-        raise InvalidInput(
-            f"invalid Idempotency-Key {key[:200]!r}: 1-128 of letters, digits and ._:@/+=-"
-        )
-    if key is None:
-        res = engine.start_recovery(plan)
-    else:
-        res = engine.start_recovery(plan, request_id=key)
-    log.info("api_run_start", run_id=res.run_id, created=res.created, actor=actor, key=key)
-    return res.run_id, res.created
 
 
 def _event_json(e: Event) -> dict[str, Any]:

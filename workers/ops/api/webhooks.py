@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from workers.engine import Engine
 from workers.ops.api.auth import authenticate
 from workers.ops.api.problems import ApiProblem
-from workers.ops.api.routes import plan_by_name, start_run
+from workers.ops.api.starts import plan_by_name, start_run
 from workers.ops.api.webhook_config import Action, StartAction, WebhookConfig
 from workers.store.marks import Marks
 
