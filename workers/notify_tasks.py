@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from celery import Task
 from workers.celery import NOTIFY_QUEUE, app
 from workers.errors import InvalidInput, RecoveryError
 from workers.ops.notify import DeliveryFailed, NotifyConfig, deliver, load_notify_config, scan
+from workers.settings import get_settings
+from workers.store import Store
 
 __all__ = ["notify_deliver", "notify_scan"]
 
@@ -55,12 +58,15 @@ def _config() -> NotifyConfig | None:
     return cfg
 
 
-def _enqueue(channel: str, notification: dict[str, Any]) -> None:
-    app.send_task(
-        "recovery.notify_deliver",
-        kwargs={"channel": channel, "notification": notification},
-        queue=NOTIFY_QUEUE,
-    )
+@lru_cache(maxsize=1)
+def _store_for(pid: int) -> Store:
+    s = get_settings()
+    return Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+
+
+def _store() -> Store:
+    """The process's store (a forked child builds its own)."""
+    return _store_for(os.getpid())
 
 
 @app.task(name="recovery.notify_scan", bind=True, max_retries=0, ignore_result=True)
@@ -69,10 +75,16 @@ def notify_scan(self: Task) -> int:
     cfg = _config()
     if cfg is None:
         return 0
-    from workers.tasks import get_manager
+
+    def enqueue(channel: str, notification: dict[str, Any]) -> None:
+        self.app.send_task(
+            "recovery.notify_deliver",
+            kwargs={"channel": channel, "notification": notification},
+            queue=NOTIFY_QUEUE,
+        )
 
     try:
-        sent = scan(get_manager().store, cfg, _enqueue)
+        sent = scan(_store(), cfg, enqueue)
     except RecoveryError as exc:
         log.warning("notify_scan_failed", error=str(exc))
         return 0

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from workers.engine import Engine
 from workers.ops.api.auth import authenticate
@@ -138,7 +139,7 @@ async def alertmanager(request: Request) -> dict[str, Any]:
     started = min((a.startsAt for a in payload.alerts if a.startsAt), default="")
     key = "am-" + hashlib.sha256(f"{payload.groupKey}|{started}".encode()).hexdigest()[:40]
     why = f"alertmanager {payload.status}: rule {rule.name}"
-    result = await _in_thread(request, action, actor=who.name, why=why, key=key)
+    result = await run_in_threadpool(_carry_out, request, action, actor=who.name, why=why, key=key)
     log.warning("webhook_action", source="alertmanager", rule=rule.name, actor=who.name, **result)
     return {"rule": rule.name, "status": payload.status, **result}
 
@@ -193,26 +194,26 @@ async def pagerduty(request: Request) -> dict[str, Any]:
         action = rule.on_resolved
     if rule is None or action is None:
         raise _refuse(422, "pagerduty", f"no rule maps {event_type!r}", event_id=event_id)
-    marks = Marks.of(request.app.state.engine.store)
-    if not marks.claim("pagerduty", event_id, 2 * cfg.max_age_s):
-        raise _refuse(409, "pagerduty", "this event was processed already", event_id=event_id)
     incident = str(data.get("id") or event_id)
     why = f"pagerduty {event_type} {incident}: rule {rule.name}"
-    try:
-        result = await _in_thread(
-            request, action, actor="pagerduty", why=why, key=f"pd-{incident}"[:128]
-        )
-    except BaseException:
-        marks.drop("pagerduty", event_id)  # not done: a redelivery may try again
-        raise
+    result = await run_in_threadpool(
+        _once, request, event_id, 2 * cfg.max_age_s, action, why, f"pd-{incident}"[:128]
+    )
     log.warning("webhook_action", source="pagerduty", rule=rule.name, incident=incident, **result)
     return {"rule": rule.name, "event_type": event_type, **result}
 
 
-async def _in_thread(
-    request: Request, action: Action, *, actor: str, why: str, key: str
+def _once(
+    request: Request, event_id: str, ttl_s: float, action: Action, why: str, key: str
 ) -> dict[str, Any]:
-    """Carry out the action off the event loop (the engine does blocking I/O)."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(_carry_out, request, action, actor=actor, why=why, key=key)
+    """Carry out a PagerDuty event's action unless that event was processed already (its
+    id is marked first, atomically; the mark is dropped again if the action fails, so a
+    redelivery may try again)."""
+    marks = Marks.of(request.app.state.engine.store)
+    if not marks.claim("pagerduty", event_id, ttl_s):
+        raise _refuse(409, "pagerduty", "this event was processed already", event_id=event_id)
+    try:
+        return _carry_out(request, action, actor="pagerduty", why=why, key=key)
+    except BaseException:
+        marks.drop("pagerduty", event_id)
+        raise
