@@ -24,7 +24,7 @@ from workers.celery import ROLLBACK_QUEUE, app
 from workers.engine import PartialRecoveryManager
 from workers.errors import InvalidInput, PayloadError, RecoveryError, StoreUnavailable
 from workers.settings import get_settings
-from workers.store import Store
+from workers.store import store_from_settings
 
 __all__ = ["CeleryDispatcher", "get_manager"]
 
@@ -61,7 +61,7 @@ class CeleryDispatcher:
 @lru_cache(maxsize=1)
 def _manager_for(pid: int) -> PartialRecoveryManager:
     s = get_settings()
-    store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+    store = store_from_settings(s)
     hook = _fault if os.environ.get("RECOVERY_FAULTS") else None
     return PartialRecoveryManager(store, s, CeleryDispatcher(), fault_hook=hook)
 

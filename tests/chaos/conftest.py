@@ -22,7 +22,7 @@ from tests.processes import RedisServer
 from workers.celery import make_app
 from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import RedisStore
 from workers.tasks import CeleryDispatcher
 
 CHAOS_SETTINGS: dict[str, Any] = {
@@ -47,7 +47,7 @@ def chaos_cluster(*, appendonly: bool = True, faults: str = "", **overrides: Any
         **{f"RECOVERY_{k.upper()}": str(v) for k, v in values.items()},
     }
     s = Settings(redis_url=server.url, namespace=ns, **values)
-    store = Store(server.url, ns, socket_timeout=3.0)
+    store = RedisStore(server.url, ns, socket_timeout=3.0)
     manager = PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="pytest")
     return Cluster(server, ns, env, s, store, manager)
 

@@ -24,7 +24,7 @@ from tests.processes import ROOT, CeleryProcess, RedisServer, free_port, wait_fo
 from workers.celery import make_app
 from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import RedisStore
 from workers.store.keys import Keys
 from workers.tasks import CeleryDispatcher
 
@@ -140,7 +140,7 @@ def test_exporter_reads_as_the_read_only_user(
     """`recovery exporter` as ``exporter`` scrapes a live run (recovery_up 1, its features),
     its compose healthcheck passes, and the user can write nothing nor read the broker."""
     settings = Settings(redis_url=server.url("operator"), namespace=NS)
-    store = Store(settings.redis_url, NS)
+    store = RedisStore(settings.redis_url, NS)
     manager = PartialRecoveryManager(store, settings, CeleryDispatcher(make_app(settings)))
     run_id = manager.start_recovery(PLAN).run_id
     port = free_port()

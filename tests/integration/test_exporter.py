@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import ROLLBACK_PLAN, Cluster
 from tests.processes import free_port
 from workers.ops.exporter import serve
-from workers.store import Store
+from workers.store import RedisStore
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -28,7 +28,7 @@ def test_metrics_after_a_run(rolled_back_run: tuple[Cluster, str]) -> None:
     appended to that finished run."""
     c, run_id = rolled_back_run
     port = free_port()
-    server, _thread = serve(Store(c.redis.url, c.namespace), port)
+    server, _thread = serve(RedisStore(c.redis.url, c.namespace), port)
     try:
         m = scrape(port)
         rl = (("plan", ROLLBACK_PLAN["name"]), ("run_id", run_id))
@@ -66,7 +66,7 @@ def test_decisions_come_from_the_engine_counter(rolled_back_run: tuple[Cluster, 
     outcomes not counted yet at 0."""
     c, _ = rolled_back_run
     port = free_port()
-    server, _thread = serve(Store(c.redis.url, c.namespace), port)
+    server, _thread = serve(RedisStore(c.redis.url, c.namespace), port)
     try:
         before = scrape(port)
         for _ in range(3):
@@ -83,7 +83,7 @@ def test_decisions_come_from_the_engine_counter(rolled_back_run: tuple[Cluster, 
 def test_redis_down_reports_up_zero(rolled_back_run: tuple[Cluster, str]) -> None:
     """With Redis unreachable a scrape still answers, with recovery_up 0 only."""
     port = free_port()
-    server, _ = serve(Store("redis://127.0.0.1:1/0", "x", socket_timeout=0.5), port)
+    server, _ = serve(RedisStore("redis://127.0.0.1:1/0", "x", socket_timeout=0.5), port)
     try:
         m = scrape(port)
         assert m == {("recovery_up", ()): 0}

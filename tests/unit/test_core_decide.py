@@ -467,3 +467,29 @@ def test_promotion_of_a_measured_feature_starts_its_bake() -> None:
     assert isinstance(enable, Enable) and enable.bake_ends_at == NOW + 120
     assert decide.promotion(spec(bake_s=0), 3, {}, NOW).bake_ends_at == 0.0
     assert decide.promotion(UNMEASURED, 3, {}, NOW).bake_ends_at == 0.0
+
+
+@pytest.mark.parametrize(
+    ("control", "shared", "suspect"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["fixed-cannot-tell", "control-own-fault", "control-shared-cause"],
+)
+def test_only_possibly_shared_condemnations_count_towards_self_freeze(
+    control: bool, shared: bool, suspect: bool
+) -> None:
+    """A feature found worse than its own off-cohort is rolled back without counting
+    towards the self-freeze; fixed thresholds or both cohorts bad alike count."""
+    v = replace(verdict(D.ROLLBACK, H.UNHEALTHY), control=control, shared=shared)
+    *_, rb = decide.testing(TESTING, MEASURED, v, NOW, T)
+    assert isinstance(rb, RequestRollback) and rb.suspect_shared is suspect
+    (rb2,) = decide.enabled(ENABLED, MEASURED, v, NOW, T)
+    assert isinstance(rb2, RequestRollback) and rb2.suspect_shared is suspect
+
+
+def test_the_off_cohort_reference_is_carried_into_the_next_step() -> None:
+    """Advancing or promoting carries the control reference rates forward."""
+    v = replace(verdict(D.PROMOTE), reference='{"error_rate":0.03}')
+    (adv,) = decide.testing(TESTING, MEASURED, v, NOW, T)
+    assert isinstance(adv, Advance) and adv.reference == '{"error_rate":0.03}'
+    (en,) = decide.testing(replace(TESTING, step=2, percent=100), MEASURED, v, NOW, T)
+    assert isinstance(en, Enable) and en.reference == '{"error_rate":0.03}'

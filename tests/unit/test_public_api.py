@@ -12,8 +12,8 @@ import workers.errors
 PUBLIC = {
     "workers": ["FeatureHealth", "FeatureState", "Reason", "RecoveryError", "RunStatus"],
     "workers.health": [
-        "Decision", "Evaluator", "HealthPolicy", "MetricSource", "RateThresholds", "Sample",
-        "backoff_delay", "make_source",
+        "ControlThresholds", "Decision", "Evaluator", "HealthPolicy", "MetricSource",
+        "RateThresholds", "Sample", "backoff_delay", "make_source",
     ],
     "workers.flags": [
         "BUCKETS", "ClientHealth", "EvaluationReason", "Flag", "FlagClient", "FlagEvaluation",

@@ -80,6 +80,8 @@ class Advance:
     evidence: Evidence
     health: FeatureHealth
     due_at: float
+    #: ``baseline: control``: the off-cohort rates the next step starts from (JSON)
+    reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class Enable:
     evidence: Evidence
     watch_from: float | None
     bake_ends_at: float = 0.0
+    #: ``baseline: control``: the off-cohort rates the ENABLED watch compares with (JSON)
+    reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,9 @@ class RequestRollback:
     reason: Reason
     evidence: Evidence
     recheck_at: float
+    #: whether a shared cause is possible (fixed thresholds cannot tell; a control test
+    #: that found this feature worse than its off-cohort says it is this feature's own)
+    suspect_shared: bool = True
 
 
 @dataclass(frozen=True, slots=True)

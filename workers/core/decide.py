@@ -111,6 +111,12 @@ class Verdict:
     requests: float = 0.0
     span_s: float = 0.0
     read_s: float = 0.0
+    #: ``baseline: control``: both cohorts degraded alike (a shared cause)
+    shared: bool = False
+    #: ``baseline: control`` judged this verdict (else fixed thresholds)
+    control: bool = False
+    #: the off-cohort's reference rates to carry forward (JSON; "" none)
+    reference: str = ""
 
     @property
     def traffic_rps(self) -> float | None:
@@ -260,7 +266,8 @@ def testing(
                 actions.append(SetHold(Hold.UNHEALTHY_HOLD, verdict.evidence))
             return (*actions, stopped_clock)
         recheck = now + tuning.lease_ttl_s
-        return (*actions, RequestRollback(Reason.UNHEALTHY, verdict.evidence, recheck))
+        suspect = not verdict.control or verdict.shared
+        return (*actions, RequestRollback(Reason.UNHEALTHY, verdict.evidence, recheck, suspect))
     rps = verdict.traffic_rps if verdict.span_s >= tuning.traffic_window_s else None
     silent = measured(spec) and verdict.requests == 0
     starving = silent or (rps is not None and rps < spec.health.min_traffic_rps)
@@ -292,17 +299,22 @@ def testing(
             return (*actions, SetHold(Hold.AWAITING_APPROVAL, gate, awaiting=nxt), stay)
         if not last:
             due = now + first_delay(spec, tuning)
-            return (*actions, Advance(rec.step + 1, nxt, evidence, verdict.health, due))
-        return (*actions, promotion(spec, len(spec.ramp), evidence, now))
+            ref = verdict.reference
+            return (*actions, Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref))
+        return (*actions, promotion(spec, len(spec.ramp), evidence, now, verdict.reference))
     return (*actions, stay)
 
 
-def promotion(spec: Feature, step: int, evidence: Mapping[str, Any], now: float) -> Enable:
-    """The move to ENABLED: measured features are watched from now and bake ``bake_s``."""
+def promotion(
+    spec: Feature, step: int, evidence: Mapping[str, Any], now: float, reference: str = ""
+) -> Enable:
+    """The move to ENABLED: measured features are watched from now and bake ``bake_s``
+    (``reference``: the off-cohort rates the watch compares with under a control
+    baseline)."""
     if not measured(spec):
         return Enable(step, evidence, None)
     bake = now + spec.bake_s if spec.bake_s > 0 else 0.0
-    return Enable(step, evidence, now, bake)
+    return Enable(step, evidence, now, bake, reference)
 
 
 def enabled(
@@ -317,18 +329,26 @@ def enabled(
         return (Unschedule(), Skip("unwatched"))
     if verdict.decision is Decision.ROLLBACK:
         recheck = now + tuning.lease_ttl_s
-        return (RequestRollback(Reason.REGRESSION, verdict.evidence, recheck),)
+        suspect = not verdict.control or verdict.shared
+        return (RequestRollback(Reason.REGRESSION, verdict.evidence, recheck, suspect),)
+    actions: list[Action] = []
     note = health_note(rec, verdict)
+    if note is not None:
+        actions.append(note)
     cont = Continue(verdict.health, now + tuning.metrics_tick_s, verdict.eval_state, verdict.until)
-    return (cont,) if note is None else (note, cont)
+    return (*actions, cont)
 
 
 # -- the run ----------------------------------------------------------------------------------
 def self_freeze(run: RunRecord, unhealthy: int, tuning: Tuning) -> Freeze | None:
-    """Stop the line when ``unhealthy`` distinct features of the run turned unhealthy
-    within the freeze window: at least ``freeze_min_features`` and more than
-    ``freeze_share`` of the run. A shared cause is likely; rolling each back would not
-    help."""
+    """Stop the line when ``unhealthy`` distinct features of the run were condemned within
+    the freeze window for what may be a shared cause: at least ``freeze_min_features``
+    and more than ``freeze_share`` of the run. Rolling each back would not help.
+
+    Only condemnations that may be shared count (see ``RequestRollback.suspect_shared``):
+    under fixed thresholds every one; under ``baseline: control`` only those whose two
+    cohorts were bad alike — a feature whose on-cohort was worse than its own off-cohort
+    is guilty by itself and is simply rolled back."""
     if unhealthy < tuning.freeze_min_features or unhealthy <= tuning.freeze_share * run.total:
         return None
     message = (

@@ -51,6 +51,8 @@ class FeatureRecord:
     approved: int = -1
     #: an ENABLED feature's post-promotion watch ends then (0: no bake)
     bake_ends_at: float = 0.0
+    #: ``baseline: control``: the off-cohort's last rates, carried across ramp steps (JSON)
+    reference: str = ""
 
     def shown_hold(self, now: float) -> Hold | None:
         """The hold to show: the stored one, else BAKING while the bake runs."""

@@ -329,7 +329,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     from workers.engine import PartialRecoveryManager
     from workers.ops.watch import watch
     from workers.settings import Settings
-    from workers.store import Store
+    from workers.store import RedisStore, store_from_settings
     from workers.tasks import CeleryDispatcher
 
     console = console or Console()
@@ -349,7 +349,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     previous = signal.getsignal(signal.SIGTERM)
     if _main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    store: Store | None = None
+    store: RedisStore | None = None
     try:
         _header(console, plan, cfg)
         port = free_port()
@@ -366,7 +366,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
             beat_interval_s=cfg.beat_interval_s,
             lease_ttl_s=5.0,
         )
-        store = Store(url, cfg.namespace)
+        store = store_from_settings(settings)
         _wait_redis(store, procs)
         env = {
             **os.environ,

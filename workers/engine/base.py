@@ -168,12 +168,13 @@ class EngineBase:
                 self.store.append_event(
                     run_id,
                     "health",
+                    now=now,
                     feature=name,
                     reason=action.health.value.lower(),
                     evidence=action.evidence,
                     worker=self.worker,
                     task_id=task_id,
-                    state=rec.state.value,
+                    state=rec.state,
                     percent=rec.percent,
                 )
                 return "noted"
@@ -199,6 +200,7 @@ class EngineBase:
                         "last_eval_at": now,
                         "hold": "",
                         "awaiting": "",
+                        **({"ref": action.reference} if action.reference else {}),
                     },
                     now=now,
                 )
@@ -245,6 +247,8 @@ class EngineBase:
             "awaiting": "",
             "bake_ends_at": action.bake_ends_at,
         }
+        if action.reference:
+            fields["ref"] = action.reference
         due_at = None
         if action.watch_from is not None:
             fields["last_eval_at"] = action.watch_from
@@ -311,7 +315,7 @@ class EngineBase:
             evidence=action.evidence,
             worker=self.worker,
             task_id=task_id,
-            state=rec.state.value,
+            state=rec.state,
             percent=rec.percent,
             actor=actor or self.worker,
             now=now,
@@ -331,11 +335,7 @@ class EngineBase:
         token: int | None,
         now: float,
     ) -> str:
-        run = self.store.run(run_id)
-        count = self.store.note_unhealthy(run_id, rec.name, now, self.settings.freeze_window_s)
-        freeze = decide.self_freeze(run, count, self.tuning)
-        if freeze is not None:
-            self._freeze(run_id, freeze)
+        if action.suspect_shared and self._shared_cause(run_id, rec.name, now):
             return "frozen"
         self.store.update(
             run_id,
@@ -351,9 +351,23 @@ class EngineBase:
         self.dispatcher.rollback(run_id, rec.name, action.reason.value, action.evidence)
         return "rollback"
 
+    def _shared_cause(self, run_id: str, feature: str, now: float) -> bool:
+        """Count the feature as degraded by a possibly shared cause; stop the line (and
+        say so) when the core's self-freeze rule says many features are."""
+        run = self.store.run(run_id)
+        count = self.store.note_unhealthy(
+            run_id, feature, now=now, window_s=self.settings.freeze_window_s
+        )
+        freeze = decide.self_freeze(run, count, self.tuning)
+        if freeze is None:
+            return False
+        self._freeze(run_id, freeze)
+        return True
+
     def _freeze(self, run_id: str, action: Freeze) -> None:
-        if self.store.freeze(action.message, by="manager"):
+        now = self.clock()
+        if self.store.freeze(action.message, by="manager", now=now):
             log.warning("self_freeze", run_id=run_id, **action.evidence)
             self.store.append_event(
-                run_id, "freeze", reason="self_freeze", evidence=action.evidence
+                run_id, "freeze", now=now, reason="self_freeze", evidence=action.evidence
             )

@@ -118,7 +118,7 @@ class ControlMixin(EngineBase):
         ctx = self.context(run_id)
         ctx.spec(feature)
         token = self.store.claim(
-            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True
+            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True, now=self.clock()
         )
         try:
             run = self.store.run(run_id)

@@ -81,13 +81,12 @@ class RollbackMixin(EngineBase):
         after = decide.settled_status(run)
         if after.status is run.status and after.reason == run.reason:
             return
-        self.store.set_run_fields(run_id, status=after.status.value, reason=after.reason)
+        self.store.set_run_status(run_id, after.status, after.reason)
         self.store.append_event(
             run_id,
             "run_status",
             reason=after.reason,
             evidence={"from": run.status.value, "to": after.status.value},
-            state=after.status.value,
             now=self.clock(),
         )
         log.warning("run_restatused", run_id=run_id, frm=run.status.value, to=after.status.value)
@@ -134,12 +133,12 @@ class RollbackMixin(EngineBase):
         task_id: str,
     ) -> bool | None:
         spec = ctx.spec(feature)
+        now = self.clock()
         token = self.store.claim(
-            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True
+            run_id, feature, self.worker, self.settings.lease_ttl_s, now=now, force=True
         )
         try:
             rec = self.store.feature(run_id, feature)
-            now = self.clock()
             move = plan.step(
                 rec,
                 reason,
@@ -168,7 +167,7 @@ class RollbackMixin(EngineBase):
                 now=now,
             )
             if isinstance(outcome, Quarantine):
-                self._quarantine(run_id, outcome, token, task_id)
+                self._quarantine(run_id, outcome, token, now, task_id)
             elif isinstance(outcome, ScheduleRetry):
                 self._schedule_retry(run_id, outcome, token, now, task_id)
             return rolled
@@ -215,13 +214,14 @@ class RollbackMixin(EngineBase):
         )
         return True
 
-    def _quarantine(self, run_id: str, q: Quarantine, token: int, task_id: str) -> None:
+    def _quarantine(self, run_id: str, q: Quarantine, token: int, now: float, task_id: str) -> None:
         n = self.store.quarantine(
             run_id,
             q.feature,
             token=token,
             reason=q.reason,
             blocked=q.blocked,
+            now=now,
             worker=self.worker,
             task_id=task_id,
             evidence=q.evidence,
@@ -251,6 +251,7 @@ class RollbackMixin(EngineBase):
         self.store.append_event(
             run_id,
             "retry_scheduled",
+            now=now,
             feature=r.feature,
             reason=r.reason,
             evidence={
@@ -260,7 +261,7 @@ class RollbackMixin(EngineBase):
             },
             worker=self.worker,
             task_id=task_id,
-            state=S.DISABLED.value,
+            state=S.DISABLED,
             percent=0,
         )
 
@@ -301,7 +302,7 @@ class RollbackMixin(EngineBase):
         run = self.store.run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
             return []
-        self.store.set_run_fields(run_id, stopping=1)
+        self.store.mark_stopping(run_id)
         order = ctx.graph.order()
         done: list[str] = []
         for _ in range(3):
@@ -319,10 +320,11 @@ class RollbackMixin(EngineBase):
 
     def freeze(self, reason: str, *, by: str = "operator") -> bool:
         """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
-        changed = self.store.freeze(reason, by)
+        now = self.clock()
+        changed = self.store.freeze(reason, by, now=now)
         for run_id in self.store.active_runs().values():
             self.store.append_event(
-                run_id, "freeze", reason="freeze", evidence={"message": reason, "by": by}
+                run_id, "freeze", now=now, reason="freeze", evidence={"message": reason, "by": by}
             )
         return changed
 
@@ -330,6 +332,8 @@ class RollbackMixin(EngineBase):
         """Resume automatic transitions and dispatch what became ready meanwhile."""
         changed = self.store.unfreeze()
         for run_id in self.store.active_runs().values():
-            self.store.append_event(run_id, "unfreeze", reason="unfreeze", evidence={"by": by})
+            self.store.append_event(
+                run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
+            )
             self.dispatch_ready(run_id)
         return changed

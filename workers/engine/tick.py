@@ -29,7 +29,7 @@ class TickMixin(EngineBase):
             run = self.store.run(run_id)
             if run.status is not RunStatus.RUNNING:
                 continue
-            for name in self.store.pop_due(run_id, now, self.settings.lease_ttl_s):
+            for name in self.store.pop_due(run_id, now=now, grace_s=self.settings.lease_ttl_s):
                 self.dispatcher.evaluate(run_id, name)
                 sent += 1
             testing = sorted(self.store.testing(run_id))

@@ -37,7 +37,8 @@ from workers.errors import (
     UnknownFeature,
 )
 from workers.settings import get_settings
-from workers.store import Store
+from workers.store import RedisStore, store_from_settings
+from workers.store.keys import Keys
 
 __all__ = ["app", "handles_errors", "main", "read_plan", "user_errors"]
 
@@ -281,8 +282,9 @@ def _manager() -> PartialRecoveryManager:
     from workers.tasks import CeleryDispatcher
 
     s = get_settings()
-    store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="cli")
+    return PartialRecoveryManager(
+        store_from_settings(s), s, CeleryDispatcher(make_app(s)), worker="cli"
+    )
 
 
 _FINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "ABORTED"}
@@ -428,8 +430,9 @@ def events(
 def flags(as_json: JsonOpt = False) -> None:
     """The published flags that services read (``<ns>:flags``)."""
     store = _manager().store
-    version = _flag_key(store.flags_version, store.keys.flags_version, "an integer string")
-    current = _flag_key(store.flags, store.keys.flags, "a hash (feature -> JSON)")
+    keys = Keys(get_settings().namespace)
+    version = _flag_key(store.flags_version, keys.flags_version, "an integer string")
+    current = _flag_key(store.flags, keys.flags, "a hash (feature -> JSON)")
     if as_json:
         typer.echo(json.dumps({"version": version, "flags": current}))
         return
@@ -559,9 +562,8 @@ def _flag_key(read: Callable[[], R], key: str, expected: str) -> R:
 
 
 # -- operator experience: watch, report, demo, exporter (issue #6) ---------------------------
-def _store() -> Store:
-    s = get_settings()
-    return Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+def _store() -> RedisStore:
+    return store_from_settings(get_settings())
 
 
 @app.command()

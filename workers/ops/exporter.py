@@ -95,7 +95,7 @@ from workers.core.states import (
     RunStatus,
 )
 from workers.errors import PlanError, RecoveryError, UnknownRun
-from workers.store import Event, FeatureRecord, RunRecord, Store
+from workers.store import Event, FeatureRecord, RunRecord, Store, store_from_settings
 
 __all__ = [
     "DECISIONS",
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recent", type=int, default=10, help="newest runs kept in view")
     args = parser.parse_args(argv)
     settings = get_settings()
-    serve(Store(settings.redis_url, settings.namespace), args.port, args.address, args.recent)
+    serve(store_from_settings(settings), args.port, args.address, args.recent)
     print(f"serving http://{args.address}:{args.port}/metrics", file=sys.stderr)
     try:
         while True:

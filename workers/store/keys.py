@@ -17,7 +17,11 @@ channel ``<ns>:flags``              pubsub  JSON ``{"feature", "state", "percent
 ``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
                                             non-overlapping tick (``tick = floor(unix_s /
                                             tick_s)``): integer fields ``requests``,
-                                            ``errors``, ``slow``, ``bad:<name>`` (HINCRBY;
+                                            ``errors``, ``slow``, ``bad:<name>`` (the
+                                            feature-on cohort) and ``ctl:requests``,
+                                            ``ctl:errors``, ``ctl:slow``,
+                                            ``ctl:bad:<name>`` (the feature-off cohort,
+                                            for ``baseline: control``) (HINCRBY;
                                             missing = 0; ``requests`` 0 = heartbeat);
                                             TTL ``metrics_ttl_s`` (EXPIRE on every write,
                                             see ``workers.health.sources.redis``)

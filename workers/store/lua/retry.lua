@@ -54,7 +54,7 @@ for _, d in ipairs(cjson.decode(ARGV[6])) do
     unblocked = unblocked + 1
   end
 end
-redis.call('HINCRBY', KEYS[2], 'blocked', -unblocked)
+if unblocked > 0 then redis.call('HINCRBY', KEYS[2], 'blocked', -unblocked) end
 if cur[1] == 'DISABLED' and tonumber(cur[4] or '0') == 0 then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 end
