@@ -26,7 +26,7 @@ from workers.celery import NOTIFY_QUEUE, app
 from workers.errors import InvalidInput, RecoveryError
 from workers.ops.notify import DeliveryFailed, NotifyConfig, deliver, load_notify_config, scan
 from workers.settings import get_settings
-from workers.store import Store
+from workers.store import RedisStore, store_from_settings
 
 __all__ = ["notify_deliver", "notify_scan"]
 
@@ -59,12 +59,11 @@ def _config() -> NotifyConfig | None:
 
 
 @lru_cache(maxsize=1)
-def _store_for(pid: int) -> Store:
-    s = get_settings()
-    return Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+def _store_for(pid: int) -> RedisStore:
+    return store_from_settings(get_settings())
 
 
-def _store() -> Store:
+def _store() -> RedisStore:
     """The process's store (a forked child builds its own)."""
     return _store_for(os.getpid())
 

@@ -61,7 +61,7 @@ from workers.core.records import Event
 from workers.core.states import Hold
 from workers.errors import InvalidInput, UnknownRun
 from workers.ops.describe import describe, evidence_text
-from workers.store import Store
+from workers.store import RedisStore
 from workers.store.marks import Marks
 
 __all__ = [
@@ -281,7 +281,9 @@ def notifications(
 Enqueue = Callable[[str, dict[str, Any]], None]
 
 
-def scan(store: Store, cfg: NotifyConfig, enqueue: Enqueue, *, now: float | None = None) -> int:
+def scan(
+    store: RedisStore, cfg: NotifyConfig, enqueue: Enqueue, *, now: float | None = None
+) -> int:
     """Tail recent runs' audit streams and enqueue a delivery per (notification, channel).
 
     One scanner at a time (a lock with a TTL); returns how many deliveries were enqueued

@@ -18,8 +18,8 @@ import redis
 
 from workers.core.records import Event
 from workers.errors import StoreUnavailable
+from workers.store.codec import event_from_entry
 from workers.store.keys import Keys
-from workers.store.redis import event_from_entry
 
 __all__ = ["Marks"]
 
@@ -46,7 +46,8 @@ class Marks:
 
     @classmethod
     def of(cls, store: Any) -> Marks:
-        """The marks living beside ``store`` (a Redis store: same client and namespace)."""
+        """The marks living beside ``store`` (a :class:`~workers.store.redis.RedisStore`:
+        same client and namespace)."""
         return cls(store.r, store.keys)
 
     # -- one-shot marks -------------------------------------------------------------------

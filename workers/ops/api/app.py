@@ -30,15 +30,10 @@ def build_engine(settings: Settings) -> Engine:
     """The engine for an API process: state in Redis, follow-up work sent through Celery
     (the API process never runs tasks itself); audit ``worker`` is ``api``."""
     from workers.celery import make_app
-    from workers.store import Store
+    from workers.store import store_from_settings
     from workers.tasks import CeleryDispatcher
 
-    store = Store(
-        settings.redis_url,
-        settings.namespace,
-        events_maxlen=settings.events_maxlen,
-        run_ttl_s=settings.run_ttl_s,
-    )
+    store = store_from_settings(settings)
     return Engine(store, settings, CeleryDispatcher(make_app(settings)), worker="api")
 
 
