@@ -29,7 +29,8 @@ The configuration (YAML or JSON; ``RECOVERY_NOTIFY_FILE``)::
     timeout_s: 5
 
 Types and severities: ``rollback`` (warning; the root of a cascade — its dependents are
-listed in ``cascade``), ``quarantine`` (critical), ``freeze`` (warning), ``self_freeze``
+listed in ``cascade``), ``quarantine`` (critical; warning for
+the hold after a manual rollback), ``freeze`` (warning), ``self_freeze``
 (critical), ``hold`` (warning: an approval gate or an unhealthy hold awaits a person;
 info: paused), ``run_finished`` (info when
 SUCCEEDED, warning otherwise).
@@ -210,7 +211,8 @@ def _classify(e: Event) -> tuple[str, str] | None:
             return None
         return "rollback", "warning"
     if e.kind == "quarantined":
-        return "quarantine", "critical"
+        # a manual rollback holds its feature the same way: the operator knows already
+        return "quarantine", "warning" if e.reason == "manual" else "critical"
     if e.kind == "freeze":
         return ("self_freeze", "critical") if e.reason == "self_freeze" else ("freeze", "warning")
     if e.kind == "hold":
@@ -301,13 +303,15 @@ def scan(
         follow = set(store.active_runs().values()) | {r for r, _ in recent}
         started = dict(recent)
         marks.forget([r for r in cursors if r not in follow])
-        for run_id in sorted(follow):
+        order = sorted(follow)
+        latest = dict(zip(order, marks.last_event_ids(order), strict=True))
+        for run_id in order:
             cursor = cursors.get(run_id)
+            if latest[run_id] is None or latest[run_id] == cursor:
+                continue  # nothing new (one pipelined read for all the idle runs)
             if cursor is None:
                 if now - started.get(run_id, now) > BACKFILL_S:
-                    last = marks.last_event_id(run_id)  # too old: start from now on
-                    if last:
-                        marks.advance(run_id, last)
+                    marks.advance(run_id, str(latest[run_id]))  # too old: from now on
                     continue
                 cursor = "-"
             events = store.events(run_id, after=cursor, count=1000)

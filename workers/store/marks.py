@@ -118,11 +118,14 @@ class Marks:
             )
         return [(str(r), float(s)) for r, s in rows]
 
-    def last_event_id(self, run_id: str) -> str | None:
-        """The id of the run's newest audit event, if any."""
+    def last_event_ids(self, run_ids: list[str]) -> list[str | None]:
+        """Each run's newest audit event id (None: no events), in one round trip."""
         with _translated():
-            rows = self.r.xrevrange(self.keys.events(run_id), count=1)
-        return str(rows[0][0]) if rows else None
+            pipe = self.r.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.xrevrange(self.keys.events(run_id), count=1)
+            rows = pipe.execute()
+        return [str(r[0][0]) if r else None for r in rows]
 
     def events_before(self, run_id: str, event_id: str, count: int) -> list[Event]:
         """Up to ``count`` audit events up to and including ``event_id``, oldest first."""
