@@ -25,7 +25,7 @@ from workers.ops.api.starts import plan_by_name, start_run
 from workers.ops.api.tokens import Principal
 from workers.ops.describe import describe
 
-__all__ = ["ACTIONS", "router"]
+__all__ = ["router"]
 
 log = structlog.get_logger("workers.ops.api")
 router = APIRouter(prefix="/v1")
@@ -33,7 +33,6 @@ router = APIRouter(prefix="/v1")
 RUN_ID = r"^[A-Za-z0-9._-]{1,64}$"
 RunId = Annotated[str, PathParam(pattern=RUN_ID, description="A run id.")]
 FeatureName = Annotated[str, PathParam(pattern=NAME_PATTERN.pattern, description="A feature.")]
-ACTIONS = ("pause", "resume", "promote", "retry", "approve", "rollback")
 
 
 def _engine(request: Request) -> Engine:
