@@ -181,3 +181,29 @@ timeout_s: 1
         c.close()
         flaky.close()
         slow.close()
+
+
+def test_a_feature_awaiting_approval_is_told(tmp_path: Path) -> None:
+    """An approval gate holding a feature reaches the channel as a ``hold`` that says a
+    person is awaited; approving lets it go on."""
+    room = Receiver()
+    c = _cluster(tmp_path, f'channels: [{{name: room, kind: slack, url: "{room.url}/"}}]')
+    plan = {
+        "name": "gated",
+        "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
+        "features": [{"name": "g", "approve_before": [100]}],
+    }
+    try:
+        run_id = c.manager.start_recovery(plan).run_id
+        text = wait_for(
+            lambda: next((r.json()["text"] for r in room.ok() if "*hold*" in r.json()["text"]),
+                         None),
+            15,
+            what="the hold notification",
+        )  # fmt: skip
+        assert "g: held (awaiting_approval)" in text and "waiting for an operator" in text
+        c.manager.approve(run_id, "g", reason="looks good", actor="dana")
+        wait_for(lambda: c.store.feature(run_id, "g").state.value == "ENABLED", 15, what="on")
+    finally:
+        c.close()
+        room.close()

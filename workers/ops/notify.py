@@ -257,6 +257,10 @@ def notifications(
             ]
         doc = e.to_json()
         text = describe(doc)
+        if kind[0] == "hold":
+            why = str(e.evidence.get("message") or "")
+            text = f"{e.feature}: held ({e.reason}){' — ' + why if why else ''}"
+            text += "; waiting for an operator" if kind[1] == "warning" else ""
         detail = evidence_text(e.evidence)
         out.append(
             Notification(
