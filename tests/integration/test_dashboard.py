@@ -83,3 +83,20 @@ def test_dashboard_buttons_steer_the_run_for_an_operator(api: Api, browser: Any)
     finally:
         page.close()
         api.cluster.manager.abort(run_id)
+
+
+def test_runs_page_links_to_each_dashboard(api: Api, browser: Any) -> None:
+    """/ui lists the newest runs; following a link opens that run's live page with the
+    token kept for the tab."""
+    with api.client("starter") as c:
+        plan = {**SLOW_PLAN, "name": "ui3", "features": [{"name": "v1"}]}
+        run_id = c.post("/v1/runs", json={"plan": plan}).json()["run_id"]
+    page = browser.new_page()
+    try:
+        page.goto(f"{api.url}/ui#token={api.tokens['reader']}")
+        page.click(f'a[href="/ui/runs/{run_id}"]')
+        page.wait_for_selector('tr[data-feature="v1"]', timeout=10_000)
+        assert run_id in page.locator("#run-id").inner_text()
+    finally:
+        page.close()
+        api.cluster.manager.abort(run_id)

@@ -1,4 +1,5 @@
-"""The live dashboard: ``GET /ui/runs/{id}``, one page to watch and steer a run.
+"""The live dashboard: ``GET /ui/runs/{id}``, one page to watch and steer a run (and
+``GET /ui``, the newest runs linking to theirs).
 
 The page is static (no data in it, so it needs no token to load); its script reads the
 token from the URL fragment (``#token=…``, which browsers never send to a server) or asks
@@ -24,23 +25,28 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/ui", tags=["dashboard"])
 
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+}
 
-@lru_cache(maxsize=1)
-def _page() -> str:
-    return resources.files("workers.ops.api").joinpath("dashboard.html").read_text("utf-8")
+
+@lru_cache(maxsize=2)
+def _page(name: str) -> str:
+    return resources.files("workers.ops.api").joinpath(name).read_text("utf-8")
+
+
+@router.get("", response_class=HTMLResponse)
+def runs_page() -> HTMLResponse:
+    """The newest runs, each linking to its dashboard."""
+    return HTMLResponse(_page("runs.html"), headers=_HEADERS)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(run_id: RunId) -> HTMLResponse:
     """The dashboard of one run."""
-    return HTMLResponse(
-        _page(),
-        headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": (
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
-            ),
-            "Referrer-Policy": "no-referrer",
-        },
-    )
+    return HTMLResponse(_page("dashboard.html"), headers=_HEADERS)
