@@ -116,6 +116,15 @@ def test_malformed_bodies_are_refused(
     assert r.json()["detail"]
 
 
+def test_a_form_body_is_415(api: Api, unchanged: None) -> None:
+    """A body sent as a form (curl -d without a content type) is refused with 415 saying
+    to send JSON."""
+    with api.client("boss") as c:
+        r = c.post("/v1/runs", content=b'{"plan_name": "quick"}',
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
 def test_invalid_idempotency_key_is_refused(api: Api, unchanged: None) -> None:
     """An Idempotency-Key outside the documented alphabet is refused with 422."""
     with api.client("starter") as c:

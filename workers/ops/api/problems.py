@@ -107,6 +107,11 @@ def install_handlers(app: FastAPI) -> None:
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
+        ctype = request.headers.get("content-type", "")
+        if ctype and not ctype.split(";")[0].strip().endswith(("/json", "+json")):
+            return problem(
+                415, f"the body must be JSON (Content-Type: application/json), not {ctype!r}"
+            )
         malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
         if malformed:
             return problem(400, "the request body is not valid JSON", errors=errors)
