@@ -78,6 +78,23 @@ def test_cascade_found_in_events_before_the_batch() -> None:
     assert n.cascade == ["b"] and n.actor == "al"
 
 
+def test_an_earlier_cascade_is_not_listed_again() -> None:
+    """A second rollback of a feature lists only its own cascade, not the first one's."""
+    first_dep = ev(
+        1,
+        feature="b",
+        from_="ENABLED",
+        to="DISABLED",
+        reason="dependency_rolled_back",
+        evidence={"because": "a"},
+    )
+    first = ev(2, feature="a", from_="ENABLED", to="DISABLED", reason="unhealthy")
+    again = ev(3, feature="a", from_="DISABLED", to="TESTING", percent=10, reason="started")
+    second = ev(4, feature="a", from_="TESTING", to="DISABLED", reason="unhealthy")
+    out = notifications("r", "p", [first_dep, first, again, second])
+    assert [n.cascade for n in out] == [["b"], []]
+
+
 def test_successful_run_is_info() -> None:
     """A SUCCEEDED finish is info: a warning-level channel does not get it."""
     (n,) = notifications("r", "p", [ev(1, "run_finished", to="SUCCEEDED", reason="ok")])

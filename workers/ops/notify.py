@@ -229,6 +229,23 @@ def _classify(e: Event) -> tuple[str, str] | None:
     return None
 
 
+def _cascade(root: Event, earlier: Sequence[Event]) -> list[str]:
+    """The dependents rolled back because of ``root``: they come just before it, back to
+    the previous event of the root feature itself (an earlier cascade is not this one)."""
+    out: list[str] = []
+    for d in reversed(earlier):
+        if d.feature == root.feature or root.ts - d.ts > 120:
+            break
+        if (
+            d.kind == "transition"
+            and d.to == "DISABLED"
+            and d.reason == "dependency_rolled_back"
+            and d.evidence.get("because") == root.feature
+        ):
+            out.append(d.feature)
+    return list(dict.fromkeys(reversed(out)))
+
+
 def notifications(
     run_id: str, plan: str, events: Sequence[Event], before: Sequence[Event] = ()
 ) -> list[Notification]:
@@ -246,15 +263,7 @@ def notifications(
             continue
         cascade: list[str] = []
         if kind[0] == "rollback":
-            cascade = [
-                d.feature
-                for d in seen[:-1]
-                if d.kind == "transition"
-                and d.to == "DISABLED"
-                and d.reason == "dependency_rolled_back"
-                and d.evidence.get("because") == e.feature
-                and e.ts - d.ts < 120
-            ]
+            cascade = _cascade(e, seen[:-1])
         doc = e.to_json()
         text = describe(doc)
         if kind[0] == "hold":
@@ -272,7 +281,7 @@ def notifications(
                 feature=e.feature or None,
                 reason=e.reason,
                 evidence=e.evidence,
-                cascade=list(dict.fromkeys(cascade)),
+                cascade=cascade,
                 ts=e.ts,
                 text=f"{text}"
                 + (f" (evidence: {detail})" if detail and detail not in text else ""),
