@@ -27,6 +27,9 @@ def test_openapi_page_lists_the_routes(api: Api) -> None:
     for path in ("/v1/runs", "/v1/runs/{run_id}", "/v1/runs/{run_id}/events", "/v1/freeze"):
         assert path in spec["paths"]
     assert "/v1/runs/{run_id}/features/{feature}/{action}" in spec["paths"]
+    refusals = spec["paths"]["/v1/runs"]["post"]["responses"]
+    assert {"401", "403", "409", "413", "422"} <= set(refusals)
+    assert "application/problem+json" in refusals["409"]["content"]
     page = httpx.get(api.url + "/docs")
     assert page.status_code == 200 and "swagger" in page.text.lower()
 

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -31,7 +32,7 @@ from workers.errors import (
     UnknownRun,
 )
 
-__all__ = ["ApiProblem", "install_handlers", "problem"]
+__all__ = ["RESPONSES", "ApiProblem", "Problem", "install_handlers", "problem"]
 
 log = structlog.get_logger("workers.ops.api")
 MEDIA_TYPE = "application/problem+json"
@@ -47,6 +48,34 @@ _TITLES = {
     500: "Internal server error",
     422: "Unprocessable content",
     503: "Service unavailable",
+}
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457); members beyond these depend on the error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def _doc(what: str) -> dict[str, Any]:
+    return {"model": Problem, "description": what, "content": {MEDIA_TYPE: {}}}
+
+
+#: the refusals every ``/v1`` route may answer, for the OpenAPI document
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _doc("no, an unknown or an expired bearer token"),
+    403: _doc("the token lacks the route's scope"),
+    404: _doc("unknown run, feature or route"),
+    409: _doc("the current state refuses the request"),
+    413: _doc("the body is over the size limit"),
+    415: _doc("the body is not JSON"),
+    422: _doc("well-formed but invalid (a plan's problems are listed)"),
+    503: _doc("Redis is unavailable; nothing was changed"),
 }
 
 

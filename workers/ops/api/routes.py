@@ -20,7 +20,7 @@ from workers.core.records import Event
 from workers.engine import Engine
 from workers.errors import UnknownRun
 from workers.ops.api.auth import authenticate, requires
-from workers.ops.api.problems import ApiProblem
+from workers.ops.api.problems import RESPONSES, ApiProblem
 from workers.ops.api.starts import plan_by_name, start_run
 from workers.ops.api.tokens import Principal
 from workers.ops.describe import describe
@@ -28,7 +28,7 @@ from workers.ops.describe import describe
 __all__ = ["router"]
 
 log = structlog.get_logger("workers.ops.api")
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=RESPONSES)
 
 RUN_ID = r"^[A-Za-z0-9._-]{1,64}$"
 RunId = Annotated[str, PathParam(pattern=RUN_ID, description="A run id.")]

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from workers.engine import Engine
 from workers.ops.api.auth import authenticate
-from workers.ops.api.problems import ApiProblem
+from workers.ops.api.problems import RESPONSES, ApiProblem
 from workers.ops.api.starts import plan_by_name, start_run
 from workers.ops.api.webhook_config import Action, StartAction, WebhookConfig
 from workers.store.marks import Marks
@@ -39,7 +39,7 @@ from workers.store.marks import Marks
 __all__ = ["router", "verify_pagerduty"]
 
 log = structlog.get_logger("workers.ops.api")
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=RESPONSES)
 #: how far in the future an event's timestamp may be (clock skew)
 _FUTURE_S = 60.0
 
