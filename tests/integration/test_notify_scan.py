@@ -43,6 +43,16 @@ def test_each_event_is_enqueued_once_per_matching_channel(cluster: Cluster) -> N
     assert got[1:] == [("all", "self_freeze"), ("crit", "self_freeze")]
 
 
+def test_notifications_link_the_dashboard_when_configured(cluster: Cluster) -> None:
+    """With ``dashboard_url`` every notification carries its run's live page."""
+    run_id = cluster.manager.start_recovery(PLAN).run_id
+    _freeze_event(cluster, run_id)
+    cfg = NotifyConfig(channels=CFG.channels[:1], dashboard_url="https://r.example/")
+    got: list[dict[str, Any]] = []
+    scan(cluster.store, cfg, lambda ch, n: got.append(n))
+    assert [n["dashboard"] for n in got] == [f"https://r.example/ui/runs/{run_id}"]
+
+
 def test_concurrent_scans_enqueue_nothing_twice(cluster: Cluster) -> None:
     """Scanners racing (two beats, an overlapping tick) enqueue each event once."""
     run_id = cluster.manager.start_recovery(PLAN).run_id

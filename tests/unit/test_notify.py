@@ -142,6 +142,12 @@ def test_slack_message_names_run_and_cascade() -> None:
     assert "*rollback*" in text and "`r`" in text and "shop" in text and "b, c" in text
 
 
+def test_slack_message_links_the_dashboard() -> None:
+    """With a dashboard URL the Slack text links the run's live page."""
+    doc = {**_note().to_json(), "dashboard": "https://r.example/ui/runs/r"}
+    assert "<https://r.example/ui/runs/r|live dashboard>" in slack_message(doc)["text"]
+
+
 def test_backoff_doubles_up_to_the_cap() -> None:
     """Retry waits double from the base and stop at the cap."""
     r = Retry(base_s=1, max_s=5)

@@ -27,6 +27,7 @@ The configuration (YAML or JSON; ``RECOVERY_NOTIFY_FILE``)::
         events: [rollback, quarantine]   # only these types (default: all)
     retry: {max_attempts: 8, base_s: 1, max_s: 120}
     timeout_s: 5
+    dashboard_url: https://recovery.example.com   # optional: link each run's live page
 
 Types and severities: ``rollback`` (warning; the root of a cascade — its dependents are
 listed in ``cascade``), ``quarantine`` (critical; warning for
@@ -151,6 +152,8 @@ class NotifyConfig(_Strict):
     channels: tuple[Channel, ...] = Field(min_length=1)
     retry: Retry = Retry()
     timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: where ``recovery api`` is reached: notifications then link the run's live page
+    dashboard_url: str | None = Field(default=None, pattern=r"^https?://")
 
     @model_validator(mode="after")
     def _unique(self) -> NotifyConfig:
@@ -338,9 +341,12 @@ def scan(
             if any(_classify(e) == ("rollback", "warning") for e in events) and cursor != "-":
                 before = marks.events_before(run_id, cursor, 50)
             for n in notifications(run_id, plan, events, before):
+                doc = n.to_json()
+                if cfg.dashboard_url:
+                    doc["dashboard"] = f"{cfg.dashboard_url.rstrip('/')}/ui/runs/{run_id}"
                 for ch in cfg.channels:
                     if ch.wants(n):
-                        enqueue(ch.name, n.to_json())
+                        enqueue(ch.name, doc)
                         sent += 1
             marks.advance(run_id, events[-1].id)
     return sent
@@ -367,6 +373,8 @@ def slack_message(n: Mapping[str, Any]) -> dict[str, Any]:
     lines = [head, str(n.get("text", ""))]
     if n.get("cascade"):
         lines.append("cascade (rolled back first): " + ", ".join(map(str, n["cascade"])))
+    if n.get("dashboard"):
+        lines.append(f"<{n['dashboard']}|live dashboard>")
     return {"text": "\n".join(lines)}
 
 

@@ -30,5 +30,3 @@ class ApiSettings(BaseSettings):
     webhooks_file: Path | None = None
     #: a larger request body is refused with 413 before it is parsed
     max_body_bytes: int = Field(default=MAX_PLAN_BYTES, ge=1024)
-    #: the dashboard's links to itself (notifications may carry it); optional
-    public_url: str | None = None
