@@ -62,3 +62,20 @@ def test_api_refuses_an_invalid_webhook_mapping(
     monkeypatch.setenv("RECOVERY_API_WEBHOOKS_FILE", str(hooks))
     res = runner.invoke(app, ["api", "--port", "1"])
     assert res.exit_code == 2 and "on_firing" in res.output
+
+
+def test_api_and_notification_event_names_are_documented() -> None:
+    """Every event name the API, the webhooks and the notifications log is one of the
+    stable names in workers.logs.EVENTS."""
+    import re
+
+    import workers.ops.api as api
+    from workers.logs import EVENTS
+
+    files = [*Path(api.__file__).parent.glob("*.py")]
+    files += [Path(api.__file__).parents[1] / "notify.py"]
+    files += [Path(api.__file__).parents[2] / "notify_tasks.py"]
+    source = "".join(p.read_text() for p in files)
+    names = set(re.findall(r'log\.(?:info|warning|error|exception)\(\s*"([a-z_]+)"', source))
+    assert {"api_forbidden", "webhook_refused", "notification_dropped"} <= names
+    assert names <= set(EVENTS)
