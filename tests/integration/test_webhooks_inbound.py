@@ -27,7 +27,7 @@ alertmanager:
     - name: checkout-down
       match: {alertname: CheckoutDown}
       on_firing: freeze
-      on_resolved: {start: after-checkout}
+      on_resolved: [unfreeze, {start: after-checkout}]
 pagerduty:
   secrets_env: [PD_TEST_SECRET]
   max_age_s: 120
@@ -128,14 +128,13 @@ def _state(api: Api) -> tuple[list[str], Any]:
 
 def test_alertmanager_firing_freezes_and_resolving_starts_exactly_one_run(clean: Api) -> None:
     """Firing freezes (actor: the token); the resolved notification, delivered five times
-    at once, starts exactly one run of the mapped plan."""
+    at once, lifts the freeze and starts exactly one run of the mapped plan."""
     api = clean
     with api.client("boss") as c:
         r = c.post("/v1/webhooks/alertmanager", json=AM_PAYLOAD)
         assert r.status_code == 200, r.text
-        assert r.json()["action"] == "freeze"
+        assert r.json()["actions"] == ["freeze"]
         assert api.cluster.store.frozen()["by"] == "boss"  # type: ignore[index]
-        c.delete("/v1/freeze")
     resolved = copy.deepcopy(AM_PAYLOAD)
     resolved["status"] = "resolved"
     resolved["alerts"][0]["status"] = "resolved"
@@ -152,18 +151,25 @@ def test_alertmanager_firing_freezes_and_resolving_starts_exactly_one_run(clean:
     assert {r["run_id"] for r in results} == set(api.cluster.store.runs(1000)) - before
     assert len({r["run_id"] for r in results}) == 1
     assert sum(r["created"] for r in results) == 1
+    assert results[0]["actions"] == ["unfreeze", "start"]
+    assert api.cluster.store.frozen() is None, "the resolved mapping lifted the freeze"
     run_id = results[0]["run_id"]
     assert api.cluster.store.run(api.cluster.store.runs(1)[0]).plan == "after-checkout"
     api.cluster.manager.abort(run_id)
 
 
 def test_alertmanager_needs_a_token_with_the_actions_scope(clean: Api) -> None:
-    """Without a token 401; a read-only token may not freeze (403); nothing happens."""
+    """Without a token 401; a read-only token may not freeze, a start-only token may not
+    unfreeze-and-start (403); nothing happens."""
     api = clean
     before = _state(api)
     assert httpx.post(api.url + "/v1/webhooks/alertmanager", json=AM_PAYLOAD).status_code == 401
     with api.client("reader") as c:
         assert c.post("/v1/webhooks/alertmanager", json=AM_PAYLOAD).status_code == 403
+    resolved = {**AM_PAYLOAD, "status": "resolved"}
+    with api.client("starter") as c:
+        r = c.post("/v1/webhooks/alertmanager", json=resolved)
+        assert r.status_code == 403 and "admin" in r.json()["detail"]
     assert _state(api) == before
 
 

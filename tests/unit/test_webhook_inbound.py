@@ -15,7 +15,8 @@ from workers.ops.api.webhooks import verify_pagerduty
 GOOD = """
 alertmanager:
   rules:
-    - {name: down, match: {alertname: Down}, on_firing: freeze, on_resolved: {start: shop}}
+    - {name: down, match: {alertname: Down}, on_firing: freeze,
+       on_resolved: [unfreeze, {start: shop}]}
 pagerduty:
   secrets_env: [PD_UNIT_SECRET]
   rules: [{name: any, on_triggered: freeze}]
@@ -29,7 +30,9 @@ def test_valid_mapping_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     path.write_text(GOOD)
     cfg = load_webhook_config(path)
     assert cfg.alertmanager is not None and cfg.pagerduty is not None
-    assert cfg.alertmanager.rules[0].on_resolved == StartAction(start="shop")
+    rule = cfg.alertmanager.rules[0]
+    assert rule.on_firing == ("freeze",)
+    assert rule.on_resolved == ("unfreeze", StartAction(start="shop"))
     assert cfg.pagerduty.secrets() == [b"s"]
 
 
@@ -39,6 +42,7 @@ def test_valid_mapping_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("alertmanager: {rules: [{name: x, match: {}}]}", "match"),
         ("alertmanager: {rules: [{name: x, match: {a: b}, on_firing: explode}]}", "on_firing"),
         ("alertmanager: {rules: [{name: x, match: {a: b}, on_fire: freeze}]}", "on_fire"),
+        ("alertmanager: {rules: [{name: x, match: {a: b}, on_firing: []}]}", "on_firing"),
         ("pagerduty: {secrets_env: [PD_UNSET_VAR], rules: [{name: x}]}", "PD_UNSET_VAR"),
         ("pagerduty: {secrets_env: ['not a var'], rules: [{name: x}]}", "environment variable"),
         ("alertmanager: [", "not YAML"),

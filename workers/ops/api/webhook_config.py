@@ -7,7 +7,7 @@ The file (YAML or JSON; ``RECOVERY_API_WEBHOOKS_FILE``)::
         - name: checkout-down                 # for the logs and the audit reason
           match: {alertname: CheckoutDown}    # labels one alert of the group must carry
           on_firing: freeze
-          on_resolved: {start: shop}          # a plan of RECOVERY_API_PLANS_DIR
+          on_resolved: [unfreeze, {start: shop}]   # in order; shop: RECOVERY_API_PLANS_DIR
     pagerduty:
       secrets_env: [PAGERDUTY_WEBHOOK_SECRET] # env vars holding the signing secret(s)
       max_age_s: 300                          # older events (occurred_at) are refused
@@ -15,10 +15,11 @@ The file (YAML or JSON; ``RECOVERY_API_WEBHOOKS_FILE``)::
         - name: checkout-incidents
           service_id: PF9KMXH                 # optional: only this PagerDuty service
           on_triggered: freeze
-          on_resolved: {start: shop}
+          on_resolved: [unfreeze, {start: shop}]
 
 Actions: ``freeze``, ``unfreeze``, ``{start: PLAN}`` (the incident id is the idempotency
-key, so a redelivered webhook starts nothing twice) and ``none`` (acknowledge, do nothing).
+key, so a redelivered webhook starts nothing twice) and ``none`` (acknowledge, do nothing);
+one, or a list carried out in order (a run started while frozen waits for the unfreeze).
 The first rule that matches decides; an event no rule maps is refused and logged.
 Secrets are never in this file: it names the environment variables that hold them.
 """
@@ -27,16 +28,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from workers.core.plan import NAME_PATTERN
 from workers.errors import InvalidInput
 
 __all__ = [
     "Action",
+    "Actions",
     "AlertmanagerConfig",
     "AlertmanagerRule",
     "PagerDutyConfig",
@@ -60,12 +69,20 @@ class StartAction(_Strict):
 Action = Literal["freeze", "unfreeze", "none"] | StartAction
 
 
+def _listed(value: object) -> object:
+    """One action or a list of them, carried out in order."""
+    return value if isinstance(value, list | tuple) else [value]
+
+
+Actions = Annotated[tuple[Action, ...], BeforeValidator(_listed), Field(min_length=1)]
+
+
 class AlertmanagerRule(_Strict):
     name: str = Field(pattern=NAME_PATTERN.pattern)
     #: every label here must be carried, with this value, by one alert of the notification
     match: dict[str, str] = Field(min_length=1)
-    on_firing: Action = "none"
-    on_resolved: Action = "none"
+    on_firing: Actions = ("none",)
+    on_resolved: Actions = ("none",)
 
 
 class AlertmanagerConfig(_Strict):
@@ -76,8 +93,8 @@ class PagerDutyRule(_Strict):
     name: str = Field(pattern=NAME_PATTERN.pattern)
     #: only incidents of this service (``event.data.service.id``); none = any service
     service_id: str | None = None
-    on_triggered: Action = "none"
-    on_resolved: Action = "none"
+    on_triggered: Actions = ("none",)
+    on_resolved: Actions = ("none",)
 
 
 class PagerDutyConfig(_Strict):

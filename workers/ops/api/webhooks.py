@@ -40,6 +40,8 @@ __all__ = ["router", "verify_pagerduty"]
 
 log = structlog.get_logger("workers.ops.api")
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=RESPONSES)
+#: scopes from least to most powerful (the order refusals are reported in)
+_RANKED = ("read", "start", "operate", "admin")
 #: how far in the future an event's timestamp may be (clock skew)
 _FUTURE_S = 60.0
 
@@ -90,8 +92,18 @@ def _needs(action: Action) -> str:
 
 
 def _carry_out(
-    request: Request, action: Action, *, actor: str, why: str, key: str
+    request: Request, actions: tuple[Action, ...], *, actor: str, why: str, key: str
 ) -> dict[str, Any]:
+    """Carry out the actions in order; the answer lists them, with a start's run."""
+    out: dict[str, Any] = {"actions": []}
+    for action in actions:
+        result = _one(request, action, actor=actor, why=why, key=key)
+        out["actions"].append(result.pop("action"))
+        out.update(result)
+    return out
+
+
+def _one(request: Request, action: Action, *, actor: str, why: str, key: str) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
     if action == "none":
         return {"action": "none"}
@@ -130,16 +142,18 @@ async def alertmanager(request: Request) -> dict[str, Any]:
     )
     if rule is None:
         raise _refuse(422, "alertmanager", "no rule maps these alerts", group=payload.groupKey)
-    action = rule.on_firing if payload.status == "firing" else rule.on_resolved
-    needed = _needs(action)
-    if not who.can(needed):
-        log.warning("api_forbidden", path=request.url.path, actor=who.name, needs=needed)
-        raise ApiProblem(403, f"token {who.name!r} lacks the {needed!r} scope for this action")
+    actions = rule.on_firing if payload.status == "firing" else rule.on_resolved
+    for needed in sorted({_needs(a) for a in actions}, key=_RANKED.index):
+        if not who.can(needed):
+            log.warning("api_forbidden", path=request.url.path, actor=who.name, needs=needed)
+            raise ApiProblem(
+                403, f"token {who.name!r} lacks the {needed!r} scope for this mapping's actions"
+            )
     # one episode of the group: its key and the earliest start of its alerts
     started = min((a.startsAt for a in payload.alerts if a.startsAt), default="")
     key = "am-" + hashlib.sha256(f"{payload.groupKey}|{started}".encode()).hexdigest()[:40]
     why = f"alertmanager {payload.status}: rule {rule.name}"
-    result = await run_in_threadpool(_carry_out, request, action, actor=who.name, why=why, key=key)
+    result = await run_in_threadpool(_carry_out, request, actions, actor=who.name, why=why, key=key)
     log.warning("webhook_action", source="alertmanager", rule=rule.name, actor=who.name, **result)
     return {"rule": rule.name, "status": payload.status, **result}
 
@@ -187,24 +201,29 @@ async def pagerduty(request: Request) -> dict[str, Any]:
         (r for r in cfg.rules if r.service_id is None or r.service_id == service.get("id")),
         None,
     )
-    action: Action | None = None
+    actions: tuple[Action, ...] | None = None
     if rule is not None and event_type == "incident.triggered":
-        action = rule.on_triggered
+        actions = rule.on_triggered
     elif rule is not None and event_type == "incident.resolved":
-        action = rule.on_resolved
-    if rule is None or action is None:
+        actions = rule.on_resolved
+    if rule is None or actions is None:
         raise _refuse(422, "pagerduty", f"no rule maps {event_type!r}", event_id=event_id)
     incident = str(data.get("id") or event_id)
     why = f"pagerduty {event_type} {incident}: rule {rule.name}"
     result = await run_in_threadpool(
-        _once, request, event_id, 2 * cfg.max_age_s, action, why, f"pd-{incident}"[:128]
+        _once, request, event_id, 2 * cfg.max_age_s, actions, why, f"pd-{incident}"[:128]
     )
     log.warning("webhook_action", source="pagerduty", rule=rule.name, incident=incident, **result)
     return {"rule": rule.name, "event_type": event_type, **result}
 
 
 def _once(
-    request: Request, event_id: str, ttl_s: float, action: Action, why: str, key: str
+    request: Request,
+    event_id: str,
+    ttl_s: float,
+    actions: tuple[Action, ...],
+    why: str,
+    key: str,
 ) -> dict[str, Any]:
     """Carry out a PagerDuty event's action unless that event was processed already (its
     id is marked first, atomically; the mark is dropped again if the action fails, so a
@@ -213,7 +232,7 @@ def _once(
     if not marks.claim("pagerduty", event_id, ttl_s):
         raise _refuse(409, "pagerduty", "this event was processed already", event_id=event_id)
     try:
-        return _carry_out(request, action, actor="pagerduty", why=why, key=key)
+        return _carry_out(request, actions, actor="pagerduty", why=why, key=key)
     except BaseException:
         marks.drop("pagerduty", event_id)
         raise
