@@ -44,9 +44,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     # kombu's Redis channel dies on a malformed message; log and drop it instead
     harden_redis_transport()
-    celery = Celery(
-        "workers", include=["workers.tasks", "workers.notify_tasks"], set_as_current=False
-    )
+    celery = Celery("workers", include=["workers.tasks"], set_as_current=False)
     celery.conf.update(
         broker_url=settings.effective_broker_url,
         broker_connection_retry_on_startup=True,
@@ -85,6 +83,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         },
         timezone="UTC",
     )
+    from workers.notify_tasks import register_notify_tasks
+
+    register_notify_tasks(celery)
     return celery
 
 

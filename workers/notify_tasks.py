@@ -9,6 +9,9 @@ enqueues one ``recovery.notify_deliver`` per (notification, channel); a delivery
 is retried with exponential backoff (``retry`` in the config) and dropped, logged as
 ``notification_dropped``, after ``max_attempts``. Configured by ``RECOVERY_NOTIFY_FILE``;
 without it both tasks do nothing (and touch no Redis).
+
+:func:`register_notify_tasks` puts both on an app (``workers.celery.make_app`` calls it);
+the app routes them to the ``notify`` queue and schedules the scan.
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from celery import Task
+from celery import Celery, Task
 
-from workers.celery import NOTIFY_QUEUE, app
 from workers.errors import InvalidInput, RecoveryError
 from workers.ops.notify import DeliveryFailed, NotifyConfig, deliver, load_notify_config, scan
 from workers.settings import get_settings
 from workers.store import RedisStore, store_from_settings
 
-__all__ = ["notify_deliver", "notify_scan"]
+__all__ = ["register_notify_tasks"]
 
 log = structlog.get_logger("workers.notify_tasks")
 _cache: dict[str, tuple[tuple[int, int], NotifyConfig]] = {}
@@ -68,18 +70,16 @@ def _store() -> RedisStore:
     return _store_for(os.getpid())
 
 
-@app.task(name="recovery.notify_scan", bind=True, max_retries=0, ignore_result=True)
-def notify_scan(self: Task) -> int:
+def notify_scan(task: Task) -> int:
     """Enqueue the deliveries of new audit events (one scanner at a time)."""
     cfg = _config()
     if cfg is None:
         return 0
 
     def enqueue(channel: str, notification: dict[str, Any]) -> None:
-        self.app.send_task(
-            "recovery.notify_deliver",
-            kwargs={"channel": channel, "notification": notification},
-            queue=NOTIFY_QUEUE,
+        # routed to the notify queue by the app's task_routes
+        task.app.send_task(
+            "recovery.notify_deliver", kwargs={"channel": channel, "notification": notification}
         )
 
     try:
@@ -92,8 +92,7 @@ def notify_scan(self: Task) -> int:
     return sent
 
 
-@app.task(name="recovery.notify_deliver", bind=True, max_retries=None, ignore_result=True)
-def notify_deliver(self: Task, channel: str = "", notification: Any = None) -> str:
+def notify_deliver(task: Task, channel: str, notification: Any) -> str:
     """Deliver one notification to one channel; retry with backoff, then drop (logged)."""
     cfg = _config()
     if cfg is None or not isinstance(notification, dict) or "id" not in notification:
@@ -106,7 +105,7 @@ def notify_deliver(self: Task, channel: str = "", notification: Any = None) -> s
         log.error("notification_dropped", channel=channel, id=notification["id"], error=str(exc))
         return "dropped"
     except DeliveryFailed as exc:
-        attempt = self.request.retries + 1
+        attempt = task.request.retries + 1
         if attempt >= cfg.retry.max_attempts:
             log.error(
                 "notification_dropped",
@@ -125,6 +124,18 @@ def notify_deliver(self: Task, channel: str = "", notification: Any = None) -> s
             retry_in_s=round(delay, 2),
             error=str(exc),
         )
-        raise self.retry(countdown=delay, max_retries=None) from None
+        raise task.retry(countdown=delay, max_retries=None) from None
     log.info("notification_delivered", channel=channel, id=notification["id"], status=status)
     return "delivered"
+
+
+def register_notify_tasks(celery: Celery) -> None:
+    """Register ``recovery.notify_scan`` and ``recovery.notify_deliver`` on ``celery``."""
+
+    @celery.task(name="recovery.notify_scan", bind=True, max_retries=0, ignore_result=True)
+    def _scan(self: Task) -> int:
+        return notify_scan(self)
+
+    @celery.task(name="recovery.notify_deliver", bind=True, max_retries=None, ignore_result=True)
+    def _deliver(self: Task, channel: str = "", notification: Any = None) -> str:
+        return notify_deliver(self, channel, notification)
