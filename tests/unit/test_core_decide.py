@@ -220,7 +220,7 @@ def test_testing_actions_carry_the_values_the_store_needs() -> None:
         1, 50, {"reason": "x", "dwell_s": 5.0, "step_s": 6.0}, H.HEALTHY, NOW + 1.0
     )
     (cont,) = decide.testing(TESTING, MEASURED, verdict(D.CONTINUE, H.UNKNOWN), NOW, T)
-    assert cont == Continue(H.UNKNOWN, NOW + 1.0, "{}", NOW - 1)
+    assert cont == Continue(H.UNKNOWN, NOW + 0.25, "{}", NOW - 1)
     late = replace(TESTING, testing_since=NOW - 61)
     (rb,) = decide.testing(late, MEASURED, verdict(D.CONTINUE), NOW, T)
     assert isinstance(rb, RequestRollback) and rb.reason is Reason.TIMEOUT
@@ -243,14 +243,14 @@ ENABLED = rec(state=S.ENABLED, step=3, percent=100, health=H.HEALTHY)
             verdict(D.ROLLBACK, H.UNHEALTHY),
             (RequestRollback(Reason.REGRESSION, {"reason": "x"}, NOW + 30.0),),
         ),
-        (ENABLED, MEASURED, verdict(D.CONTINUE), (Continue(H.HEALTHY, NOW + 1.0, "{}", NOW - 1),)),
+        (ENABLED, MEASURED, verdict(D.CONTINUE), (Continue(H.HEALTHY, NOW + 0.25, "{}", NOW - 1),)),
         (
             ENABLED,
             MEASURED,
             verdict(D.CONTINUE, H.DEGRADED),
             (
                 NoteHealth(H.DEGRADED, {"reason": "x"}),
-                Continue(H.DEGRADED, NOW + 1.0, "{}", NOW - 1),
+                Continue(H.DEGRADED, NOW + 0.25, "{}", NOW - 1),
             ),
         ),
     ],

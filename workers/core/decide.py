@@ -67,6 +67,9 @@ class Tuning:
     """The process settings the decisions depend on (see :class:`workers.settings.Settings`)."""
 
     metrics_tick_s: float = 1.0
+    #: how often a live, measured feature is evaluated (each evaluation also looks at the
+    #: counts arriving in the current tick for a rollback: see ``Verdict.early``)
+    evaluate_interval_s: float = 0.25
     metrics_lag_s: float = 1.0
     lease_ttl_s: float = 30.0
     beat_interval_s: float = 1.0
@@ -82,6 +85,7 @@ class Tuning:
         the same attribute names)."""
         return cls(
             metrics_tick_s=float(settings.metrics_tick_s),
+            evaluate_interval_s=float(settings.evaluate_interval_s),
             metrics_lag_s=float(settings.metrics_lag_s),
             lease_ttl_s=float(settings.lease_ttl_s),
             beat_interval_s=float(settings.beat_interval_s),
@@ -253,9 +257,9 @@ def testing(
         note = health_note(rec, verdict)
         if note is not None:
             actions.append(note)
-    tick = tuning.metrics_tick_s
     if measured(spec):
-        stay = Continue(verdict.health, now + tick, verdict.eval_state, verdict.until)
+        due = now + tuning.evaluate_interval_s
+        stay = Continue(verdict.health, due, verdict.eval_state, verdict.until)
     else:
         stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
     stopped_clock = replace(stay, testing_since=rec.testing_since + verdict.read_s)
@@ -335,7 +339,8 @@ def enabled(
     note = health_note(rec, verdict)
     if note is not None:
         actions.append(note)
-    cont = Continue(verdict.health, now + tuning.metrics_tick_s, verdict.eval_state, verdict.until)
+    due = now + tuning.evaluate_interval_s
+    cont = Continue(verdict.health, due, verdict.eval_state, verdict.until)
     return (*actions, cont)
 
 
