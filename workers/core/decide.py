@@ -141,12 +141,13 @@ def measured(spec: Feature) -> bool:
 def first_delay(spec: Feature, tuning: Tuning) -> float:
     """Seconds from entering a ramp step to its first evaluation.
 
-    Unmeasured: the dwell itself. Measured: one metrics tick, or the dwell if shorter.
+    Unmeasured: the dwell itself. Measured: one evaluation interval (its users are
+    exposed from the first moment), or the dwell if shorter.
     """
     if not measured(spec):
         return spec.dwell_s
-    tick = tuning.metrics_tick_s
-    return min(tick, max(spec.dwell_s, 0.0)) or tick
+    every = tuning.evaluate_interval_s
+    return min(every, max(spec.dwell_s, 0.0)) or every
 
 
 def evidence_window(last: float, now: float, tuning: Tuning) -> tuple[float, float] | None:
