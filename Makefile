@@ -56,6 +56,7 @@ bench: install redis
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/rollback_latency.py
 
 demo: install redis
 	$(BIN)/recovery demo
