@@ -12,6 +12,7 @@ flag, bumps the flags version and publishes — or changes nothing. Key names co
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from workers.errors import (
     ConflictError,
     Frozen,
     IllegalTransition,
+    InvalidInput,
     LeaseHeld,
     RecoveryError,
     RunActive,
@@ -37,7 +39,7 @@ from workers.errors import (
     UnknownFeature,
     UnknownRun,
 )
-from workers.store.keys import Keys
+from workers.store.keys import REQUEST_ID_PATTERN, Keys
 
 __all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
 
@@ -273,27 +275,42 @@ class Store:
         max_parallel: int,
         run_id: str | None = None,
         now: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[str, bool, list[str]]:
         """Atomically persist a run; return ``(run_id, created, already_enabled)``.
 
         If the plan already has an active run, return that run's id with ``created``
         False and change nothing. If a feature belongs to another active run, raise
         :class:`RunActive` naming it and change nothing.
+
+        ``request_id`` (an idempotency key, :data:`REQUEST_ID_PATTERN`): the run this call
+        returns is recorded under it in the same script (kept ``run_ttl_s``); a later call
+        with the same key returns that run with ``created`` False — even after it
+        finished — and changes nothing. Reusing a key for another plan raises
+        :class:`ConflictError`; a malformed key raises :class:`InvalidInput`.
         """
+        if request_id is not None and not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+            raise InvalidInput(
+                f"invalid request id {request_id[:200]!r}: expected 1-128 of letters, "
+                "digits and ._:@/+=-"
+            )
         run_id = run_id or new_run_id()
         k = self.keys
+        keys = [
+            k.run(run_id),
+            k.run_plan(run_id),
+            k.runs,
+            k.active_plans,
+            k.active_features,
+            k.events(run_id),
+            k.ready(run_id),
+            k.flags,
+        ]
+        if request_id is not None:
+            keys.append(k.request(request_id))
         res = self._run(
             "create_run",
-            [
-                k.run(run_id),
-                k.run_plan(run_id),
-                k.runs,
-                k.active_plans,
-                k.active_features,
-                k.events(run_id),
-                k.ready(run_id),
-                k.flags,
-            ],
+            keys,
             [
                 run_id,
                 plan_name,
@@ -303,10 +320,19 @@ class Store:
                 max_parallel,
                 k.feature_prefix(run_id),
                 self.events_maxlen,
+                self.run_ttl_s,
             ],
         )
         if res[0] == "EXISTS":
             return str(res[1]), False, []
+        if res[0] == "REQUEST":
+            known, _, known_plan = str(res[1]).partition(" ")
+            if known_plan != plan_name:
+                raise ConflictError(
+                    f"request id {request_id!r} already started run {known} of plan "
+                    f"{known_plan!r}, not {plan_name!r}; use a new request id"
+                )
+            return known, False, []
         if res[0] == "OVERLAP":
             raise RunActive(
                 f"feature {res[2]!r} belongs to active run {res[1]}; "
@@ -315,6 +341,17 @@ class Store:
             )
         self._plan_cache[run_id] = plan_json
         return run_id, True, [str(x) for x in res[2:]]
+
+    def run_for_request(self, request_id: str) -> str:
+        """The id of the run a start with this request id got. Raises UnknownRun (also for
+        a malformed or expired request id)."""
+        if not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+            raise UnknownRun(f"no run was started with request id {request_id[:200]!r}")
+        with self._translate():
+            value = self.r.get(self.keys.request(request_id))
+        if not value:
+            raise UnknownRun(f"no run was started with request id {request_id!r}")
+        return str(value).partition(" ")[0]
 
     def run(self, run_id: str) -> RunRecord:
         """The run's record. Raises UnknownRun."""
