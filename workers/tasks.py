@@ -75,11 +75,14 @@ class CeleryDispatcher:
         )
 
 
-def build_engine(settings: Settings, celery_app: Celery) -> PartialRecoveryManager:
-    """The production engine: the Redis store of ``settings``, follow-ups sent by the app."""
+def build_engine(
+    settings: Settings, celery_app: Celery, **engine_options: Any
+) -> PartialRecoveryManager:
+    """The production engine: the Redis store of ``settings``, follow-ups sent by the app;
+    ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
     s = settings
     store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher(celery_app))
+    return PartialRecoveryManager(store, s, CeleryDispatcher(celery_app), **engine_options)
 
 
 class EngineProvider:
