@@ -72,6 +72,10 @@ def make_app(
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
+        # results only where a sender waits for them (see workers.tasks.TASKS), and only
+        # with a backend configured (RECOVERY_RESULT_BACKEND)
+        result_backend=settings.result_backend,
+        result_expires=24 * 3600,
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -33,7 +33,12 @@ EVENTS: dict[str, str] = {
     "run_finished": "a run reached its final status (status, reason)",
     "run_aborted": "an operator aborted a run; everything it turned on is off again",
     "self_freeze": "many features turned unhealthy at once: the manager stopped the line",
-    "malformed_message": "a task payload did not validate; the message was dropped",
+    "malformed_message": (
+        "a message or task payload did not validate: a task fails (FAILURE, never "
+        "retried); a broken envelope is dropped (where=broker / broker_fanout)"
+    ),
+    "task_rejected": "the engine rejected a task's input (bad plan, unknown run): FAILURE",
+    "broker_hardening_skipped": "kombu's Redis channel differs from what the guard expects",
     "task_crashed": "a task raised an unexpected exception; it will be retried",
     "redis_unavailable": "a task could not reach Redis; it will be retried",
 }

@@ -13,6 +13,9 @@ so incident tooling can ``send_task("recovery.start", kwargs={"plan": {...}})``.
 - A Redis outage is retried with a short delay; a task that keeps crashing is retried a
   bounded number of times (``RECOVERY_TASK_MAX_RETRIES``), then its feature is failed
   with reason ``task_failed`` and the run goes on.
+- With a result backend (``RECOVERY_RESULT_BACKEND``) the verbs outside senders call
+  (start, abort, freeze, unfreeze, rollback_feature) store their result — the run id for
+  ``recovery.start`` — or their failure; the internal steps never store one.
 
 Nothing here runs at import: :func:`register_tasks` puts the tasks on an app (called by
 :func:`workers.celery.make_app`), with options from that app's settings.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -43,7 +47,15 @@ from workers.settings import Settings
 from workers.store import Store
 from workers.store.keys import REQUEST_ID_PATTERN
 
-__all__ = ["CeleryDispatcher", "EngineProvider", "RecoveryTask", "build_engine", "register_tasks"]
+__all__ = [
+    "TASKS",
+    "CeleryDispatcher",
+    "EngineProvider",
+    "RecoveryTask",
+    "build_engine",
+    "get_manager",
+    "register_tasks",
+]
 
 log = structlog.get_logger("workers.tasks")
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -72,6 +84,7 @@ class CeleryDispatcher:
                 "evidence": dict(evidence),
             },
             queue=ROLLBACK_QUEUE,
+            ignore_result=True,  # nobody waits for an automatic rollback's result
         )
 
 
@@ -83,6 +96,21 @@ def build_engine(
     s = settings
     store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
     return PartialRecoveryManager(store, s, CeleryDispatcher(celery_app), **engine_options)
+
+
+def get_manager() -> PartialRecoveryManager:
+    """Deprecated (removed in 0.3): the default app's engine in this process. Tasks reach
+    their app's engine as ``self.engine()``; build one with :func:`build_engine`."""
+    warnings.warn(
+        "workers.tasks.get_manager is deprecated; use RecoveryTask.engine() or "
+        "workers.tasks.build_engine(settings, app); removed in 0.3",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from workers.celery import default_app
+
+    task: RecoveryTask = default_app().tasks["recovery.start"]
+    return task.engine()
 
 
 class EngineProvider:
@@ -310,16 +338,19 @@ def tick(self: RecoveryTask, *args: Any, **kwargs: Any) -> dict[str, int] | None
         return None
 
 
+#: the verbs outside senders call keep their result (with a result backend configured)
+_SENDER_FACING = {"ignore_result": False}
+
 #: task name -> (function, options beyond the defaults)
 TASKS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-    "recovery.start": (start, {}),
+    "recovery.start": (start, _SENDER_FACING),
     "recovery.test_feature": (test_feature, {}),
     "recovery.evaluate": (evaluate, {}),
     "recovery.enable_feature": (enable_feature, {}),
-    "recovery.rollback_feature": (rollback_feature, {}),
-    "recovery.abort": (abort, {}),
-    "recovery.freeze": (freeze, {}),
-    "recovery.unfreeze": (unfreeze, {}),
+    "recovery.rollback_feature": (rollback_feature, _SENDER_FACING),
+    "recovery.abort": (abort, _SENDER_FACING),
+    "recovery.freeze": (freeze, _SENDER_FACING),
+    "recovery.unfreeze": (unfreeze, _SENDER_FACING),
     "recovery.tick": (tick, {"max_retries": 0}),
 }
 

@@ -129,6 +129,7 @@ def stack() -> Iterator[Stack]:
         "RECOVERY_BROKER_URL": redis.url,
         "RECOVERY_NAMESPACE": NS,
         "RECOVERY_BEAT_INTERVAL_S": "0.5",
+        "RECOVERY_RESULT_BACKEND": redis.url,
         "FLOWER_BASIC_AUTH": FLOWER_AUTH,
     }
     store = Store(redis.url, NS)
@@ -176,10 +177,15 @@ def test_readme_snippet_starts_a_run_and_a_retry_returns_the_same_run(
     """The README's snippet, run verbatim with a bare Celery client, starts a run on a worker
     started with the README's command; sent again after the run finished (a retry with the
     same request id) it returns that run and starts nothing; ``recovery status --request``
-    finds it."""
+    finds it, and Flower's search finds the run's tasks by its id."""
     run_readme_snippet(stack, monkeypatch)
     run_id = wait_for(lambda: run_for_request(stack, REQUEST_ID), 30, 0.1, what="the run")
     wait_for(lambda: stack.store.run(run_id).status is RunStatus.SUCCEEDED, 30, 0.2, what="success")
+    # docs/integration.md: a run's tasks are found in Flower by the run id (in their kwargs;
+    # the start task by its result)
+    found = stack.flower.get(f"/api/tasks?search={run_id}")
+    assert {"recovery.start", "recovery.test_feature"} <= {t["name"] for t in found.values()}
+    assert all(run_id in (t["kwargs"] + str(t["result"])) for t in found.values())
     starts_before = _flower_tasks(stack.flower, "recovery.start")
 
     run_readme_snippet(stack, monkeypatch)  # the retry
@@ -264,3 +270,20 @@ def test_request_id_reused_for_another_plan_is_refused(stack: Stack) -> None:
     assert task["state"] == "FAILURE"
     assert f"already started run {run_id}" in task["exception"], task["exception"]
     assert "other-plan" not in {stack.store.run(r).plan for r in stack.store.runs()}
+
+
+def test_with_a_result_backend_the_sender_gets_the_run_id_or_the_validation_error(
+    stack: Stack,
+) -> None:
+    """With ``RECOVERY_RESULT_BACKEND`` set on the workers, a bare client with the same
+    backend gets the run id from ``.get()``, and a rejected payload raises there with the
+    validation message (state FAILURE)."""
+    sender = Celery(broker=stack.redis.url, backend=stack.redis.url)
+    plan = {**PLAN, "name": "with-backend"}
+    run_id = sender.send_task("recovery.start", kwargs={"plan": plan}).get(timeout=30)
+    assert stack.store.run(run_id).plan == "with-backend"
+    bad = sender.send_task("recovery.start", kwargs={"plan": plan, "request_id": "a b"})
+    with pytest.raises(Exception, match="request_id") as err:
+        bad.get(timeout=30)
+    assert bad.state == "FAILURE"
+    assert "PayloadError" in type(err.value).__name__ + repr(err.value)
