@@ -5,8 +5,8 @@ store, asks the pure core (:mod:`workers.core`) what to do, and executes the ret
 actions through the store's atomic operations; it decides nothing itself.
 """
 
-from workers.engine.engine import Dispatcher, PartialRecoveryManager, StartResult
-
-Engine = PartialRecoveryManager
+from workers.engine.base import Dispatcher
+from workers.engine.engine import Engine, PartialRecoveryManager
+from workers.engine.steps import StartResult
 
 __all__ = ["Dispatcher", "Engine", "PartialRecoveryManager", "StartResult"]

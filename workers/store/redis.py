@@ -39,6 +39,7 @@ from workers.errors import (
     UnknownFeature,
     UnknownRun,
 )
+from workers.health import HealthPolicy, MetricSource, make_source
 from workers.store.keys import REQUEST_ID_PATTERN, Keys
 
 __all__ = ["Event", "FeatureRecord", "RunRecord", "Step", "Store", "TransitionResult"]
@@ -437,14 +438,14 @@ class Store:
             rows = pipe.execute()
         return {n: feature_from_hash(n, h) for n, h in zip(names, rows, strict=True) if h}
 
-    def feature_states(self, run_id: str, names: Sequence[str]) -> dict[str, str]:
-        """Just the state of each named feature (one round trip)."""
+    def feature_states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
+        """Just the state of each named feature (one round trip); missing ones left out."""
         with self._translate():
             pipe = self.r.pipeline(transaction=False)
             for n in names:
                 pipe.hget(self.keys.feature(run_id, n), "state")
             rows = pipe.execute()
-        return {n: s for n, s in zip(names, rows, strict=True) if s is not None}
+        return {n: FeatureState(s) for n, s in zip(names, rows, strict=True) if s is not None}
 
     def claim(
         self, run_id: str, name: str, worker: str, ttl_s: float, *, force: bool = False
@@ -810,6 +811,12 @@ class Store:
             pipe.zrangebyscore(key, now - window_s, "+inf")
             _, _, members = pipe.execute()
         return sum(1 for m in members if str(m).startswith(f"{run_id}/"))
+
+    # -- metrics ----------------------------------------------------------------------
+    def metrics_source(self, policy: HealthPolicy, tick_s: float) -> MetricSource:
+        """The source of a feature's health evidence for ``policy`` (the redis source reads
+        this store's metrics keys; others read their own systems)."""
+        return make_source(policy, redis_client=self.r, keys=self.keys, tick_s=int(tick_s))
 
     # -- flags ------------------------------------------------------------------------
     def flags(self) -> dict[str, dict[str, Any]]:

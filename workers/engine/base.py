@@ -1,0 +1,298 @@
+"""What every part of the engine shares: its collaborators, the run contexts, the executor.
+
+:meth:`EngineBase.carry_out` executes a claimed feature's actions (from
+:mod:`workers.core.decide`) against the store, in order; it decides nothing. The flows that
+read records and ask the core live in :mod:`~workers.engine.steps`,
+:mod:`~workers.engine.evaluation`, :mod:`~workers.engine.rollback` and
+:mod:`~workers.engine.tick`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from workers.core import decide
+from workers.core.actions import (
+    Action,
+    Advance,
+    Continue,
+    Enable,
+    Freeze,
+    NoteHealth,
+    RequestRollback,
+    Requeue,
+    Schedule,
+    Skip,
+    Unschedule,
+)
+from workers.core.decide import Tuning
+from workers.core.records import FeatureRecord
+from workers.core.states import FeatureHealth, FeatureState, Reason
+from workers.engine.context import ContextCache, RunContext, load_context
+from workers.settings import Settings
+from workers.store import Step, Store, TransitionResult
+
+__all__ = ["Dispatcher", "EngineBase"]
+
+log = structlog.get_logger("workers.engine")
+S = FeatureState
+
+
+class Dispatcher(Protocol):
+    """Where the engine sends follow-up work (Celery in production)."""
+
+    def test_feature(self, run_id: str, feature: str) -> None: ...
+
+    def evaluate(self, run_id: str, feature: str) -> None: ...
+
+    def rollback(
+        self, run_id: str, feature: str, reason: str, evidence: Mapping[str, Any]
+    ) -> None: ...
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class EngineBase:
+    """Collaborators and shared plumbing. Cheap to construct; caches run contexts."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        *,
+        worker: str | None = None,
+        clock: Callable[[], float] = time.time,
+        fault_hook: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.tuning = Tuning.from_settings(settings)
+        self.dispatcher = dispatcher
+        self.worker = worker or _worker_id()
+        self.clock = clock
+        # test suites only: called as ``fault_hook(point, feature)`` at named points
+        self.fault_hook = fault_hook
+        self._contexts = ContextCache()
+
+    # -- contexts ---------------------------------------------------------------------------
+    def context(self, run_id: str) -> RunContext:
+        """The run's plan and graph, parsed from the store once per process."""
+        ctx = self._contexts.get(run_id)
+        if ctx is None:
+            ctx = load_context(self.store.plan_json(run_id), run_id)
+            self._contexts.put(run_id, ctx)
+        return ctx
+
+    def check_completion(self, run_id: str) -> Any:  # pragma: no cover - see TickMixin
+        raise NotImplementedError
+
+    def dispatch_ready(self, run_id: str) -> list[str]:  # pragma: no cover - see StepsMixin
+        raise NotImplementedError
+
+    # -- the executor -----------------------------------------------------------------------
+    def carry_out(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        rec: FeatureRecord,
+        actions: Iterable[Action],
+        *,
+        token: int | None,
+        task_id: str,
+        now: float,
+    ) -> str:
+        """Execute a feature's actions in order; return the outcome word of the last one.
+
+        ``token`` is the feature's fencing token (None for actions that need no lease).
+        """
+        outcome = "continue"
+        for action in actions:
+            outcome = self._one(run_id, ctx, rec, action, token, task_id, now)
+        return outcome
+
+    def _one(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        rec: FeatureRecord,
+        action: Action,
+        token: int | None,
+        task_id: str,
+        now: float,
+    ) -> str:
+        name = rec.name
+        match action:
+            case Skip(outcome=outcome):
+                return outcome
+            case Continue():
+                fields: dict[str, str | int | float] = {"health": action.health.value}
+                if action.eval_state is not None:
+                    fields["eval"] = action.eval_state
+                if action.evidence_until is not None:
+                    fields["last_eval_at"] = action.evidence_until
+                self.store.update(
+                    run_id,
+                    name,
+                    token=token,
+                    fields=fields,
+                    due_at=action.due_at,
+                    expect_version=rec.version,
+                )
+                return "continue"
+            case Schedule(at=at):
+                self.store.schedule(run_id, name, at)
+                return "scheduled"
+            case Unschedule():
+                self.store.update(run_id, name, token=token, remove_due=True)
+                return "unscheduled"
+            case Requeue(rank=rank):
+                self.store.update(run_id, name, token=None, remove_due=True, ready_rank=rank)
+                self.dispatch_ready(run_id)
+                return "requeued"
+            case NoteHealth():
+                self.store.append_event(
+                    run_id,
+                    "health",
+                    feature=name,
+                    reason=action.health.value.lower(),
+                    evidence=action.evidence,
+                    worker=self.worker,
+                    task_id=task_id,
+                    state=rec.state.value,
+                    percent=rec.percent,
+                )
+                return "noted"
+            case Advance():
+                assert token is not None
+                self.store.transition(
+                    run_id,
+                    name,
+                    S.TESTING,
+                    token=token,
+                    percent=action.percent,
+                    step=action.step,
+                    reason=Reason.RAMP,
+                    worker=self.worker,
+                    task_id=task_id,
+                    evidence=action.evidence,
+                    expect_version=rec.version,
+                    due_at=action.due_at,
+                    fields={
+                        "step_since": now,
+                        "eval": "",
+                        "health": action.health.value,
+                        "last_eval_at": now,
+                    },
+                    now=now,
+                )
+                log.info(
+                    "feature_transition",
+                    run_id=run_id,
+                    feature=name,
+                    to="TESTING",
+                    percent=action.percent,
+                )
+                return "advanced"
+            case Enable():
+                assert token is not None
+                step = self.enable_step(ctx, name, action, rec.version, now)
+                results, taken = self.store.transitions(
+                    run_id,
+                    name,
+                    [step],
+                    token=token,
+                    worker=self.worker,
+                    task_id=task_id,
+                    now=now,
+                    dispatch_grace_s=self.settings.lease_ttl_s,
+                )
+                self.after_enable(run_id, name, taken, results[0])
+                return "enabled"
+            case RequestRollback():
+                return self._request_rollback(run_id, rec, action, token, now)
+            case Freeze():
+                self._freeze(run_id, action)
+                return "frozen"
+        raise TypeError(f"the engine cannot carry out {action!r} here")  # pragma: no cover
+
+    def enable_step(
+        self, ctx: RunContext, name: str, action: Enable, version: int, now: float
+    ) -> Step:
+        """The store step for an :class:`Enable` (dependents' pending counts go down)."""
+        fields: dict[str, str | int | float] = {"eval": "", "health": FeatureHealth.HEALTHY.value}
+        due_at = None
+        if action.watch_from is not None:
+            fields["last_eval_at"] = action.watch_from
+            due_at = now + self.settings.metrics_tick_s
+        return Step(
+            S.ENABLED,
+            100,
+            action.step,
+            Reason.PROMOTED,
+            evidence=action.evidence,
+            expect_version=version,
+            due_at=due_at,
+            fields=fields,
+            dependents=ctx.direct[name],
+        )
+
+    def after_enable(
+        self, run_id: str, feature: str, taken: list[str], res: TransitionResult
+    ) -> None:
+        """Log the promotion, dispatch what it made ready (``taken`` atomically with it),
+        and finish the run if it was the last feature to settle."""
+        log.info(
+            "feature_transition",
+            run_id=run_id,
+            feature=feature,
+            to="ENABLED",
+            ready=list(res.ready),
+        )
+        for name in taken:
+            self.dispatcher.test_feature(run_id, name)
+        if res.settled >= res.total:
+            self.check_completion(run_id)
+
+    def _request_rollback(
+        self,
+        run_id: str,
+        rec: FeatureRecord,
+        action: RequestRollback,
+        token: int | None,
+        now: float,
+    ) -> str:
+        run = self.store.run(run_id)
+        count = self.store.note_unhealthy(run_id, rec.name, now, self.settings.freeze_window_s)
+        freeze = decide.self_freeze(run, count, self.tuning)
+        if freeze is not None:
+            self._freeze(run_id, freeze)
+            return "frozen"
+        self.store.update(
+            run_id,
+            rec.name,
+            token=token,
+            fields={"health": FeatureHealth.UNHEALTHY.value},
+            due_at=action.recheck_at,
+            expect_version=rec.version,
+        )
+        log.warning(
+            "rollback_requested", run_id=run_id, feature=rec.name, reason=action.reason.value
+        )
+        self.dispatcher.rollback(run_id, rec.name, action.reason.value, action.evidence)
+        return "rollback"
+
+    def _freeze(self, run_id: str, action: Freeze) -> None:
+        if self.store.freeze(action.message, by="manager"):
+            log.warning("self_freeze", run_id=run_id, **action.evidence)
+            self.store.append_event(
+                run_id, "freeze", reason="self_freeze", evidence=action.evidence
+            )

@@ -1,0 +1,94 @@
+"""Evaluation ticks: read the feature's new evidence, ask the core, carry out its answer."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+
+from workers.core import decide
+from workers.core.decide import Verdict
+from workers.core.plan import Feature
+from workers.core.records import FeatureRecord
+from workers.core.states import FeatureState
+from workers.engine.base import EngineBase
+from workers.errors import ConflictError, LeaseHeld
+from workers.health import Evaluator
+
+__all__ = ["EvaluationMixin"]
+
+log = structlog.get_logger("workers.engine")
+S = FeatureState
+
+
+class EvaluationMixin(EngineBase):
+    """One evaluation tick of one feature."""
+
+    def evaluate(self, run_id: str, feature: str, *, task_id: str = "") -> str:
+        """One evaluation tick: continue / advance / enable / request a rollback.
+
+        DISABLED features whose retry backoff has passed go back to the ready queue.
+        """
+        run = self.store.run(run_id)
+        ctx = self.context(run_id)
+        spec = ctx.spec(feature)
+        rec = self.store.feature(run_id, feature)
+        now = self.clock()
+        actions = decide.idle(run, rec, now)
+        if actions is None and self.store.frozen() is not None:
+            actions = decide.frozen(now, self.tuning)
+        if actions is not None:
+            return self.carry_out(run_id, ctx, rec, actions, token=None, task_id=task_id, now=now)
+        try:
+            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+        except LeaseHeld:
+            return "leased"
+        try:
+            rec = self.store.feature(run_id, feature)  # fresh, under the lease
+            if rec.state is S.TESTING:
+                verdict = self.verdict(spec, rec, "testing", rec.step_since, now)
+                actions = decide.testing(rec, spec, verdict, now, self.tuning)
+            elif rec.state is S.ENABLED:
+                verdict = self.verdict(spec, rec, "enabled", rec.state_since, now)
+                actions = decide.enabled(rec, spec, verdict, now, self.tuning)
+            else:
+                return "skipped"
+            return self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+        except ConflictError as exc:
+            log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
+            return "refused"
+        finally:
+            self.store.release(run_id, feature, token)
+
+    def verdict(
+        self, spec: Feature, rec: FeatureRecord, mode: str, start: float, now: float
+    ) -> Verdict | None:
+        """The evaluator's verdict on the evidence since the last evaluation (whole ticks
+        older than the flush lag, so consecutive evaluations read disjoint ticks). None for
+        an unmeasured feature."""
+        if not decide.measured(spec):
+            return None
+        ev = self._evaluator(spec, rec.eval_state, mode)
+        last = rec.last_eval_at or start
+        window = decide.evidence_window(last, now, self.tuning)
+        until = last
+        if window is not None:
+            source = self.store.metrics_source(spec.health, self.settings.metrics_tick_s)
+            ev.observe_sample(source.collect(spec.name, *window))
+            until = window[1]
+        return Verdict(
+            health=ev.health,
+            decision=ev.decision,
+            evidence=ev.explain(),
+            eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
+            until=until,
+        )
+
+    @staticmethod
+    def _evaluator(spec: Feature, state: str, mode: str) -> Evaluator:
+        if state:
+            try:
+                return Evaluator.from_state(spec.health, json.loads(state))
+            except (ValueError, KeyError, TypeError):
+                log.warning("evaluator_state_unreadable", feature=spec.name)
+        return Evaluator(spec.health, mode=mode)  # type: ignore[arg-type]

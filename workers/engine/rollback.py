@@ -1,0 +1,289 @@
+"""Rollbacks, aborts and freezes, carried out as :mod:`workers.core.rollback` plans them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from workers.core import rollback as plan
+from workers.core.actions import Quarantine, RollBack, ScheduleRetry
+from workers.core.states import FeatureState, Reason, RunStatus
+from workers.engine.base import EngineBase
+from workers.engine.context import RunContext
+from workers.errors import UnknownFeature
+
+__all__ = ["RollbackMixin"]
+
+log = structlog.get_logger("workers.engine")
+S = FeatureState
+
+#: how many times a cascade is re-planned when a dependent came up meanwhile
+_CASCADE_ROUNDS = 5
+
+
+class RollbackMixin(EngineBase):
+    """Cascading rollback with retry or quarantine; manual rollback; abort; freeze."""
+
+    def rollback_feature(
+        self,
+        run_id: str,
+        feature: str,
+        reason: str,
+        *,
+        evidence: Mapping[str, Any] | None = None,
+        automatic: bool = True,
+        task_id: str = "",
+    ) -> list[str]:
+        """Roll back the feature's TESTING/ENABLED dependents (deepest first), then the feature.
+
+        An automatic rollback (unhealthy, timeout, regression, task_failed) counts an
+        attempt: the feature is retried after an exponential backoff with jitter, and
+        quarantined (stays DISABLED, dependents blocked) once it has used ``max_attempts``.
+        A manual rollback holds the feature (quarantined with reason ``manual``) until an
+        operator acts. Returns the features actually rolled back, in order.
+        """
+        ctx = self.context(run_id)
+        ctx.spec(feature)
+        dependents = ctx.graph.dependents(feature)
+        log.warning(
+            "rollback_started", run_id=run_id, feature=feature, reason=reason, dependents=dependents
+        )
+        done: list[str] = []
+        for _ in range(_CASCADE_ROUNDS):
+            states = self._states(run_id, dependents)
+            for dep in plan.cascade(dependents, states):
+                why = {"because": feature}
+                if self._rollback_one(
+                    run_id, ctx, dep, Reason.DEPENDENCY_ROLLED_BACK, why, automatic, False, task_id
+                ):
+                    done.append(dep)
+            result = self._rollback_one(
+                run_id, ctx, feature, reason, evidence or {}, automatic, True, task_id
+            )
+            if result is not None:
+                if result:
+                    done.append(feature)
+                break
+        self.dispatch_ready(run_id)
+        self.check_completion(run_id)
+        return done
+
+    def _states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
+        if not names:
+            return {}
+        return self.store.feature_states(run_id, list(names))
+
+    def _rollback_one(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        feature: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        automatic: bool,
+        count_attempt: bool,
+        task_id: str,
+    ) -> bool | None:
+        """Roll back one feature. True: done; False: nothing to do; None: dependents busy."""
+        spec = ctx.spec(feature)
+        token = self.store.claim(
+            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True
+        )
+        try:
+            rec = self.store.feature(run_id, feature)
+            now = self.clock()
+            move = plan.step(
+                rec,
+                reason,
+                evidence,
+                automatic=automatic,
+                dependent=not count_attempt,
+                now=now,
+                check_after_s=self.settings.lease_ttl_s,
+            )
+            rolled = False
+            if move is not None:
+                if not self._roll_back(
+                    run_id, ctx, rec.state, move, token, rec.version, now, task_id
+                ):
+                    return None  # a dependent came up meanwhile: redo the cascade
+                rolled = True
+            if not count_attempt:
+                return rolled
+            outcome = plan.after(
+                rec,
+                spec,
+                reason,
+                evidence,
+                rolled=rolled,
+                blocked=ctx.graph.dependents(feature),
+                now=now,
+            )
+            if isinstance(outcome, Quarantine):
+                self._quarantine(run_id, outcome, token, task_id)
+            elif isinstance(outcome, ScheduleRetry):
+                self._schedule_retry(run_id, outcome, token, now, task_id)
+            return rolled
+        finally:
+            self.store.release(run_id, feature, token)
+
+    def _roll_back(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        frm: FeatureState,
+        move: RollBack,
+        token: int,
+        version: int,
+        now: float,
+        task_id: str,
+    ) -> bool:
+        res = self.store.transition(
+            run_id,
+            move.feature,
+            S.DISABLED,
+            token=token,
+            percent=0,
+            step=-1,
+            reason=move.reason,
+            worker=self.worker,
+            task_id=task_id,
+            evidence=move.evidence,
+            automatic=move.automatic,
+            expect_version=version,
+            dependents=ctx.direct[move.feature],
+            due_at=move.check_at,
+            fields={"eval": "", "health": move.health.value},
+            now=now,
+        )
+        if not res.applied:
+            return False
+        log.warning(
+            "feature_rolled_back",
+            run_id=run_id,
+            feature=move.feature,
+            reason=move.reason,
+            frm=frm.value,
+        )
+        return True
+
+    def _quarantine(self, run_id: str, q: Quarantine, token: int, task_id: str) -> None:
+        n = self.store.quarantine(
+            run_id,
+            q.feature,
+            token=token,
+            reason=q.reason,
+            blocked=q.blocked,
+            worker=self.worker,
+            task_id=task_id,
+            evidence=q.evidence,
+        )
+        if q.attempts is not None:
+            self.store.update(run_id, q.feature, token=token, fields={"attempts": q.attempts})
+            log.warning(
+                "feature_quarantined",
+                run_id=run_id,
+                feature=q.feature,
+                attempts=q.attempts,
+                blocked=n,
+            )
+
+    def _schedule_retry(
+        self, run_id: str, r: ScheduleRetry, token: int, now: float, task_id: str
+    ) -> None:
+        self.store.update(
+            run_id,
+            r.feature,
+            token=token,
+            fields={"attempts": r.attempts, "next_attempt_at": r.at},
+            due_at=r.at,
+            # off the ready queue until the backoff ends (the due time requeues it)
+            remove_ready=True,
+        )
+        self.store.append_event(
+            run_id,
+            "retry_scheduled",
+            feature=r.feature,
+            reason=r.reason,
+            evidence={
+                "attempt": r.attempts,
+                "max_attempts": r.max_attempts,
+                "retry_in_s": round(r.delay_s, 3),
+            },
+            worker=self.worker,
+            task_id=task_id,
+            state=S.DISABLED.value,
+            percent=0,
+        )
+
+    def rollback_by_name(
+        self, feature: str, note: str, *, by: str = "operator"
+    ) -> tuple[str, list[str]]:
+        """Manual rollback of a feature: in the active run that owns it, else in the newest
+        run where it is still on. Returns the run id and what was rolled back, in order."""
+        run_id = self.store.run_of_feature(feature)
+        if run_id is None:
+            for candidate in self.store.runs(50):
+                try:
+                    if self.store.feature(candidate, feature).state is not S.DISABLED:
+                        run_id = candidate
+                        break
+                except UnknownFeature:
+                    continue
+        if run_id is None:
+            raise UnknownFeature(f"no run has feature {feature!r} turned on; nothing to roll back")
+        done = self.rollback_feature(
+            run_id, feature, Reason.MANUAL.value, evidence={"note": note, "by": by}, automatic=False
+        )
+        return run_id, done
+
+    def fail_feature(self, run_id: str, feature: str, error: str, *, task_id: str = "") -> None:
+        """A step task for this feature kept crashing: roll it back with ``task_failed``."""
+        self.rollback_feature(
+            run_id,
+            feature,
+            Reason.TASK_FAILED.value,
+            evidence={"error": error[:500]},
+            task_id=task_id,
+        )
+
+    def abort(self, run_id: str, *, reason: str = "aborted by operator") -> list[str]:
+        """Roll back everything the run turned on, in reverse dispatch order; end ABORTED."""
+        ctx = self.context(run_id)
+        run = self.store.run(run_id)
+        if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+            return []
+        self.store.set_run_fields(run_id, stopping=1)
+        order = ctx.graph.order()
+        done: list[str] = []
+        for _ in range(3):
+            live = plan.abort_order(order, self._states(run_id, order))
+            if not live:
+                break
+            for name in live:
+                if self._rollback_one(
+                    run_id, ctx, name, Reason.ABORTED, {"note": reason}, False, False, ""
+                ):
+                    done.append(name)
+        self.store.finish_run(run_id, RunStatus.ABORTED, reason, order, now=self.clock())
+        log.warning("run_aborted", run_id=run_id, rolled_back=done)
+        return done
+
+    def freeze(self, reason: str, *, by: str = "operator") -> bool:
+        """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
+        changed = self.store.freeze(reason, by)
+        for run_id in self.store.active_runs().values():
+            self.store.append_event(
+                run_id, "freeze", reason="freeze", evidence={"message": reason, "by": by}
+            )
+        return changed
+
+    def unfreeze(self, *, by: str = "operator") -> bool:
+        """Resume automatic transitions and dispatch what became ready meanwhile."""
+        changed = self.store.unfreeze()
+        for run_id in self.store.active_runs().values():
+            self.store.append_event(run_id, "unfreeze", reason="unfreeze", evidence={"by": by})
+            self.dispatch_ready(run_id)
+        return changed

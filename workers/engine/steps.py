@@ -1,0 +1,216 @@
+"""Forward steps: start a run, dispatch ready features, a feature's test step, enabling.
+
+Each step reads records, asks the core (:func:`workers.core.decide.test_step`) and carries
+out the answer through the store's atomic scripts. A duplicate or late delivery changes
+nothing: it is refused by the fencing token, the expected version or the transition table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from workers.core import decide
+from workers.core.actions import Advance, Enable, Skip, StartTest
+from workers.core.plan import Plan, parse_plan
+from workers.core.states import FeatureHealth, FeatureState, Reason
+from workers.engine.base import EngineBase
+from workers.engine.context import RunContext
+from workers.errors import ConflictError, LeaseHeld
+from workers.store import Step
+
+__all__ = ["StartResult", "StepsMixin"]
+
+log = structlog.get_logger("workers.engine")
+S = FeatureState
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """What :meth:`StepsMixin.start_recovery` did."""
+
+    run_id: str
+    created: bool
+
+
+class StepsMixin(EngineBase):
+    """Starting runs and moving features forward."""
+
+    def start_recovery(
+        self,
+        plan: Plan | Mapping[str, Any] | str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+    ) -> StartResult:
+        """Validate, persist and start a run; idempotent per plan name.
+
+        Starting a plan whose run is still active returns that run's id and starts nothing.
+        A plan sharing a feature with another active run raises RunActive naming it.
+        ``request_id`` (idempotency key): a start with a key seen before returns the run
+        that start got, even a finished one (see ``Store.create_run``).
+        """
+        if not isinstance(plan, Plan):
+            plan = parse_plan(plan, max_features=self.settings.max_features)
+        ctx = RunContext.of(plan)
+        order = ctx.graph.order()
+        rid, created, already = self.store.create_run(
+            plan_name=plan.name,
+            plan_json=json.dumps(plan.to_json_dict(), separators=(",", ":")),
+            features=[(n, ctx.rank[n], plan.features[n].depends_on) for n in order],
+            max_parallel=plan.max_parallel,
+            run_id=run_id,
+            now=self.clock(),
+            request_id=request_id,
+        )
+        if not created:
+            log.info("run_already_active", run_id=rid, plan=plan.name, request_id=request_id)
+            return StartResult(rid, False)
+        self._contexts.put(rid, ctx)
+        log.info(
+            "run_started", run_id=rid, plan=plan.name, features=len(order), already_enabled=already
+        )
+        self.dispatch_ready(rid)
+        self.check_completion(rid)
+        return StartResult(rid, True)
+
+    def dispatch_ready(self, run_id: str) -> list[str]:
+        """Send test steps for the best-ranked ready features that fit the free slots.
+
+        Picked atomically in Redis; features dispatched within the lease TTL count as
+        occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
+        """
+        sent = self.store.take_ready(run_id, self.clock(), self.settings.lease_ttl_s)
+        for name in sent:
+            self.dispatcher.test_feature(run_id, name)
+        if sent:
+            log.debug("features_dispatched", run_id=run_id, features=sent)
+        return sent
+
+    def test_feature(self, run_id: str, feature: str, *, task_id: str = "") -> str:
+        """Move a ready feature to TESTING at its first ramp percent; returns what happened.
+
+        Checks the dependencies are ENABLED (also enforced inside Redis), claims the
+        feature, and transitions it. A duplicate or late delivery changes nothing.
+        """
+        ctx = self.context(run_id)
+        spec = ctx.spec(feature)
+        try:
+            token, rec = self.store.claim_record(
+                run_id, feature, self.worker, self.settings.lease_ttl_s
+            )
+        except LeaseHeld:
+            return "leased"
+        released = False
+        try:
+            now = self.clock()
+            (action,) = decide.test_step(rec, spec, now, self.tuning)
+            if isinstance(action, Skip):
+                return action.outcome
+            assert isinstance(action, StartTest)
+            if self.fault_hook is not None:
+                self.fault_hook("test_feature.claimed", feature)
+            steps = [self._start_step(action, rec.version, now)]
+            steps += self._walk_steps(ctx, feature, action, rec.version + 1, now)
+            walk = bool(action.walk)
+            results, taken = self.store.transitions(
+                run_id,
+                feature,
+                steps,
+                token=token,
+                worker=self.worker,
+                task_id=task_id,
+                now=now,
+                release=True,
+                dispatch_grace_s=self.settings.lease_ttl_s if walk else None,
+            )
+            released = True
+            first = results[0]
+            if not first.applied:
+                return first.refused.lower()
+            log.info(
+                "feature_transition",
+                run_id=run_id,
+                feature=feature,
+                to="TESTING",
+                percent=action.percent,
+            )
+            if walk:
+                last = results[-1]
+                if len(results) < len(steps) or not last.applied:
+                    return "testing"  # refused midway: the beat's reconciliation goes on
+                self.after_enable(run_id, feature, taken, last)
+                return "enabled"
+        except ConflictError as exc:
+            log.info("test_step_refused", run_id=run_id, feature=feature, why=str(exc))
+            return "refused"
+        finally:
+            if not released:
+                self.store.release(run_id, feature, token)
+        return "testing"
+
+    @staticmethod
+    def _start_step(action: StartTest, version: int, now: float) -> Step:
+        return Step(
+            S.TESTING,
+            action.percent,
+            0,
+            action.reason,
+            evidence=action.evidence,
+            expect_version=version,
+            due_at=action.due_at,
+            fields={
+                "step_since": now,
+                "testing_since": now,
+                "eval": "",
+                "health": FeatureHealth.UNKNOWN.value,
+                "last_eval_at": now,
+                "dispatched_at": "",
+            },
+        )
+
+    def _walk_steps(
+        self, ctx: RunContext, name: str, action: StartTest, version: int, now: float
+    ) -> list[Step]:
+        """The store steps of a zero-dwell walk: each ramp step, then the promotion."""
+        steps: list[Step] = []
+        for i, move in enumerate(action.walk):
+            if isinstance(move, Advance):
+                steps.append(
+                    Step(
+                        S.TESTING,
+                        move.percent,
+                        move.step,
+                        Reason.RAMP,
+                        evidence=move.evidence,
+                        expect_version=version + i,
+                        fields={"step_since": now},
+                    )
+                )
+            else:
+                assert isinstance(move, Enable)
+                steps.append(self.enable_step(ctx, name, move, version + i, now))
+        return steps
+
+    def enable_feature(self, run_id: str, feature: str, *, task_id: str = "") -> str:
+        """Promote a TESTING feature to ENABLED and dispatch the dependents that became ready."""
+        ctx = self.context(run_id)
+        spec = ctx.spec(feature)
+        try:
+            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+        except LeaseHeld:
+            return "leased"
+        try:
+            rec = self.store.feature(run_id, feature)
+            if rec.state is not S.TESTING:
+                return "skipped"
+            now = self.clock()
+            watch = now if decide.measured(spec) else None
+            action = Enable(len(spec.ramp), {"rule": "requested"}, watch)
+            return self.carry_out(run_id, ctx, rec, [action], token=token, task_id=task_id, now=now)
+        finally:
+            self.store.release(run_id, feature, token)
