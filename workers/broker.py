@@ -1,9 +1,11 @@
 """The Redis broker transport, hardened against garbage on the queue and a torn-down close.
 
-Upstream behaviour worked around (kombu ``kombu/transport/redis.py``, read at 5.3–5.7):
+Upstream behaviour worked around (kombu ``kombu/transport/redis.py``, read at the tags
+v5.3.0, v5.4.0, v5.5.0, v5.6.0 and the installed 5.7.0 — the same in all):
 
-1. ``Channel._brpop_read`` pops a message with BRPOP and decodes it with
-   ``loads(bytes_to_str(item))`` outside any error handling, so one message that is not a
+1. ``Channel._brpop_read`` pops a message with BRPOP and decodes it in
+   ``self.connection._deliver(loads(bytes_to_str(item)), dest)``, outside any error
+   handling (only connection errors are caught around the BRPOP), so one message that is not a
    JSON envelope — pushed by a buggy or hostile client with write access to the queue —
    raises out of the consumer loop, and Celery stops the whole worker ("Unrecoverable
    error: JSONDecodeError"; celery/celery#1113, and #4308 for the general "worker dies if

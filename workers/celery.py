@@ -31,7 +31,7 @@ from workers.logs import configure_logging
 from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from workers.engine import PartialRecoveryManager
+    from workers.engine import Engine
 
     #: the process's default app, built on first access (see :func:`__getattr__`)
     app: Celery
@@ -44,7 +44,7 @@ ROLLBACK_QUEUE = "rollback"
 INTAKE_QUEUE = "celery"
 
 #: builds the engine a worker's tasks call: ``(settings, app) -> engine``
-EngineFactory = Callable[[Settings, Celery], "PartialRecoveryManager"]
+EngineFactory = Callable[[Settings, Celery], "Engine"]
 
 
 def make_app(

@@ -35,7 +35,7 @@ from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.celery import ROLLBACK_QUEUE
-from workers.engine import PartialRecoveryManager
+from workers.engine import Engine
 from workers.errors import (
     ConflictError,
     InvalidInput,
@@ -88,17 +88,15 @@ class CeleryDispatcher:
         )
 
 
-def build_engine(
-    settings: Settings, celery_app: Celery, **engine_options: Any
-) -> PartialRecoveryManager:
+def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) -> Engine:
     """The production engine: the Redis store of ``settings``, follow-ups sent by the app;
     ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
     s = settings
     store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher(celery_app), **engine_options)
+    return Engine(store, s, CeleryDispatcher(celery_app), **engine_options)
 
 
-def get_manager() -> PartialRecoveryManager:
+def get_manager() -> Engine:
     """Deprecated (removed in 0.3): the default app's engine in this process. Tasks reach
     their app's engine as ``self.engine()``; build one with :func:`build_engine`."""
     warnings.warn(
@@ -121,7 +119,7 @@ class EngineProvider:
 
     def __init__(
         self,
-        factory: Callable[[Settings, Celery], PartialRecoveryManager],
+        factory: Callable[[Settings, Celery], Engine],
         settings: Settings,
         celery_app: Celery,
     ) -> None:
@@ -129,10 +127,10 @@ class EngineProvider:
         self.settings = settings
         self.app = celery_app
         self._lock = threading.Lock()
-        self._engine: PartialRecoveryManager | None = None
+        self._engine: Engine | None = None
         self._pid = 0
 
-    def get(self) -> PartialRecoveryManager:
+    def get(self) -> Engine:
         pid = os.getpid()
         engine = self._engine
         if engine is not None and self._pid == pid:
@@ -205,7 +203,7 @@ class RecoveryTask(Task):  # type: ignore[misc]
     #: expected failures: the task state is FAILURE, logged without a traceback
     throws = (InvalidInput, ConflictError)
 
-    def engine(self) -> PartialRecoveryManager:
+    def engine(self) -> Engine:
         return self.engines.get()
 
     def on_failure(
@@ -358,7 +356,7 @@ TASKS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
 def register_tasks(
     celery_app: Celery,
     settings: Settings,
-    engine_factory: Callable[[Settings, Celery], PartialRecoveryManager] = build_engine,
+    engine_factory: Callable[[Settings, Celery], Engine] = build_engine,
 ) -> None:
     """Register every ``recovery.*`` task on ``celery_app`` (only there: not shared with
     other apps), with ``max_retries`` from ``settings`` and engines from ``engine_factory``."""

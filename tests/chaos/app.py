@@ -14,7 +14,7 @@ from celery import Celery
 
 from tests.chaos.faults import Faults, FaultyEngine
 from workers.celery import make_app
-from workers.engine import PartialRecoveryManager
+from workers.engine import Engine
 from workers.settings import Settings
 from workers.tasks import build_engine
 
@@ -24,14 +24,14 @@ __all__ = ["APP", "app", "faulty_engine"]
 APP = "tests.chaos.app"
 
 
-def faulty_engine(settings: Settings, celery_app: Celery) -> PartialRecoveryManager:
+def faulty_engine(settings: Settings, celery_app: Celery) -> Engine:
     """The production engine, with this process's faults injected (none: unchanged)."""
     faults = Faults.from_env()
     if not faults:
         return build_engine(settings, celery_app)
     engine = build_engine(settings, celery_app, fault_hook=faults.hit)
     # duck-typed: FaultyEngine forwards every other method to the real engine
-    return cast(PartialRecoveryManager, FaultyEngine(engine, faults))
+    return cast(Engine, FaultyEngine(engine, faults))
 
 
 app = make_app(engine_factory=faulty_engine)

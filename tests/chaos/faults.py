@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from workers.engine import PartialRecoveryManager
+from workers.engine import Engine
 
 __all__ = ["Fault", "Faults", "FaultyEngine", "parse_faults"]
 
@@ -87,7 +87,7 @@ class FaultyEngine:
     """An engine whose task entry points (``test_feature``, ``evaluate``) hit the faults
     first; everything else is the wrapped engine's."""
 
-    def __init__(self, engine: PartialRecoveryManager, faults: Faults) -> None:
+    def __init__(self, engine: Engine, faults: Faults) -> None:
         self._engine = engine
         self._faults = faults
 
