@@ -18,6 +18,12 @@ Then robustness cases for ours: a borderline rate between the thresholds, bursty
 (beta-binomial ticks) with and without the over-dispersion factor, no traffic, and
 features that break in the middle of TESTING or during the dwell after PROMOTE.
 
+Then the cohort scenarios (``bench/decision_cohorts.py``, ``--cohort-runs`` per class):
+``baseline: control`` against the fixed thresholds on the same seeded traffic under a
+global degradation, a drifting base rate, two features testing at once with overall
+outcomes only, and low traffic; targets for control: false rollback ≤ 1 %, missed bad
+≤ 5 % in every scenario, and the innocent of the pair promoted in ≥ 95 % of runs.
+
 Run: ``.venv/bin/python bench/decision.py [--runs 20000] [--seed 7]``. Prints a table,
 the ratios ours / best and PASS/FAIL against the targets: false rollback ≤ 1%, missed
 bad ≤ 5%, mean requests to roll back a bad feature and to promote a healthy one each
@@ -37,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from decision_cohorts import cohort_scenarios  # bench/ is the script's directory
 
 from workers.health import Decision, Evaluator, HealthPolicy
 
@@ -303,6 +311,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20_000, help="recoveries per class")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--search-runs", type=int, default=10_000)
+    parser.add_argument(
+        "--cohort-runs", type=int, default=2000, help="runs per class in the cohort scenarios"
+    )
     args = parser.parse_args()
     started = time.monotonic()
 
@@ -358,6 +369,7 @@ def main() -> int:
     print(f"  p95 healthy: {oh.p95 / fh.p95:.2f}× fixed; p95 bad: {ob.p95 / fb.p95:.2f}× fixed")
 
     ok = robustness(args, checks)
+    cohort_scenarios(args.cohort_runs, args.seed, checks)
     print("\ntargets:")
     for label, passed, detail in checks:
         print(f"  [{'PASS' if passed else 'FAIL'}] {label}: {detail}")

@@ -42,7 +42,7 @@ from tests.processes import RedisServer  # noqa: E402
 from workers.core.states import FeatureState  # noqa: E402
 from workers.flags import FlagClient, bucket  # noqa: E402
 from workers.flags.testing import write_flag  # noqa: E402
-from workers.store import Store  # noqa: E402
+from workers.store import RedisStore  # noqa: E402
 from workers.store.keys import Keys  # noqa: E402
 
 NS = "bench"
@@ -166,11 +166,15 @@ def propagation(url: str, changes: int, lost: int) -> tuple[list[float], list[fl
         assert proc.stdout.readline().startswith("ready 0")
         value = False
 
-        store = Store(url, NS)
+        store = RedisStore(url, NS)
         run_id, _, _ = store.create_run(
-            plan_name="prop", plan_json="{}", features=[("prop", 0, [])], max_parallel=1
+            plan_name="prop",
+            plan_json="{}",
+            features=[("prop", 0, [])],
+            max_parallel=1,
+            now=time.time(),
         )
-        token = store.claim(run_id, "prop", "bench", 600)
+        token = store.claim(run_id, "prop", "bench", 600, now=time.time())
 
         def seen(t0: int) -> float:
             line = proc.stdout.readline().split()  # type: ignore[union-attr]  # checked above
@@ -182,7 +186,7 @@ def propagation(url: str, changes: int, lost: int) -> tuple[list[float], list[fl
             value = not value
             if value:  # DISABLED -> TESTING (no flip without a key) -> ENABLED (timed)
                 store.transition(run_id, "prop", FeatureState.TESTING, token=token, percent=50,
-                                 step=0, reason="ramp")  # fmt: skip
+                                 step=0, reason="ramp", now=time.time())  # fmt: skip
             t0 = time.monotonic_ns()
             store.transition(
                 run_id,
@@ -192,6 +196,7 @@ def propagation(url: str, changes: int, lost: int) -> tuple[list[float], list[fl
                 percent=100 if value else 0,
                 step=1,
                 reason="promoted" if value else "unhealthy",
+                now=time.time(),
             )
             return seen(t0)
 

@@ -28,7 +28,7 @@ from workers.celery import make_app  # noqa: E402
 from workers.core.states import RunStatus  # noqa: E402
 from workers.engine import PartialRecoveryManager  # noqa: E402
 from workers.settings import Settings  # noqa: E402
-from workers.store import Store  # noqa: E402
+from workers.store import RedisStore  # noqa: E402
 from workers.tasks import CeleryDispatcher  # noqa: E402
 
 TIMEOUT_S = 240
@@ -77,7 +77,7 @@ def main() -> int:
             workers.append(w.start())
         settings = Settings(redis_url=server.url, namespace=ns)
         sender = make_app(settings)
-        store = Store(server.url, ns)
+        store = RedisStore(server.url, ns)
         import redis
 
         r = redis.Redis.from_url(server.url)

@@ -202,17 +202,22 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
 
 class PrometheusServer:
     """Debian's ``prometheus`` on a free loopback port, scraping the given targets every
-    second, with its data in a temp dir. ``ready(query)`` waits until a query has data."""
+    second, with its data in a temp dir. ``ready(query)`` waits until a query has data.
+    ``rule_files`` are loaded and evaluated every second; ``job`` names the scrape job."""
 
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(
+        self, targets: list[str], *, rule_files: list[Path] | None = None, job: str = "prm"
+    ) -> None:
         self.binary = need_binary("prometheus")
         self.tmp = Path(tempfile.mkdtemp(prefix="prm-prom-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        rules = [str(p) for p in rule_files or []]
         (self.tmp / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: {rules!r}\n"
             "scrape_configs:\n"
-            "  - job_name: prm\n"
+            f"  - job_name: {job}\n"
             f"    static_configs: [{{targets: {targets!r}}}]\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -33,6 +33,12 @@ EVENTS: dict[str, str] = {
     "run_finished": "a run reached its final status (status, reason)",
     "run_aborted": "an operator aborted a run; everything it turned on is off again",
     "self_freeze": "many features turned unhealthy at once: the manager stopped the line",
+    "feature_hold": "a feature was held (paused, awaiting approval, …) or its hold lifted",
+    "operator_command": "an operator's pause/resume/promote/retry/approve was accepted",
+    "command_refused": "an operator's command was illegal now; nothing changed (why)",
+    "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
+    "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
+    "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
     "malformed_message": (
         "a message or task payload did not validate: a task fails (FAILURE, never "
         "retried); a broken envelope is dropped (where=broker / broker_fanout)"

@@ -8,13 +8,15 @@ so incident tooling can ``send_task("recovery.start", kwargs={"plan": {...}})``.
   task **fails** with the validation message as its error — a FAILURE in Flower and in a
   result backend — and is never retried.
 - A request the current state refuses (a stale token, an illegal transition: normal races
-  between workers) is logged as ``task_refused`` and dropped; for ``recovery.start`` (a
-  caller waits on it) the refusal is a FAILURE too.
+  between workers) is logged as ``task_refused`` and dropped; for ``recovery.start`` and
+  the operator commands (pause, resume, promote, retry, approve) — a caller waits on
+  them — the refusal is a FAILURE too.
 - A Redis outage is retried with a short delay; a task that keeps crashing is retried a
   bounded number of times (``RECOVERY_TASK_MAX_RETRIES``), then its feature is failed
   with reason ``task_failed`` and the run goes on.
 - With a result backend (``RECOVERY_RESULT_BACKEND``) the verbs outside senders call
-  (start, abort, freeze, unfreeze, rollback_feature) store their result — the run id for
+  (start, abort, freeze, unfreeze, rollback_feature and the operator commands) store
+  their result — the run id for
   ``recovery.start`` — or their failure; the internal steps never store one.
 
 Nothing here runs at import: :func:`register_tasks` puts the tasks on an app (called by
@@ -44,7 +46,7 @@ from workers.errors import (
     StoreUnavailable,
 )
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import store_from_settings
 from workers.store.keys import REQUEST_ID_PATTERN
 
 __all__ = [
@@ -91,9 +93,9 @@ class CeleryDispatcher:
 def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) -> Engine:
     """The production engine: the Redis store of ``settings``, follow-ups sent by the app;
     ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
-    s = settings
-    store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return Engine(store, s, CeleryDispatcher(celery_app), **engine_options)
+    return Engine(
+        store_from_settings(settings), settings, CeleryDispatcher(celery_app), **engine_options
+    )
 
 
 def get_manager() -> Engine:
@@ -156,6 +158,17 @@ class RollbackPayload(FeaturePayload):
     reason: str = Field(default="manual", min_length=1, max_length=200)
     evidence: dict[str, Any] = Field(default_factory=dict)
     automatic: bool = True
+
+
+class CommandPayload(FeaturePayload):
+    """An operator's command on one feature of a run."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    actor: str = Field(default="task", min_length=1, max_length=200)
+
+
+class PromotePayload(CommandPayload):
+    full: bool = False
 
 
 class RunPayload(_Payload):
@@ -336,6 +349,45 @@ def tick(self: RecoveryTask, *args: Any, **kwargs: Any) -> dict[str, int] | None
         return None
 
 
+def _command(
+    self: RecoveryTask, verb: str, model: type[CommandPayload], args: Any, kwargs: Any
+) -> str | None:
+    p = _parse(model, args, kwargs, self)
+    extra = {"full": p.full} if isinstance(p, PromotePayload) else {}
+    return _guarded(
+        self,
+        lambda: getattr(self.engine(), verb)(
+            p.run_id, p.feature, reason=p.reason, actor=p.actor, **extra
+        ),
+        refusal_fails=True,
+    )
+
+
+def pause(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Hold a feature at its current step (still judged)."""
+    return _command(self, "pause", CommandPayload, args, kwargs)
+
+
+def resume(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Lift a pause."""
+    return _command(self, "resume", CommandPayload, args, kwargs)
+
+
+def promote(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Skip the rest of a feature's step (``full``: to ENABLED)."""
+    return _command(self, "promote", PromotePayload, args, kwargs)
+
+
+def retry(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Give a quarantined feature another go in its run."""
+    return _command(self, "retry", CommandPayload, args, kwargs)
+
+
+def approve(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Approve a feature's next step at its approval gate."""
+    return _command(self, "approve", CommandPayload, args, kwargs)
+
+
 #: the verbs outside senders call keep their result (with a result backend configured)
 _SENDER_FACING = {"ignore_result": False}
 
@@ -350,6 +402,11 @@ TASKS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "recovery.freeze": (freeze, _SENDER_FACING),
     "recovery.unfreeze": (unfreeze, _SENDER_FACING),
     "recovery.tick": (tick, {"max_retries": 0}),
+    "recovery.pause": (pause, _SENDER_FACING),
+    "recovery.resume": (resume, _SENDER_FACING),
+    "recovery.promote": (promote, _SENDER_FACING),
+    "recovery.retry": (retry, _SENDER_FACING),
+    "recovery.approve": (approve, _SENDER_FACING),
 }
 
 

@@ -23,7 +23,7 @@ from tests.processes import RedisServer
 from workers.celery import make_app
 from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import RedisStore
 from workers.tasks import CeleryDispatcher
 
 #: the suite's own Celery app (``tests/chaos/app.py``): production tasks plus the faults
@@ -52,7 +52,7 @@ def chaos_cluster(*, appendonly: bool = True, faults: str = "", **overrides: Any
         **{f"RECOVERY_{k.upper()}": str(v) for k, v in values.items()},
     }
     s = Settings(redis_url=server.url, namespace=ns, **values)
-    store = Store(server.url, ns, socket_timeout=3.0)
+    store = RedisStore(server.url, ns, socket_timeout=3.0)
     manager = PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="pytest")
     return Cluster(server, ns, env, s, store, manager, app=CHAOS_APP)
 

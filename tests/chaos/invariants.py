@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.core.states import FINAL_RUN_STATUSES, TRANSITIONS, FeatureState, RunStatus
-from workers.store import Store
+from workers.store import RedisStore
 
 __all__ = [
     "RunCheck",
@@ -133,7 +133,7 @@ class RunCheck:
 
 
 def check_run(
-    store: Store,
+    store: RedisStore,
     run_id: str,
     plan: Mapping[str, Any],
     *,

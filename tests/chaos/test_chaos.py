@@ -200,7 +200,7 @@ def test_paused_worker_late_write_is_refused_by_the_fencing_token() -> None:
         run_id = c.manager.start_recovery(plan).run_id
         # the paused-to-be worker is the only one: it takes the target's test step
         wait_for(lambda: "fault_sleep" in paused.log_tail(200), 20, 0.02, what="the sleep")
-        holder = c.store.lease_holder(run_id, target)
+        holder = c.store.r.get(c.store.keys.lease(run_id, target))
         assert holder is not None, "the worker should hold the lease while it sleeps"
         old_token = int(holder.split(" ", 1)[0])
         paused.signal(signal.SIGSTOP)

@@ -15,7 +15,7 @@ from workers.celery import make_app
 from workers.core.states import RunStatus
 from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import RedisStore
 from workers.tasks import CeleryDispatcher
 
 
@@ -27,7 +27,7 @@ class Cluster:
     namespace: str
     env: dict[str, str]
     settings: Settings
-    store: Store
+    store: RedisStore
     manager: PartialRecoveryManager
     workers: list[CeleryProcess] = field(default_factory=list)
     beats: list[CeleryProcess] = field(default_factory=list)
@@ -70,7 +70,7 @@ def make_cluster(appendonly: bool = False, **settings: object) -> Cluster:
         **{f"RECOVERY_{k.upper()}": str(v) for k, v in settings.items()},
     }
     s = Settings(redis_url=redis.url, namespace=ns, beat_interval_s=0.5, lease_ttl_s=3, **settings)  # type: ignore[arg-type]
-    store = Store(redis.url, ns)
+    store = RedisStore(redis.url, ns)
     # the test process sends tasks through the same broker as its workers
     manager = PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="pytest")
     return Cluster(redis, ns, env, s, store, manager)

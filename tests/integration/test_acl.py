@@ -20,7 +20,7 @@ from workers.celery import make_app
 from workers.core.states import RunStatus
 from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
-from workers.store import Store
+from workers.store import RedisStore
 from workers.store.keys import Keys
 from workers.tasks import CeleryDispatcher
 
@@ -108,7 +108,7 @@ def test_worker_and_operator_users_do_their_jobs(acl_server: RedisServer) -> Non
         "RECOVERY_BEAT_INTERVAL_S": "0.25",
         "RECOVERY_LEASE_TTL_S": "2",
     }
-    store = Store(ourl, NS)
+    store = RedisStore(ourl, NS)
     operator = PartialRecoveryManager(
         store, settings, CeleryDispatcher(make_app(settings)), worker="operator"
     )

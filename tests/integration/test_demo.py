@@ -20,7 +20,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, DemoConf
     need_binary("redis-server")
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(
-        output_dir=out, dwell_s=1.0, leak_after_s=10.0, flower=False, timeout_s=120, live=False
+        output_dir=out,
+        dwell_s=1.0,
+        bake_s=14.0,
+        leak_after_s=10.0,
+        flower=False,
+        timeout_s=150,
+        live=False,
     )
     console = Console(record=True, width=160, force_terminal=False)
     result = run_demo(cfg, console)

@@ -24,6 +24,7 @@ def health_plan() -> dict[str, Any]:
             "ramp": [20, 100],
             "dwell_s": 1,
             "max_testing_s": 60,
+            "bake_s": 0,
             "health": {"source": "redis", "min_requests": 20, "slow_rate": None},
             "retry": {"max_attempts": 2, "backoff_base_s": 0.5, "backoff_cap_s": 1},
         },

@@ -62,6 +62,7 @@ def two_feature_plan(name: str, health: dict[str, dict[str, Any]]) -> dict[str, 
             "ramp": [50, 100],
             "dwell_s": 1,
             "max_testing_s": 60,
+            "bake_s": 0,
             "health": {
                 "error_rate": {"healthy": 0.1, "unhealthy": 0.5},
                 "slow_rate": None,

@@ -19,7 +19,9 @@ from workers.health import Decision, Evaluator, HealthPolicy, make_source
 from workers.health.sources import MetricSource
 
 WAIT_S = 30.0
-COUNTERS: dict[str, float] = {"requests": 0, "errors": 0, "slow": 0}
+COUNTERS: dict[str, float] = {
+    "requests": 0, "errors": 0, "slow": 0, "ctl_requests": 0, "ctl_errors": 0,
+}  # fmt: skip
 
 
 class _Metrics(BaseHTTPRequestHandler):
@@ -110,6 +112,25 @@ def test_counters_are_differenced_between_since_and_until(prom_url: str) -> None
     t3 = _publish(prom_url, 20, 1, 0)  # the service restarted: counters reset
     reset = _source(prom_url).collect("f", t2, t3)
     assert (reset.requests, reset.errors, reset.slow) == (20, 1, 0)
+
+
+def test_control_queries_fill_the_off_cohort_counts(prom_url: str) -> None:
+    """control_requests_query/control_errors_query are differenced like the others into
+    the sample's control_* counts; a control query without series counts 0, not stale."""
+    COUNTERS.update(ctl_requests=400, ctl_errors=8)
+    t1 = _publish(prom_url, 100, 2, 0)
+    COUNTERS.update(ctl_requests=800, ctl_errors=20)
+    t2 = _publish(prom_url, 200, 5, 0)
+    control = {
+        "control_requests_query": "prm_ctl_requests_total",
+        "control_errors_query": "prm_ctl_errors_total",
+    }
+    sample = _source(prom_url, **control).collect("f", t1, t2)
+    assert (sample.requests, sample.errors) == (100, 3)
+    assert (sample.control_requests, sample.control_errors) == (400, 12) and sample.fresh
+    none = _source(prom_url, **{**control, "control_requests_query": "prm_nothing_total"})
+    empty = none.collect("f", t1, t2)
+    assert empty.fresh and empty.control_requests == 0
 
 
 def test_unknown_metric_nan_and_stale_series_are_unknown_never_healthy(prom_url: str) -> None:

@@ -125,15 +125,15 @@ def test_concurrent_starts_create_exactly_one_run(cluster: Cluster) -> None:
     import threading
 
     from workers.engine import PartialRecoveryManager
-    from workers.store import Store
+    from workers.store import RedisStore
 
     plan = chain_plan()
     ids: list[str] = []
     lock = threading.Lock()
 
     def go() -> None:
-        m = PartialRecoveryManager(Store(cluster.redis.url, cluster.namespace), cluster.settings,
-                                   cluster.manager.dispatcher)  # fmt: skip
+        store = RedisStore(cluster.redis.url, cluster.namespace)
+        m = PartialRecoveryManager(store, cluster.settings, cluster.manager.dispatcher)
         rid = m.start_recovery(plan).run_id
         with lock:
             ids.append(rid)

@@ -14,7 +14,7 @@ from tests.processes import wait_for
 from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 from workers.engine import PartialRecoveryManager
 from workers.errors import ConflictError
-from workers.store import Store
+from workers.store import RedisStore
 
 
 class Recorder:
@@ -36,7 +36,7 @@ class Recorder:
 def manager(c: Cluster, dispatcher: Any | None = None, worker: str = "t") -> PartialRecoveryManager:
     """A manager with its own connection pool, as another process would have."""
     return PartialRecoveryManager(
-        Store(c.redis.url, c.namespace), c.settings, dispatcher or Recorder(), worker=worker
+        RedisStore(c.redis.url, c.namespace), c.settings, dispatcher or Recorder(), worker=worker
     )
 
 
@@ -132,7 +132,7 @@ def test_abort_during_a_ramp_leaves_everything_off(cluster: Cluster) -> None:
     cluster.worker(concurrency=2)
     cluster.beat()
     run_id = cluster.manager.start_recovery(plan).run_id
-    wait_for(lambda: cluster.store.testing_count(run_id) >= 3, 30, what="features ramping")
+    wait_for(lambda: len(cluster.store.testing(run_id)) >= 3, 30, what="features ramping")
     wait_for(lambda: cluster.store.run(run_id).enabled >= 2, 30, what="some enabled")
     cluster.manager.abort(run_id)
     assert cluster.store.run(run_id).status is RunStatus.ABORTED

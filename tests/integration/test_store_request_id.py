@@ -1,13 +1,16 @@
 """``Store.create_run(request_id=…)``: the idempotency key of ``recovery.start``, recorded in
 the same script that creates the run (against a real Redis).
 
-The lead's store contract suite should take these cases over for every store.
+The shared contract suite (tests/contract/store_runs.py) pins the mapping for every store;
+these add what is the Redis store's own: key validation, the TTL, 50 processes' worth of
+concurrent connections.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,44 +19,47 @@ import redis
 
 from workers.core.states import RunStatus
 from workers.errors import ConflictError, InvalidInput, UnknownRun
-from workers.store import Store
+from workers.store import RedisStore
 
 
 @pytest.fixture
-def store(redis_url: str, namespace: str) -> Iterator[Store]:
-    s = Store(redis_url, namespace, run_ttl_s=3600)
+def store(redis_url: str, namespace: str) -> Iterator[RedisStore]:
+    s = RedisStore(redis_url, namespace, run_ttl_s=3600)
     try:
         yield s
     finally:
         s.close()
 
 
-def create(store: Store, plan: str = "p", request_id: str | None = None, **kw: Any) -> Any:
+def create(store: RedisStore, plan: str = "p", request_id: str | None = None, **kw: Any) -> Any:
     return store.create_run(
         plan_name=plan,
         plan_json=json.dumps({"name": plan}),
         features=[(f"{plan}-a", 0, []), (f"{plan}-b", 1, [f"{plan}-a"])],
         max_parallel=1,
+        now=time.time(),
         request_id=request_id,
         **kw,
     )
 
 
-def test_a_repeated_request_id_returns_its_run_even_after_the_run_finished(store: Store) -> None:
+def test_a_repeated_request_id_returns_its_run_even_after_the_run_finished(
+    store: RedisStore,
+) -> None:
     """The first start with a request id creates the run; the same id later returns that
     run with created False — also once it finished, when a start without the id would
     create a new run."""
     run_id, created, _ = create(store, request_id="INC-1")
     assert created and store.run_for_request("INC-1") == run_id
     assert create(store, request_id="INC-1")[:2] == (run_id, False)
-    store.finish_run(run_id, RunStatus.SUCCEEDED, "done", ["p-a", "p-b"])
+    store.finish_run(run_id, RunStatus.SUCCEEDED, "done", ["p-a", "p-b"], now=time.time())
     assert create(store, request_id="INC-1")[:2] == (run_id, False)
     assert store.runs() == [run_id]
     fresh, created, _ = create(store)
     assert created and fresh != run_id
 
 
-def test_a_request_id_on_an_already_active_plan_maps_to_that_run(store: Store) -> None:
+def test_a_request_id_on_an_already_active_plan_maps_to_that_run(store: RedisStore) -> None:
     """A start with a new request id for a plan whose run is active returns the active run
     and records the id for it."""
     run_id, _, _ = create(store)
@@ -61,7 +67,7 @@ def test_a_request_id_on_an_already_active_plan_maps_to_that_run(store: Store) -
     assert store.run_for_request("INC-2") == run_id
 
 
-def test_a_request_id_reused_for_another_plan_is_refused(store: Store) -> None:
+def test_a_request_id_reused_for_another_plan_is_refused(store: RedisStore) -> None:
     """The same request id for a different plan raises ConflictError naming the earlier
     run, and creates nothing."""
     run_id, _, _ = create(store, "p", request_id="INC-3")
@@ -72,7 +78,7 @@ def test_a_request_id_reused_for_another_plan_is_refused(store: Store) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "{tag}", "new\nline", "é"])
 def test_a_malformed_request_id_is_invalid_input_and_writes_nothing(
-    store: Store, rclient: redis.Redis, namespace: str, bad: str
+    store: RedisStore, rclient: redis.Redis, namespace: str, bad: str
 ) -> None:
     """A request id outside 1–128 of ``[A-Za-z0-9._:@/+=-]`` raises InvalidInput before any
     write; looking it up is UnknownRun."""
@@ -84,7 +90,7 @@ def test_a_malformed_request_id_is_invalid_input_and_writes_nothing(
 
 
 def test_the_mapping_expires_with_the_run_ttl(
-    store: Store, rclient: redis.Redis, namespace: str
+    store: RedisStore, rclient: redis.Redis, namespace: str
 ) -> None:
     """The request key lives ``run_ttl_s`` from the start."""
     create(store, request_id="INC-4")
@@ -97,7 +103,7 @@ def test_fifty_concurrent_starts_with_one_request_id_create_one_run(
 ) -> None:
     """50 concurrent starts with the same request id (each its own connection): one run
     created, every caller gets its id."""
-    stores = [Store(redis_url, namespace) for _ in range(50)]
+    stores = [RedisStore(redis_url, namespace) for _ in range(50)]
     barrier = threading.Barrier(len(stores))
     results: list[Any] = [None] * len(stores)
 

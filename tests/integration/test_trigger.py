@@ -33,7 +33,7 @@ from tests.processes import (
 )
 from workers.core.states import RunStatus
 from workers.errors import UnknownRun
-from workers.store import Store
+from workers.store import RedisStore
 
 README = (ROOT / "README.md").read_text("utf-8")
 NS = "recovery"  # the README's commands set no namespace
@@ -101,7 +101,7 @@ class Flower(CeleryProcess):
 class Stack:
     redis: RedisServer
     env: dict[str, str]
-    store: Store
+    store: RedisStore
     worker: ReadmeWorker
     flower: Flower
 
@@ -132,7 +132,7 @@ def stack() -> Iterator[Stack]:
         "RECOVERY_RESULT_BACKEND": redis.url,
         "FLOWER_BASIC_AUTH": FLOWER_AUTH,
     }
-    store = Store(redis.url, NS)
+    store = RedisStore(redis.url, NS)
     procs: list[CeleryProcess] = []
     try:
         flower = Flower(env).start()

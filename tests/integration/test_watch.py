@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from tests.integration.conftest import ROLLBACK_PLAN, Cluster, html_text
-from tests.processes import ROOT
+from tests.processes import ROOT, wait_for
 from workers.ops.watch import RunWatcher, render_view, watch
 
 
@@ -81,3 +88,69 @@ def test_report_html_and_svg(rolled_back_run: tuple[Cluster, str], tmp_path: Pat
     assert root.tag.endswith("svg")
     res = cli(c, "report", run_id, "-o", str(tmp_path / "x"), "--format", "pdf")
     assert res.returncode == 2 and "html or svg" in res.stderr
+
+
+#: 30 independent features that enable at once (no health source, no dwell)
+WIDE_PLAN = {
+    "name": "wide",
+    "max_parallel": 30,
+    "defaults": {"ramp": [100], "dwell_s": 0, "health": {"source": "none"}},
+    "features": [{"name": f"feature-{i:02d}"} for i in range(30)],
+}
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (200, 50)])
+def test_watch_under_tmux_shows_the_problem_row(
+    rolled_back_run: tuple[Cluster, str], width: int, height: int
+) -> None:
+    """`recovery watch` in a real tmux pane of 80x24 (and 200x50) on a 30-feature run with
+    one feature rolled back by hand after it ended: the QUARANTINED row, its full state and
+    health (`not measured`) show, the screen is not overflowed, hidden rows are counted."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.skip("tmux is not installed")
+    c, _ = rolled_back_run
+    run_id = wide_run(c)
+    sock = f"prm-{uuid.uuid4().hex[:8]}"
+    done = Path(tempfile.mkdtemp()) / "exit"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**c.env, "TERM": "xterm-256color"}.items())
+    recovery = Path(sys.executable).parent / "recovery"
+    # the pane takes its -x/-y size just after the session starts: let it settle
+    # (and COLUMNS/LINES, which rich would prefer, must not leak in from our environment)
+    script = (
+        f"sleep 0.5; env -u COLUMNS -u LINES {env} {recovery} watch {run_id}; "
+        f"echo $? > {done}; sleep 60"
+    )
+    base = [tmux, "-L", sock, "-f", "/dev/null"]
+    subprocess.run([*base, "new-session", "-d", "-x", str(width), "-y", str(height),
+                    "sh", "-c", script], check=True, cwd=ROOT, timeout=20)  # fmt: skip
+    try:
+        wait_for(done.exists, 30, what="watch exited")
+        time.sleep(0.3)
+        out = subprocess.run([*base, "capture-pane", "-p", "-t", "0"], capture_output=True,
+                             text=True, check=True, timeout=20).stdout  # fmt: skip
+    finally:
+        subprocess.run([*base, "kill-server"], capture_output=True, timeout=20)
+    lines = out.rstrip("\n").split("\n")
+    assert done.read_text().strip() == "0"  # it had SUCCEEDED before the rollback
+    assert lines[0].split()[0] in (run_id, "run"), out  # the header was not scrolled away
+    row = next(line for line in lines if line.startswith("feature-25"))
+    assert "QUARANTINED" in row and "TESTI…" not in out and "..." not in out
+    if height < 40:
+        assert re.search(r"\+\d+ more ENABLED", out), out
+        assert "not measured" in row or "health" not in out
+    else:
+        assert sum(1 for line in lines if line.startswith("feature-")) == 30
+        assert "not measured" in row
+
+
+def wide_run(c: Cluster) -> str:
+    """The 30-feature run, SUCCEEDED, then feature-25 rolled back by hand
+    (started once per module)."""
+    existing = [r for r in c.store.runs(10) if c.store.run(r).plan == "wide"]
+    if existing:
+        return existing[0]
+    run_id = c.manager.start_recovery(WIDE_PLAN).run_id
+    wait_for(lambda: c.store.run(run_id).status.value != "RUNNING", 60, what="wide run end")
+    c.manager.rollback_by_name("feature-25", "watch test")
+    return run_id

@@ -18,6 +18,7 @@ from workers.core.actions import (
     RequestRollback,
     Requeue,
     Schedule,
+    SetHold,
     Skip,
     StartTest,
     Unschedule,
@@ -27,7 +28,7 @@ from workers.core.plan import Feature, parse_plan
 from workers.core.records import FeatureRecord, RunRecord
 from workers.core.states import FeatureHealth as H
 from workers.core.states import FeatureState as S
-from workers.core.states import Reason, RunStatus
+from workers.core.states import Hold, Reason, RunStatus
 from workers.health.evaluator import Decision as D
 
 T = Tuning(metrics_tick_s=1.0, metrics_lag_s=1.0, lease_ttl_s=30.0, beat_interval_s=1.0)
@@ -59,7 +60,11 @@ def run(**over: Any) -> RunRecord:
 
 
 def verdict(decision: D, health: H = H.HEALTHY) -> Verdict:
-    return Verdict(health, decision, {"reason": "x"}, eval_state="{}", until=NOW - 1)
+    """A verdict on 100 requests over 10 s of the step (traffic enough)."""
+    return Verdict(
+        health, decision, {"reason": "x"}, eval_state="{}", until=NOW - 1,
+        requests=100, span_s=10.0, read_s=1.0,
+    )  # fmt: skip
 
 
 # -- the test step -------------------------------------------------------------------------
@@ -266,17 +271,28 @@ def test_enabled_table(
         (run(enabled=3), None),
         (run(status=RunStatus.SUCCEEDED, enabled=4), None),
         (run(enabled=4), Finish(RunStatus.SUCCEEDED, "all 4 features enabled")),
+        (run(enabled=4, bake_until=NOW + 1), None),
+        (run(enabled=4, bake_until=NOW), Finish(RunStatus.SUCCEEDED, "all 4 features enabled")),
         (run(quarantined=1, blocked=3), Finish(RunStatus.FAILED, "no feature could be enabled")),
         (
             run(enabled=2, quarantined=1, blocked=1),
             Finish(RunStatus.PARTIAL, "2 enabled, 1 quarantined, 1 blocked"),
         ),
     ],
-    ids=["nothing-settled", "one-left", "already-final", "succeeded", "failed", "partial"],
+    ids=[
+        "nothing-settled",
+        "one-left",
+        "already-final",
+        "succeeded",
+        "still-baking",
+        "bake-over",
+        "failed",
+        "partial",
+    ],
 )
 def test_completion_table(run_rec: RunRecord, expected: Finish | None) -> None:
     """A run ends only when every feature is settled, with the status its counts imply."""
-    assert decide.completion(run_rec) == expected
+    assert decide.completion(run_rec, NOW) == expected
 
 
 @pytest.mark.parametrize(
@@ -305,3 +321,175 @@ def test_evidence_window_reads_whole_ticks_after_the_flush_lag(
 def test_lost_schedules_are_the_ones_without_a_due_time() -> None:
     """A TESTING feature without a due time is reported so it gets one."""
     assert decide.lost_schedules(["a", "b", "c"], [1.0, None, None]) == ("b", "c")
+
+
+# -- holds, gates, bake (guard and operator control) -------------------------------------------
+GATED = spec(approve_before=[10, 100])
+HOLDING = spec(on_unhealthy="hold")
+BAKED = spec(bake_s=120)
+LOW = spec(health={"min_traffic_rps": 5})
+APPROVAL = {"awaiting": 10, "message": "approval needed before 10%"}
+
+
+@pytest.mark.parametrize(
+    ("record", "feature", "expected"),
+    [
+        (rec(hold=Hold.PAUSED), MEASURED, (Skip("paused"),)),
+        (
+            rec(),
+            GATED,
+            (SetHold(Hold.AWAITING_APPROVAL, APPROVAL, awaiting=10), Skip("awaiting_approval")),
+        ),
+        (
+            rec(approved=10),
+            GATED,
+            (StartTest(10, Reason.STARTED, {"attempt": 1, "dependencies": ["a"]}, NOW + 1.0, ()),),
+        ),
+    ],
+    ids=["paused-does-not-start", "gate-before-first-percent", "approved-starts"],
+)
+def test_test_step_holds_table(
+    record: FeatureRecord, feature: Feature, expected: tuple[Any, ...]
+) -> None:
+    """A paused feature does not start; a gate before the first percent awaits approval."""
+    assert decide.test_step(record, feature, NOW, T) == expected
+
+
+def test_idle_operator_hold_waits_unscheduled() -> None:
+    """A DISABLED feature held for an operator is not requeued by evaluation ticks."""
+    assert decide.idle(run(), rec(hold=Hold.PAUSED), NOW) == (Unschedule(), Skip("paused"))
+
+
+def traffic(requests: float, span: float = 10.0, decision: D = D.CONTINUE) -> Verdict:
+    return Verdict(
+        H.UNKNOWN if requests == 0 else H.HEALTHY, decision, {"reason": "x"}, "{}", NOW - 1,
+        requests=requests, span_s=span, read_s=1.0,
+    )  # fmt: skip
+
+
+GUARD = Verdict(H.UNHEALTHY, D.ROLLBACK, {"reason": "guard"}, "{}", NOW - 1, 40, 10.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("record", "feature", "v", "expected_types"),
+    [
+        (TESTING, HOLDING, verdict(D.ROLLBACK, H.UNHEALTHY), ["NoteHealth", "SetHold", "Continue"]),
+        (
+            replace(TESTING, hold=Hold.UNHEALTHY_HOLD, health=H.UNHEALTHY),
+            HOLDING,
+            verdict(D.ROLLBACK, H.UNHEALTHY),
+            ["Continue"],
+        ),
+        (TESTING, HOLDING, GUARD, ["NoteHealth", "RequestRollback"]),
+        (TESTING, MEASURED, traffic(0), ["SetHold", "Continue"]),
+        (TESTING, LOW, traffic(30), ["SetHold", "Continue"]),
+        (TESTING, MEASURED, traffic(0, span=1.0), ["Continue"]),
+        (replace(TESTING, testing_since=NOW - 61), MEASURED, traffic(0, span=1.0), ["Continue"]),
+        (replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC), MEASURED, traffic(0), ["Continue"]),
+        (
+            replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC),
+            LOW,
+            traffic(80, decision=D.PROMOTE),
+            ["SetHold", "Advance"],
+        ),
+        (
+            replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC, testing_since=NOW - 61),
+            MEASURED,
+            traffic(0),
+            ["Continue"],
+        ),
+        (replace(TESTING, hold=Hold.PAUSED), MEASURED, verdict(D.PROMOTE), ["Continue"]),
+        (
+            replace(TESTING, hold=Hold.PAUSED, testing_since=NOW - 61),
+            MEASURED,
+            verdict(D.PROMOTE),
+            ["Continue"],
+        ),
+        (
+            replace(TESTING, hold=Hold.PAUSED),
+            MEASURED,
+            verdict(D.ROLLBACK, H.UNHEALTHY),
+            ["NoteHealth", "RequestRollback"],
+        ),
+        (replace(TESTING, approved=10), GATED, verdict(D.PROMOTE), ["Advance"]),
+        (
+            replace(TESTING, step=2, percent=100, approved=10),
+            GATED,
+            verdict(D.PROMOTE),
+            ["SetHold", "Continue"],
+        ),
+        (
+            replace(TESTING, step=2, percent=100, approved=100),
+            GATED,
+            verdict(D.PROMOTE),
+            ["Enable"],
+        ),
+    ],
+    ids=[
+        "condemned-holds-instead-of-rollback",
+        "held-unhealthy-stays-held",
+        "fast-guard-still-cuts",
+        "no-traffic-holds",
+        "below-min-traffic-holds",
+        "too-early-to-judge-traffic",
+        "silence-never-times-out",
+        "still-no-traffic-stays-held",
+        "traffic-back-lifts-hold-and-moves-on",
+        "no-timeout-while-starved",
+        "paused-does-not-advance",
+        "paused-does-not-time-out",
+        "paused-bad-feature-still-rolls-back",
+        "approved-gate-advances",
+        "gate-before-enabled-holds",
+        "approved-enable",
+    ],
+)
+def test_testing_holds_table(
+    record: FeatureRecord, feature: Feature, v: Verdict, expected_types: list[str]
+) -> None:
+    """Holds: unhealthy hold, traffic sufficiency, pause and approval gates, in order."""
+    actions = decide.testing(record, feature, v, NOW, T)
+    assert [type(a).__name__ for a in actions] == expected_types
+
+
+def test_a_starved_feature_s_test_clock_does_not_run() -> None:
+    """While held for insufficient traffic the test clock moves forward by the evidence
+    read, so the time never counts towards max_testing_s."""
+    held = replace(TESTING, hold=Hold.INSUFFICIENT_TRAFFIC)
+    (cont,) = decide.testing(held, MEASURED, traffic(0), NOW, T)
+    assert isinstance(cont, Continue) and cont.testing_since == held.testing_since + 1.0
+
+
+def test_promotion_of_a_measured_feature_starts_its_bake() -> None:
+    """Enable carries the end of the bake: now + bake_s; unmeasured or bake_s 0: none."""
+    last = replace(TESTING, step=2, percent=100)
+    (enable,) = decide.testing(last, BAKED, verdict(D.PROMOTE), NOW, T)
+    assert isinstance(enable, Enable) and enable.bake_ends_at == NOW + 120
+    assert decide.promotion(spec(bake_s=0), 3, {}, NOW).bake_ends_at == 0.0
+    assert decide.promotion(UNMEASURED, 3, {}, NOW).bake_ends_at == 0.0
+
+
+@pytest.mark.parametrize(
+    ("control", "shared", "suspect"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["fixed-cannot-tell", "control-own-fault", "control-shared-cause"],
+)
+def test_only_possibly_shared_condemnations_count_towards_self_freeze(
+    control: bool, shared: bool, suspect: bool
+) -> None:
+    """A feature found worse than its own off-cohort is rolled back without counting
+    towards the self-freeze; fixed thresholds or both cohorts bad alike count."""
+    v = replace(verdict(D.ROLLBACK, H.UNHEALTHY), control=control, shared=shared)
+    *_, rb = decide.testing(TESTING, MEASURED, v, NOW, T)
+    assert isinstance(rb, RequestRollback) and rb.suspect_shared is suspect
+    (rb2,) = decide.enabled(ENABLED, MEASURED, v, NOW, T)
+    assert isinstance(rb2, RequestRollback) and rb2.suspect_shared is suspect
+
+
+def test_the_off_cohort_reference_is_carried_into_the_next_step() -> None:
+    """Advancing or promoting carries the control reference rates forward."""
+    v = replace(verdict(D.PROMOTE), reference='{"error_rate":0.03}')
+    (adv,) = decide.testing(TESTING, MEASURED, v, NOW, T)
+    assert isinstance(adv, Advance) and adv.reference == '{"error_rate":0.03}'
+    (en,) = decide.testing(replace(TESTING, step=2, percent=100), MEASURED, v, NOW, T)
+    assert isinstance(en, Enable) and en.reference == '{"error_rate":0.03}'

@@ -12,6 +12,7 @@ def test_exported_names_are_pinned() -> None:
     """``workers.health.__all__`` is the documented public API, nothing more or less."""
     assert sorted(workers.health.__all__) == sorted(
         [
+            "ControlThresholds",
             "Decision",
             "Evaluator",
             "HealthPolicy",

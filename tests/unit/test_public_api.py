@@ -12,8 +12,8 @@ import workers.errors
 PUBLIC = {
     "workers": ["FeatureHealth", "FeatureState", "Reason", "RecoveryError", "RunStatus"],
     "workers.health": [
-        "Decision", "Evaluator", "HealthPolicy", "MetricSource", "RateThresholds", "Sample",
-        "backoff_delay", "make_source",
+        "ControlThresholds", "Decision", "Evaluator", "HealthPolicy", "MetricSource",
+        "RateThresholds", "Sample", "backoff_delay", "make_source",
     ],
     "workers.flags": [
         "BUCKETS", "ClientHealth", "EvaluationReason", "Flag", "FlagClient", "FlagEvaluation",
@@ -25,7 +25,8 @@ PUBLIC = {
     ],
     "workers.core.graph": ["Graph", "find_cycle"],
     "workers.core.states": [
-        "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Reason",
+        "ACTIVE_RUN_STATUSES", "FINAL_RUN_STATUSES", "FeatureHealth", "FeatureState", "Hold",
+        "Reason",
         "RunStatus", "TRANSITIONS", "is_legal",
     ],
 }  # fmt: skip

@@ -20,11 +20,13 @@ action              meaning
 :class:`Schedule`   move the feature's next evaluation to ``at``
 :class:`Unschedule` drop the feature's evaluation schedule (nothing to watch)
 :class:`Requeue`    put a DISABLED feature back on the ready queue at ``rank``
+:class:`SetHold`    set (or lift: ``hold`` None) the feature's hold, audited
 :class:`NoteHealth` audit a health change an operator cares about
 :class:`RequestRollback`  ask for a rollback (its own task, on the rollback queue)
 :class:`Freeze`     stop the line (self-freeze: a shared cause is likely)
 :class:`RollBack`   one feature of a cascade → DISABLED
 :class:`Quarantine` hold the feature DISABLED for an operator; block its dependents
+:class:`Unquarantine`  an operator's retry: back in the run, dependents unblocked
 :class:`ScheduleRetry`  count the failed attempt; retry after ``delay_s``
 :class:`Finish`     give the run its final status
 ==================  ======================================================================
@@ -36,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from workers.core.states import FeatureHealth, Reason, RunStatus
+from workers.core.states import FeatureHealth, Hold, Reason, RunStatus
 
 __all__ = [
     "Action",
@@ -52,8 +54,10 @@ __all__ = [
     "RollBack",
     "Schedule",
     "ScheduleRetry",
+    "SetHold",
     "Skip",
     "StartTest",
+    "Unquarantine",
     "Unschedule",
 ]
 
@@ -76,16 +80,22 @@ class Advance:
     evidence: Evidence
     health: FeatureHealth
     due_at: float
+    #: ``baseline: control``: the off-cohort rates the next step starts from (JSON)
+    reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Enable:
     """TESTING → ENABLED (100 %, ramp index ``step``); ``watch_from`` starts the ENABLED
-    watch (None: nothing is measured, nothing to watch)."""
+    watch (None: nothing is measured, nothing to watch); the bake (the run's watch after
+    promotion) ends at ``bake_ends_at`` (0: no bake)."""
 
     step: int
     evidence: Evidence
     watch_from: float | None
+    bake_ends_at: float = 0.0
+    #: ``baseline: control``: the off-cohort rates the ENABLED watch compares with (JSON)
+    reference: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,8 @@ class Continue:
     due_at: float
     eval_state: str | None = None
     evidence_until: float | None = None
+    #: the test clock's new start, when time must not count against the feature
+    testing_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +146,18 @@ class Requeue:
 
 
 @dataclass(frozen=True, slots=True)
+class SetHold:
+    """Set the feature's ``hold`` (None lifts it), audited with ``evidence``; ``awaiting``
+    is the percent an approval is for. A held DISABLED feature leaves the ready queue."""
+
+    hold: Hold | None
+    evidence: Evidence
+    awaiting: int | None = None
+    #: an operator's approval of entering this percent
+    approve: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NoteHealth:
     """Audit a health change into or out of DEGRADED/UNHEALTHY."""
 
@@ -149,6 +173,9 @@ class RequestRollback:
     reason: Reason
     evidence: Evidence
     recheck_at: float
+    #: whether a shared cause is possible (fixed thresholds cannot tell; a control test
+    #: that found this feature worse than its off-cohort says it is this feature's own)
+    suspect_shared: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +212,18 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class Unquarantine:
+    """An operator's retry: ``feature`` leaves quarantine with its attempts reset, the
+    ``unblock`` dependents are unblocked, it is requeued at ``rank``, and a finished run
+    goes back to RUNNING."""
+
+    feature: str
+    rank: int
+    unblock: tuple[str, ...]
+    evidence: Evidence
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleRetry:
     """Count failed attempt number ``attempts``; retry ``feature`` after ``delay_s``."""
 
@@ -213,11 +252,13 @@ Action: TypeAlias = (
     | Schedule
     | Unschedule
     | Requeue
+    | SetHold
     | NoteHealth
     | RequestRollback
     | Freeze
     | RollBack
     | Quarantine
+    | Unquarantine
     | ScheduleRetry
     | Finish
 )

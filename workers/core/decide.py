@@ -15,7 +15,7 @@ No I/O, no clock, no randomness except through an injected ``rng``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from workers.core.actions import (
@@ -29,13 +29,14 @@ from workers.core.actions import (
     RequestRollback,
     Requeue,
     Schedule,
+    SetHold,
     Skip,
     StartTest,
     Unschedule,
 )
 from workers.core.plan import Feature
 from workers.core.records import FeatureRecord, RunRecord
-from workers.core.states import FeatureHealth, FeatureState, Reason, RunStatus
+from workers.core.states import FeatureHealth, FeatureState, Hold, Reason, RunStatus
 from workers.health.evaluator import Decision
 
 __all__ = [
@@ -50,7 +51,10 @@ __all__ = [
     "idle",
     "lost_schedules",
     "measured",
+    "outcome",
+    "promotion",
     "self_freeze",
+    "settled_status",
     "test_step",
     "testing",
 ]
@@ -69,6 +73,8 @@ class Tuning:
     freeze_share: float = 0.5
     freeze_window_s: float = 60.0
     freeze_min_features: int = 3
+    #: traffic to a TESTING feature is judged once a step has this much evidence
+    traffic_window_s: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> Tuning:
@@ -82,6 +88,7 @@ class Tuning:
             freeze_share=float(settings.freeze_share),
             freeze_window_s=float(settings.freeze_window_s),
             freeze_min_features=int(settings.freeze_min_features),
+            traffic_window_s=2.0 * float(settings.metrics_tick_s),
         )
 
 
@@ -91,6 +98,9 @@ class Verdict:
 
     ``eval_state`` is the evaluator's serialised state to persist; ``until`` the end of
     the evidence read (whole ticks), so the next evaluation reads disjoint ticks.
+    ``requests`` counts the requests observed in the current ramp step over ``span_s``
+    seconds of evidence; ``read_s`` is how much new evidence this evaluation read (0:
+    none yet).
     """
 
     health: FeatureHealth
@@ -98,6 +108,25 @@ class Verdict:
     evidence: Mapping[str, Any]
     eval_state: str = ""
     until: float = 0.0
+    requests: float = 0.0
+    span_s: float = 0.0
+    read_s: float = 0.0
+    #: ``baseline: control``: both cohorts degraded alike (a shared cause)
+    shared: bool = False
+    #: ``baseline: control`` judged this verdict (else fixed thresholds)
+    control: bool = False
+    #: the off-cohort's reference rates to carry forward (JSON; "" none)
+    reference: str = ""
+
+    @property
+    def traffic_rps(self) -> float | None:
+        """Observed requests per second in the step so far (None before any evidence)."""
+        return self.requests / self.span_s if self.span_s > 0 else None
+
+    @property
+    def guard(self) -> bool:
+        """Whether the fast guard (plainly broken) condemned the feature."""
+        return self.evidence.get("reason") == "guard"
 
 
 def measured(spec: Feature) -> bool:
@@ -136,10 +165,16 @@ def test_step(rec: FeatureRecord, spec: Feature, now: float, tuning: Tuning) -> 
     """
     if rec.state is not FeatureState.DISABLED or rec.quarantined or rec.blocked:
         return (Skip("skipped"),)
+    if rec.hold is not None and rec.hold.needs_operator:
+        return (Skip(rec.hold.value),)
     if rec.next_attempt_at > now:
         return (Skip("backoff"),)
+    first = spec.ramp[0]
+    if first in spec.approve_before and rec.approved != first:
+        why = {"awaiting": first, "message": f"approval needed before {first}%"}
+        return (SetHold(Hold.AWAITING_APPROVAL, why, awaiting=first), Skip("awaiting_approval"))
     walk: tuple[Advance | Enable, ...] = ()
-    if not measured(spec) and spec.dwell_s <= 0:
+    if not measured(spec) and spec.dwell_s <= 0 and not spec.approve_before:
         dwell = {"rule": "dwell", "dwell_s": spec.dwell_s}
         advances = tuple(
             Advance(i, spec.ramp[i], dwell, FeatureHealth.UNKNOWN, now + first_delay(spec, tuning))
@@ -167,6 +202,8 @@ def idle(run: RunRecord, rec: FeatureRecord, now: float) -> tuple[Action, ...] |
         return None
     if rec.quarantined or rec.blocked or rec.pending > 0:
         return (Unschedule(), Skip("waiting"))
+    if rec.hold is not None and rec.hold.needs_operator:
+        return (Unschedule(), Skip(rec.hold.value))
     if rec.next_attempt_at > now:
         return (Schedule(rec.next_attempt_at), Skip("backoff"))
     return (Requeue(rec.rank), Skip("requeued"))
@@ -190,17 +227,25 @@ def health_note(rec: FeatureRecord, verdict: Verdict) -> NoteHealth | None:
 def testing(
     rec: FeatureRecord, spec: Feature, verdict: Verdict | None, now: float, tuning: Tuning
 ) -> tuple[Action, ...]:
-    """One evaluation of a TESTING feature (claimed): roll back, time out, advance,
+    """One evaluation of a TESTING feature (claimed): roll back, hold, time out, advance,
     promote, or continue.
 
     ``verdict`` is the evaluator's (None only for an unmeasured feature, which is judged
-    by its dwell alone). Order: a ROLLBACK verdict first; then the ``max_testing_s``
-    timeout; then a PROMOTE verdict once the step's dwell has passed (the next ramp
-    percent, or ENABLED after the last); else wait a tick (unmeasured: until the dwell
-    ends).
+    by its dwell alone). In order:
+
+    1. a ROLLBACK verdict asks for a rollback — or, with ``on_unhealthy: hold`` and unless
+       the fast guard fired, holds the feature at its percent for an operator;
+    2. too little traffic (below ``min_traffic_rps``, or none at all) holds the feature
+       (``insufficient_traffic``, once two ticks of the step are read) and stops its test
+       clock — no request at all never times out; the hold lifts by itself;
+    3. an operator hold (paused, awaiting approval, unhealthy hold) keeps it where it is,
+       still evaluated, its clock stopped;
+    4. the ``max_testing_s`` timeout asks for a rollback;
+    5. a PROMOTE verdict once the step's dwell has passed moves to the next ramp percent
+       or to ENABLED — unless that percent is an approval gate not yet approved;
+    6. else wait a tick (unmeasured: until the dwell ends).
     """
     step_elapsed = now - rec.step_since
-    testing_elapsed = now - rec.testing_since
     actions: list[Action] = []
     if not measured(spec) or verdict is None:
         verdict = Verdict(FeatureHealth.HEALTHY, Decision.PROMOTE, {"rule": "dwell"})
@@ -208,9 +253,36 @@ def testing(
         note = health_note(rec, verdict)
         if note is not None:
             actions.append(note)
+    tick = tuning.metrics_tick_s
+    if measured(spec):
+        stay = Continue(verdict.health, now + tick, verdict.eval_state, verdict.until)
+    else:
+        stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
+    stopped_clock = replace(stay, testing_since=rec.testing_since + verdict.read_s)
+    hold = rec.hold
     if verdict.decision is Decision.ROLLBACK:
+        if spec.on_unhealthy == "hold" and not verdict.guard:
+            if hold is not Hold.UNHEALTHY_HOLD:
+                actions.append(SetHold(Hold.UNHEALTHY_HOLD, verdict.evidence))
+            return (*actions, stopped_clock)
         recheck = now + tuning.lease_ttl_s
-        return (*actions, RequestRollback(Reason.UNHEALTHY, verdict.evidence, recheck))
+        suspect = not verdict.control or verdict.shared
+        return (*actions, RequestRollback(Reason.UNHEALTHY, verdict.evidence, recheck, suspect))
+    rps = verdict.traffic_rps if verdict.span_s >= tuning.traffic_window_s else None
+    silent = measured(spec) and verdict.requests == 0
+    starving = silent or (rps is not None and rps < spec.health.min_traffic_rps)
+    if starving:
+        if hold is None and rps is not None:
+            why = {"traffic_rps": round(rps, 3), "min_traffic_rps": spec.health.min_traffic_rps}
+            actions.append(SetHold(Hold.INSUFFICIENT_TRAFFIC, why))
+        if hold is None or hold is Hold.INSUFFICIENT_TRAFFIC:
+            return (*actions, stopped_clock)
+    elif hold is Hold.INSUFFICIENT_TRAFFIC:
+        actions.append(SetHold(None, {"traffic_rps": round(rps or 0.0, 3)}))
+        hold = None
+    if hold is not None:
+        return (*actions, stopped_clock)
+    testing_elapsed = now - rec.testing_since
     if testing_elapsed >= spec.max_testing_s:
         evidence = {
             **verdict.evidence,
@@ -220,18 +292,29 @@ def testing(
         return (*actions, RequestRollback(Reason.TIMEOUT, evidence, now + tuning.lease_ttl_s))
     if verdict.decision is Decision.PROMOTE and step_elapsed >= spec.dwell_s:
         evidence = {**verdict.evidence, "dwell_s": spec.dwell_s, "step_s": round(step_elapsed, 3)}
-        if rec.step + 1 < len(spec.ramp):
-            nxt = rec.step + 1
+        last = rec.step + 1 >= len(spec.ramp)
+        nxt = 100 if last else spec.ramp[rec.step + 1]
+        if nxt in spec.approve_before and rec.approved != nxt:
+            gate: dict[str, Any] = {"awaiting": nxt, "message": f"approval needed before {nxt}%"}
+            return (*actions, SetHold(Hold.AWAITING_APPROVAL, gate, awaiting=nxt), stay)
+        if not last:
             due = now + first_delay(spec, tuning)
-            return (*actions, Advance(nxt, spec.ramp[nxt], evidence, verdict.health, due))
-        watch = now if measured(spec) else None
-        return (*actions, Enable(len(spec.ramp), evidence, watch))
-    if measured(spec):
-        wait = tuning.metrics_tick_s
-        cont = Continue(verdict.health, now + wait, verdict.eval_state, verdict.until)
-    else:
-        cont = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
-    return (*actions, cont)
+            ref = verdict.reference
+            return (*actions, Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref))
+        return (*actions, promotion(spec, len(spec.ramp), evidence, now, verdict.reference))
+    return (*actions, stay)
+
+
+def promotion(
+    spec: Feature, step: int, evidence: Mapping[str, Any], now: float, reference: str = ""
+) -> Enable:
+    """The move to ENABLED: measured features are watched from now and bake ``bake_s``
+    (``reference``: the off-cohort rates the watch compares with under a control
+    baseline)."""
+    if not measured(spec):
+        return Enable(step, evidence, None)
+    bake = now + spec.bake_s if spec.bake_s > 0 else 0.0
+    return Enable(step, evidence, now, bake, reference)
 
 
 def enabled(
@@ -246,18 +329,26 @@ def enabled(
         return (Unschedule(), Skip("unwatched"))
     if verdict.decision is Decision.ROLLBACK:
         recheck = now + tuning.lease_ttl_s
-        return (RequestRollback(Reason.REGRESSION, verdict.evidence, recheck),)
+        suspect = not verdict.control or verdict.shared
+        return (RequestRollback(Reason.REGRESSION, verdict.evidence, recheck, suspect),)
+    actions: list[Action] = []
     note = health_note(rec, verdict)
+    if note is not None:
+        actions.append(note)
     cont = Continue(verdict.health, now + tuning.metrics_tick_s, verdict.eval_state, verdict.until)
-    return (cont,) if note is None else (note, cont)
+    return (*actions, cont)
 
 
 # -- the run ----------------------------------------------------------------------------------
 def self_freeze(run: RunRecord, unhealthy: int, tuning: Tuning) -> Freeze | None:
-    """Stop the line when ``unhealthy`` distinct features of the run turned unhealthy
-    within the freeze window: at least ``freeze_min_features`` and more than
-    ``freeze_share`` of the run. A shared cause is likely; rolling each back would not
-    help."""
+    """Stop the line when ``unhealthy`` distinct features of the run were condemned within
+    the freeze window for what may be a shared cause: at least ``freeze_min_features``
+    and more than ``freeze_share`` of the run. Rolling each back would not help.
+
+    Only condemnations that may be shared count (see ``RequestRollback.suspect_shared``):
+    under fixed thresholds every one; under ``baseline: control`` only those whose two
+    cohorts were bad alike — a feature whose on-cohort was worse than its own off-cohort
+    is guilty by itself and is simply rolled back."""
     if unhealthy < tuning.freeze_min_features or unhealthy <= tuning.freeze_share * run.total:
         return None
     message = (
@@ -267,11 +358,20 @@ def self_freeze(run: RunRecord, unhealthy: int, tuning: Tuning) -> Freeze | None
     return Freeze(message, {"message": message, "unhealthy": unhealthy, "total": run.total})
 
 
-def completion(run: RunRecord) -> Finish | None:
-    """The run's final status once every feature is enabled, quarantined or blocked:
-    SUCCEEDED (all enabled), FAILED (none enabled) or PARTIAL. None while work remains."""
+def completion(run: RunRecord, now: float) -> Finish | None:
+    """The run's final status once every feature is enabled, quarantined or blocked and
+    every promoted feature's bake has ended: SUCCEEDED (all enabled), FAILED (none
+    enabled) or PARTIAL. None while work remains."""
     if run.status is not RunStatus.RUNNING or run.settled < run.total:
         return None
+    if now < run.bake_until:
+        return None
+    return settled_status(run)
+
+
+def settled_status(run: RunRecord) -> Finish:
+    """The status a run's counts imply once it is settled (also after a manual rollback
+    changed a finished run): SUCCEEDED, FAILED or PARTIAL."""
     if run.quarantined + run.blocked == 0:
         return Finish(RunStatus.SUCCEEDED, f"all {run.total} features enabled")
     if run.enabled == 0:
@@ -280,6 +380,19 @@ def completion(run: RunRecord) -> Finish | None:
         RunStatus.PARTIAL,
         f"{run.enabled} enabled, {run.quarantined} quarantined, {run.blocked} blocked",
     )
+
+
+def outcome(actions: Sequence[Action]) -> str:
+    """An evaluation's outcome for the decision counters: ``rollback``, ``advance``,
+    ``promote`` or ``continue`` (holds and waiting count as ``continue``)."""
+    for action in actions:
+        if isinstance(action, RequestRollback):
+            return "rollback"
+        if isinstance(action, Advance):
+            return "advance"
+        if isinstance(action, Enable):
+            return "promote"
+    return "continue"
 
 
 def lost_schedules(names: Sequence[str], due: Sequence[float | None]) -> tuple[str, ...]:

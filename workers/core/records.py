@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workers.core.states import FeatureHealth, FeatureState, RunStatus
+from workers.core.states import FeatureHealth, FeatureState, Hold, RunStatus
 
 __all__ = ["Event", "FeatureRecord", "RunRecord"]
 
@@ -43,6 +43,24 @@ class FeatureRecord:
     eval_state: str = ""
     rank: int = 0
     next_attempt_at: float = 0.0
+    #: a stored hold (paused, awaiting approval, …); None when free to move on
+    hold: Hold | None = None
+    #: with ``hold`` AWAITING_APPROVAL: the percent the approval is for (100 = ENABLED)
+    awaiting: int | None = None
+    #: the percent an operator approved entering (-1: none)
+    approved: int = -1
+    #: an ENABLED feature's post-promotion watch ends then (0: no bake)
+    bake_ends_at: float = 0.0
+    #: ``baseline: control``: the off-cohort's last rates, carried across ramp steps (JSON)
+    reference: str = ""
+
+    def shown_hold(self, now: float) -> Hold | None:
+        """The hold to show: the stored one, else BAKING while the bake runs."""
+        if self.hold is not None:
+            return self.hold
+        if self.state is FeatureState.ENABLED and self.bake_ends_at > now:
+            return Hold.BAKING
+        return None
 
     @property
     def live(self) -> bool:
@@ -67,6 +85,8 @@ class RunRecord:
     reason: str = ""
     #: an abort is under way: no automatic move may start
     stopping: bool = False
+    #: the latest bake end of its promoted features: the run ends no earlier
+    bake_until: float = 0.0
 
     @property
     def settled(self) -> int:
@@ -91,6 +111,8 @@ class Event:
     evidence: dict[str, Any]
     version: int | None
     token: int | None
+    #: who made it happen: the operator (CLI/API token name) or the worker id
+    actor: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The ``events --json`` contract, plus ``kind`` and ``evidence``."""
@@ -105,4 +127,5 @@ class Event:
             "task_id": self.task_id or None,
             "kind": self.kind,
             "evidence": self.evidence,
+            "actor": self.actor or None,
         }

@@ -14,6 +14,7 @@ __all__ = [
     "TRANSITIONS",
     "FeatureHealth",
     "FeatureState",
+    "Hold",
     "Reason",
     "RunStatus",
     "is_legal",
@@ -54,6 +55,26 @@ FINAL_RUN_STATUSES = frozenset(
 )
 
 
+class Hold(StrEnum):
+    """Why a feature is not moving on by itself: state in Redis, shown in status, audited.
+
+    ``PAUSED``, ``AWAITING_APPROVAL`` and ``UNHEALTHY_HOLD`` wait for an operator;
+    ``INSUFFICIENT_TRAFFIC`` lifts itself when traffic returns; ``BAKING`` (an ENABLED
+    feature still under its post-promotion watch) ends with its bake time.
+    """
+
+    PAUSED = "paused"
+    AWAITING_APPROVAL = "awaiting_approval"
+    INSUFFICIENT_TRAFFIC = "insufficient_traffic"
+    BAKING = "baking"
+    UNHEALTHY_HOLD = "unhealthy_hold"
+
+    @property
+    def needs_operator(self) -> bool:
+        """Whether only an operator's command lifts this hold."""
+        return self in (Hold.PAUSED, Hold.AWAITING_APPROVAL, Hold.UNHEALTHY_HOLD)
+
+
 class Reason(StrEnum):
     """Reason codes carried by every transition and audit event."""
 
@@ -67,6 +88,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     REGRESSION = "regression"  # ENABLED feature whose CUSUM fired
     TASK_FAILED = "task_failed"  # the step task itself kept crashing (poison)
+    OPERATOR = "operator"  # an operator's promote
 
 
 #: The legal transitions, as data. Everything else is refused, in Python and in Redis.

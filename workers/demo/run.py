@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from rich.console import Console
 from rich.text import Text
 
 from workers.core.graph import Graph
-from workers.core.plan import Plan, parse_plan
+from workers.core.plan import Plan, load_plan
 from workers.errors import InvalidInput, RecoveryError, StoreUnavailable
 from workers.ops.describe import describe
 from workers.ops.report import build_timeline, render_html
@@ -68,6 +67,8 @@ class DemoConfig:
     leak_after_s: float = 15.0
     #: override every feature's dwell per ramp step (None: the plan's)
     dwell_s: float | None = None
+    #: override every feature's bake after promotion (None: the plan's)
+    bake_s: float | None = None
     workers: int = 2
     flower: bool = True
     flower_port: int | None = None
@@ -157,16 +158,21 @@ class ProcessGroup:
 
 
 def load_demo_plan(cfg: DemoConfig) -> Plan:
-    """The demo plan, with ``cfg.dwell_s`` applied. Raises PlanError/InvalidInput."""
-    try:
-        doc = yaml.safe_load(cfg.plan.read_text("utf-8"))
-    except OSError as exc:
-        raise InvalidInput(f"cannot read the demo plan {cfg.plan}: {exc}") from None
-    if cfg.dwell_s is not None:
-        doc.setdefault("defaults", {})["dwell_s"] = cfg.dwell_s
-        for f in doc.get("features", []):
-            f.pop("dwell_s", None)
-    plan = parse_plan(doc, source=str(cfg.plan))
+    """The demo plan, with ``cfg.dwell_s`` and ``cfg.bake_s`` applied (through the one
+    plan loader). Raises PlanError/InvalidInput."""
+
+    def compress(doc: dict[str, Any]) -> None:
+        defaults = doc.setdefault("defaults", {})
+        for key in ("dwell_s", "bake_s"):
+            value = getattr(cfg, key)
+            if value is None:
+                continue
+            defaults[key] = value
+            for f in doc.get("features", []):
+                if isinstance(f, dict):
+                    f.pop(key, None)
+
+    plan = load_plan(cfg.plan, overrides=compress)
     if cfg.bad not in plan.features:
         raise InvalidInput(f"the bad feature {cfg.bad!r} is not in {cfg.plan}")
     return plan
@@ -218,12 +224,28 @@ def check_outcome(
         state[name] = to
     if retries < 1:
         problems.append(f"{bad} was never retried")
+    if plan.features[bad].bake_s > 0 and not baked_rollbacks(events, bad):
+        problems.append(f"{bad} was never caught during its bake (a regression after promotion)")
     if not any(
         e.get("kind") == "transition" and e.get("to") == "DISABLED" and e.get("feature") == bad
         for e in events
     ):
         problems.append(f"{bad} was never rolled back")
     return problems
+
+
+def baked_rollbacks(events: Sequence[Mapping[str, Any]], feature: str) -> int:
+    """How often ``feature`` was rolled back from ENABLED by its post-promotion watch (a
+    ``regression`` during its bake)."""
+    return sum(
+        1
+        for e in events
+        if e.get("kind") == "transition"
+        and e.get("feature") == feature
+        and e.get("from") == "ENABLED"
+        and e.get("to") == "DISABLED"
+        and e.get("reason") == "regression"
+    )
 
 
 def _header(console: Console, plan: Plan, cfg: DemoConfig) -> None:
@@ -268,6 +290,21 @@ def _summary(
     blocked = [n for n, f in status.get("features", {}).items() if f.get("blocked")]
     if blocked:
         console.print(Text(f"Blocked until an operator acts on {cfg.bad}: {', '.join(blocked)}"))
+    caught = baked_rollbacks(events, cfg.bad)
+    if caught:
+        console.print(
+            Text(f"{cfg.bad} was caught during its bake ({caught} time(s) after promotion).")
+        )
+    quarantined = [n for n, f in status.get("features", {}).items() if f.get("quarantined")]
+    for name in quarantined:
+        console.print(
+            Text(
+                "Next, once the cause is fixed, an operator would run:\n"
+                f"  recovery retry {status.get('run_id')} {name} --reason 'fixed: <what>'",
+                style="bold yellow",
+            ),
+            soft_wrap=True,
+        )
     st = str(status.get("status"))
     console.print(
         Text(f"Run {status.get('run_id')}: {st} — {status.get('reason', '')}", style="bold")
@@ -292,7 +329,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     from workers.engine import PartialRecoveryManager
     from workers.ops.watch import watch
     from workers.settings import Settings
-    from workers.store import Store
+    from workers.store import RedisStore, store_from_settings
     from workers.tasks import CeleryDispatcher
 
     console = console or Console()
@@ -312,7 +349,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     previous = signal.getsignal(signal.SIGTERM)
     if _main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    store: Store | None = None
+    store: RedisStore | None = None
     try:
         _header(console, plan, cfg)
         port = free_port()
@@ -329,7 +366,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
             beat_interval_s=cfg.beat_interval_s,
             lease_ttl_s=5.0,
         )
-        store = Store(url, cfg.namespace)
+        store = store_from_settings(settings)
         _wait_redis(store, procs)
         env = {
             **os.environ,

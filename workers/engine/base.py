@@ -28,6 +28,7 @@ from workers.core.actions import (
     RequestRollback,
     Requeue,
     Schedule,
+    SetHold,
     Skip,
     Unschedule,
 )
@@ -139,6 +140,8 @@ class EngineBase:
                     fields["eval"] = action.eval_state
                 if action.evidence_until is not None:
                     fields["last_eval_at"] = action.evidence_until
+                if action.testing_since is not None:
+                    fields["testing_since"] = action.testing_since
                 self.store.update(
                     run_id,
                     name,
@@ -158,16 +161,20 @@ class EngineBase:
                 self.store.update(run_id, name, token=None, remove_due=True, ready_rank=rank)
                 self.dispatch_ready(run_id)
                 return "requeued"
+            case SetHold():
+                self.set_hold(run_id, rec, action, token=token, task_id=task_id, now=now)
+                return action.hold.value if action.hold is not None else "released"
             case NoteHealth():
                 self.store.append_event(
                     run_id,
                     "health",
+                    now=now,
                     feature=name,
                     reason=action.health.value.lower(),
                     evidence=action.evidence,
                     worker=self.worker,
                     task_id=task_id,
-                    state=rec.state.value,
+                    state=rec.state,
                     percent=rec.percent,
                 )
                 return "noted"
@@ -191,6 +198,9 @@ class EngineBase:
                         "eval": "",
                         "health": action.health.value,
                         "last_eval_at": now,
+                        "hold": "",
+                        "awaiting": "",
+                        **({"ref": action.reference} if action.reference else {}),
                     },
                     now=now,
                 )
@@ -215,6 +225,8 @@ class EngineBase:
                     now=now,
                     dispatch_grace_s=self.settings.lease_ttl_s,
                 )
+                if action.bake_ends_at:
+                    self.store.extend_bake(run_id, action.bake_ends_at)
                 self.after_enable(run_id, name, taken, results[0])
                 return "enabled"
             case RequestRollback():
@@ -228,7 +240,15 @@ class EngineBase:
         self, ctx: RunContext, name: str, action: Enable, version: int, now: float
     ) -> Step:
         """The store step for an :class:`Enable` (dependents' pending counts go down)."""
-        fields: dict[str, str | int | float] = {"eval": "", "health": FeatureHealth.HEALTHY.value}
+        fields: dict[str, str | int | float] = {
+            "eval": "",
+            "health": FeatureHealth.HEALTHY.value,
+            "hold": "",
+            "awaiting": "",
+            "bake_ends_at": action.bake_ends_at,
+        }
+        if action.reference:
+            fields["ref"] = action.reference
         due_at = None
         if action.watch_from is not None:
             fields["last_eval_at"] = action.watch_from
@@ -262,6 +282,51 @@ class EngineBase:
         if res.settled >= res.total:
             self.check_completion(run_id)
 
+    def set_hold(
+        self,
+        run_id: str,
+        rec: FeatureRecord,
+        action: SetHold,
+        *,
+        token: int | None,
+        task_id: str,
+        now: float,
+        actor: str = "",
+    ) -> None:
+        """Store the hold (a held DISABLED feature leaves the ready queue) and audit it."""
+        held = action.hold is not None and action.hold.needs_operator
+        self.store.update(
+            run_id,
+            rec.name,
+            token=token,
+            fields={
+                "hold": action.hold.value if action.hold is not None else "",
+                "awaiting": "" if action.awaiting is None else action.awaiting,
+                **({} if action.approve is None else {"approved": action.approve}),
+            },
+            remove_ready=held and rec.state is S.DISABLED,
+            remove_due=held and rec.state is S.DISABLED,
+        )
+        self.store.append_event(
+            run_id,
+            "hold" if action.hold is not None else "hold_lifted",
+            feature=rec.name,
+            reason=(action.hold or rec.hold or "").__str__(),
+            evidence=action.evidence,
+            worker=self.worker,
+            task_id=task_id,
+            state=rec.state,
+            percent=rec.percent,
+            actor=actor or self.worker,
+            now=now,
+        )
+        log.info(
+            "feature_hold",
+            run_id=run_id,
+            feature=rec.name,
+            hold=action.hold.value if action.hold is not None else None,
+        )
+
     def _request_rollback(
         self,
         run_id: str,
@@ -270,11 +335,7 @@ class EngineBase:
         token: int | None,
         now: float,
     ) -> str:
-        run = self.store.run(run_id)
-        count = self.store.note_unhealthy(run_id, rec.name, now, self.settings.freeze_window_s)
-        freeze = decide.self_freeze(run, count, self.tuning)
-        if freeze is not None:
-            self._freeze(run_id, freeze)
+        if action.suspect_shared and self._shared_cause(run_id, rec.name, now):
             return "frozen"
         self.store.update(
             run_id,
@@ -290,9 +351,23 @@ class EngineBase:
         self.dispatcher.rollback(run_id, rec.name, action.reason.value, action.evidence)
         return "rollback"
 
+    def _shared_cause(self, run_id: str, feature: str, now: float) -> bool:
+        """Count the feature as degraded by a possibly shared cause; stop the line (and
+        say so) when the core's self-freeze rule says many features are."""
+        run = self.store.run(run_id)
+        count = self.store.note_unhealthy(
+            run_id, feature, now=now, window_s=self.settings.freeze_window_s
+        )
+        freeze = decide.self_freeze(run, count, self.tuning)
+        if freeze is None:
+            return False
+        self._freeze(run_id, freeze)
+        return True
+
     def _freeze(self, run_id: str, action: Freeze) -> None:
-        if self.store.freeze(action.message, by="manager"):
+        now = self.clock()
+        if self.store.freeze(action.message, by="manager", now=now):
             log.warning("self_freeze", run_id=run_id, **action.evidence)
             self.store.append_event(
-                run_id, "freeze", reason="self_freeze", evidence=action.evidence
+                run_id, "freeze", now=now, reason="self_freeze", evidence=action.evidence
             )

@@ -18,6 +18,7 @@ from typing import Any
 
 from workers.engine import queries
 from workers.engine.base import Dispatcher
+from workers.engine.control import ControlMixin
 from workers.engine.evaluation import EvaluationMixin
 from workers.engine.rollback import RollbackMixin
 from workers.engine.steps import StartResult, StepsMixin
@@ -26,13 +27,14 @@ from workers.engine.tick import TickMixin
 __all__ = ["Dispatcher", "Engine", "PartialRecoveryManager", "StartResult"]
 
 
-class Engine(StepsMixin, EvaluationMixin, RollbackMixin, TickMixin):
+class Engine(StepsMixin, EvaluationMixin, RollbackMixin, ControlMixin, TickMixin):
     """Orchestrates recoveries. Cheap to construct; holds a per-process plan cache."""
 
     def status(self, run_id: str | None = None) -> dict[str, Any]:
         """The ``status --json`` contract for one run (default: the newest)."""
         run_id = run_id or queries.latest_run(self.store)
-        return queries.run_status(self.store, run_id, self.context(run_id).graph)
+        ctx = self.context(run_id)
+        return queries.run_status(self.store, run_id, ctx.plan, ctx.graph, self.clock())
 
 
 #: the pre-0.2 name

@@ -12,7 +12,7 @@ from workers.core.plan import Feature
 from workers.core.records import FeatureRecord
 from workers.core.states import FeatureState
 from workers.engine.base import EngineBase
-from workers.errors import ConflictError, LeaseHeld
+from workers.errors import ConflictError, InvalidInput, LeaseHeld
 from workers.health import Evaluator
 
 __all__ = ["EvaluationMixin"]
@@ -40,7 +40,9 @@ class EvaluationMixin(EngineBase):
         if actions is not None:
             return self.carry_out(run_id, ctx, rec, actions, token=None, task_id=task_id, now=now)
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=now
+            )
         except LeaseHeld:
             return "leased"
         try:
@@ -53,7 +55,9 @@ class EvaluationMixin(EngineBase):
                 actions = decide.enabled(rec, spec, verdict, now, self.tuning)
             else:
                 return "skipped"
-            return self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            done = self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
+            self.store.count_decision(decide.outcome(actions))
+            return done
         except ConflictError as exc:
             log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
             return "refused"
@@ -68,7 +72,7 @@ class EvaluationMixin(EngineBase):
         an unmeasured feature."""
         if not decide.measured(spec):
             return None
-        ev = self._evaluator(spec, rec.eval_state, mode)
+        ev = self._evaluator(spec, rec.eval_state, mode, rec.reference)
         last = rec.last_eval_at or start
         window = decide.evidence_window(last, now, self.tuning)
         until = last
@@ -82,13 +86,31 @@ class EvaluationMixin(EngineBase):
             evidence=ev.explain(),
             eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
             until=until,
+            requests=ev.requests,
+            span_s=max(until - start, 0.0),
+            read_s=until - last,
+            shared=ev.shared_degradation,
+            control=spec.health.baseline == "control",
+            reference=json.dumps(ev.reference, separators=(",", ":")) if ev.reference else "",
         )
 
     @staticmethod
-    def _evaluator(spec: Feature, state: str, mode: str) -> Evaluator:
+    def _evaluator(spec: Feature, state: str, mode: str, reference: str = "") -> Evaluator:
+        """The feature's evaluator from its saved state, else a fresh one that starts from
+        the off-cohort rates carried over from the previous step (control baseline)."""
         if state:
             try:
                 return Evaluator.from_state(spec.health, json.loads(state))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, InvalidInput):
                 log.warning("evaluator_state_unreadable", feature=spec.name)
-        return Evaluator(spec.health, mode=mode)  # type: ignore[arg-type]
+        ref: dict[str, float] | None = None
+        if reference:
+            try:
+                loaded = json.loads(reference)
+                ref = {str(k): float(v) for k, v in loaded.items()}
+            except (ValueError, TypeError, AttributeError):
+                ref = None
+        try:
+            return Evaluator(spec.health, mode=mode, reference=ref)  # type: ignore[arg-type]
+        except InvalidInput:
+            return Evaluator(spec.health, mode=mode)  # type: ignore[arg-type]

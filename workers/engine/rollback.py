@@ -7,12 +7,13 @@ from typing import Any
 
 import structlog
 
+from workers.core import decide
 from workers.core import rollback as plan
 from workers.core.actions import Quarantine, RollBack, ScheduleRetry
 from workers.core.states import FeatureState, Reason, RunStatus
 from workers.engine.base import EngineBase
 from workers.engine.context import RunContext
-from workers.errors import UnknownFeature
+from workers.errors import ConflictError, Frozen, IllegalTransition, StaleToken, UnknownFeature
 
 __all__ = ["RollbackMixin"]
 
@@ -68,7 +69,27 @@ class RollbackMixin(EngineBase):
                 break
         self.dispatch_ready(run_id)
         self.check_completion(run_id)
+        if done and not automatic:
+            self._restatus(run_id)
         return done
+
+    def _restatus(self, run_id: str) -> None:
+        """A finished run's status and reason follow a manual rollback of its features."""
+        run = self.store.run(run_id)
+        if run.status not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED):
+            return
+        after = decide.settled_status(run)
+        if after.status is run.status and after.reason == run.reason:
+            return
+        self.store.set_run_status(run_id, after.status, after.reason)
+        self.store.append_event(
+            run_id,
+            "run_status",
+            reason=after.reason,
+            evidence={"from": run.status.value, "to": after.status.value},
+            now=self.clock(),
+        )
+        log.warning("run_restatused", run_id=run_id, frm=run.status.value, to=after.status.value)
 
     def _states(self, run_id: str, names: Sequence[str]) -> dict[str, FeatureState]:
         if not names:
@@ -86,14 +107,38 @@ class RollbackMixin(EngineBase):
         count_attempt: bool,
         task_id: str,
     ) -> bool | None:
-        """Roll back one feature. True: done; False: nothing to do; None: dependents busy."""
+        """Roll back one feature. True: done; False: nothing to do; None: try again (a
+        dependent came up, or a concurrent step changed the feature under us)."""
+        try:
+            return self._rollback_claimed(
+                run_id, ctx, feature, reason, evidence, automatic, count_attempt, task_id
+            )
+        except (StaleToken, ConflictError) as exc:
+            if isinstance(exc, (Frozen, IllegalTransition)):
+                raise
+            # the lease was taken by force (an operator, another rollback) or the version
+            # moved: re-read and redo, so a rollback wins against every concurrent move
+            log.info("rollback_retried", run_id=run_id, feature=feature, why=str(exc))
+            return None
+
+    def _rollback_claimed(
+        self,
+        run_id: str,
+        ctx: RunContext,
+        feature: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        automatic: bool,
+        count_attempt: bool,
+        task_id: str,
+    ) -> bool | None:
         spec = ctx.spec(feature)
+        now = self.clock()
         token = self.store.claim(
-            run_id, feature, self.worker, self.settings.lease_ttl_s, force=True
+            run_id, feature, self.worker, self.settings.lease_ttl_s, now=now, force=True
         )
         try:
             rec = self.store.feature(run_id, feature)
-            now = self.clock()
             move = plan.step(
                 rec,
                 reason,
@@ -122,7 +167,7 @@ class RollbackMixin(EngineBase):
                 now=now,
             )
             if isinstance(outcome, Quarantine):
-                self._quarantine(run_id, outcome, token, task_id)
+                self._quarantine(run_id, outcome, token, now, task_id)
             elif isinstance(outcome, ScheduleRetry):
                 self._schedule_retry(run_id, outcome, token, now, task_id)
             return rolled
@@ -169,13 +214,14 @@ class RollbackMixin(EngineBase):
         )
         return True
 
-    def _quarantine(self, run_id: str, q: Quarantine, token: int, task_id: str) -> None:
+    def _quarantine(self, run_id: str, q: Quarantine, token: int, now: float, task_id: str) -> None:
         n = self.store.quarantine(
             run_id,
             q.feature,
             token=token,
             reason=q.reason,
             blocked=q.blocked,
+            now=now,
             worker=self.worker,
             task_id=task_id,
             evidence=q.evidence,
@@ -205,6 +251,7 @@ class RollbackMixin(EngineBase):
         self.store.append_event(
             run_id,
             "retry_scheduled",
+            now=now,
             feature=r.feature,
             reason=r.reason,
             evidence={
@@ -214,7 +261,7 @@ class RollbackMixin(EngineBase):
             },
             worker=self.worker,
             task_id=task_id,
-            state=S.DISABLED.value,
+            state=S.DISABLED,
             percent=0,
         )
 
@@ -255,7 +302,7 @@ class RollbackMixin(EngineBase):
         run = self.store.run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
             return []
-        self.store.set_run_fields(run_id, stopping=1)
+        self.store.mark_stopping(run_id)
         order = ctx.graph.order()
         done: list[str] = []
         for _ in range(3):
@@ -273,10 +320,11 @@ class RollbackMixin(EngineBase):
 
     def freeze(self, reason: str, *, by: str = "operator") -> bool:
         """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
-        changed = self.store.freeze(reason, by)
+        now = self.clock()
+        changed = self.store.freeze(reason, by, now=now)
         for run_id in self.store.active_runs().values():
             self.store.append_event(
-                run_id, "freeze", reason="freeze", evidence={"message": reason, "by": by}
+                run_id, "freeze", now=now, reason="freeze", evidence={"message": reason, "by": by}
             )
         return changed
 
@@ -284,6 +332,8 @@ class RollbackMixin(EngineBase):
         """Resume automatic transitions and dispatch what became ready meanwhile."""
         changed = self.store.unfreeze()
         for run_id in self.store.active_runs().values():
-            self.store.append_event(run_id, "unfreeze", reason="unfreeze", evidence={"by": by})
+            self.store.append_event(
+                run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
+            )
             self.dispatch_ready(run_id)
         return changed

@@ -84,7 +84,7 @@ class StepsMixin(EngineBase):
         Picked atomically in Redis; features dispatched within the lease TTL count as
         occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
         """
-        sent = self.store.take_ready(run_id, self.clock(), self.settings.lease_ttl_s)
+        sent = self.store.take_ready(run_id, now=self.clock(), grace_s=self.settings.lease_ttl_s)
         for name in sent:
             self.dispatcher.test_feature(run_id, name)
         if sent:
@@ -101,7 +101,7 @@ class StepsMixin(EngineBase):
         spec = ctx.spec(feature)
         try:
             token, rec = self.store.claim_record(
-                run_id, feature, self.worker, self.settings.lease_ttl_s
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
             )
         except LeaseHeld:
             return "leased"
@@ -201,7 +201,9 @@ class StepsMixin(EngineBase):
         ctx = self.context(run_id)
         spec = ctx.spec(feature)
         try:
-            token = self.store.claim(run_id, feature, self.worker, self.settings.lease_ttl_s)
+            token = self.store.claim(
+                run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
+            )
         except LeaseHeld:
             return "leased"
         try:

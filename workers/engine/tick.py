@@ -29,7 +29,7 @@ class TickMixin(EngineBase):
             run = self.store.run(run_id)
             if run.status is not RunStatus.RUNNING:
                 continue
-            for name in self.store.pop_due(run_id, now, self.settings.lease_ttl_s):
+            for name in self.store.pop_due(run_id, now=now, grace_s=self.settings.lease_ttl_s):
                 self.dispatcher.evaluate(run_id, name)
                 sent += 1
             testing = sorted(self.store.testing(run_id))
@@ -41,7 +41,7 @@ class TickMixin(EngineBase):
 
     def check_completion(self, run_id: str) -> RunStatus | None:
         """Finish the run once every feature is enabled, quarantined or blocked."""
-        finish = decide.completion(self.store.run(run_id))
+        finish = decide.completion(self.store.run(run_id), self.clock())
         if finish is None:
             return None
         ctx = self.context(run_id)

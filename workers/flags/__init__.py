@@ -6,8 +6,10 @@ Two lines in a service::
     if flags.is_enabled("checkout-v2", key=user_id): ...      # ~0.3 µs, no I/O
 
 and one to report outcomes (``flags.record(feature, ok, latency_s)`` or
-``with flags.track(feature): ...``). See ``docs/flags.md`` for the bucketing rule, the
-Redis layout read and written, and fork/outage behaviour.
+``with flags.track(feature): ...``, or once per request ``flags.record_request(ok,
+latency_s, key=user_id)``, which counts every TESTING feature's on- and off-cohort).
+See ``docs/flags.md`` for the bucketing rule, the Redis layout read and written, and
+fork/outage behaviour.
 
 Imports neither Celery nor OpenFeature: :class:`RecoveryProvider` loads ``openfeature``
 on first access.

@@ -39,6 +39,7 @@ from redis.retry import Retry
 from workers.core.states import FeatureState
 from workers.errors import InvalidInput
 from workers.flags._bucketing import BUCKETS, _murmur3_32, bucket
+from workers.flags._cohort import CohortRecorder
 from workers.flags._model import (
     ENABLED_RULE,
     ClientHealth,
@@ -166,6 +167,14 @@ class FlagClient:
             max_keys=max_metric_keys,
             max_age_s=float(metrics_ttl_s),
         )
+        # the feature-off cohorts of record_request, written to the ctl: fields
+        self._control_metrics = MetricBuffer(
+            tick_s=metrics_tick_s,
+            slow_call_s=slow_call_s,
+            max_keys=max_metric_keys,
+            max_age_s=float(metrics_ttl_s),
+        )
+        self._cohorts = CohortRecorder(self._metrics, self._control_metrics)
         self._poll_interval_s = 2.0
         self._connect_timeout_s = 1.0
         self._socket_timeout_s = 2.0
@@ -279,8 +288,8 @@ class FlagClient:
             last_error_age_s=None if err_at is None else time.monotonic() - err_at,
             reloads=self._reloads,
             refresher_alive=thread is not None and thread.is_alive(),
-            metrics_pending=self._metrics.pending_keys(),
-            metrics_dropped=self._metrics.dropped,
+            metrics_pending=self._metrics.pending_keys() + self._control_metrics.pending_keys(),
+            metrics_dropped=self._metrics.dropped + self._control_metrics.dropped,
         )
 
     def add_listener(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
@@ -318,6 +327,30 @@ class FlagClient:
         if self._reporter is None and self._redis is not None:
             self._start_reporter()
 
+    def record_request(
+        self,
+        ok: bool,
+        latency_s: float | None = None,
+        *,
+        key: str | None,
+        bad: Iterable[str] = (),
+    ) -> None:
+        """Count one request's overall outcome for every TESTING feature, in the cohort
+        (feature on or off) that ``key``'s bucket put it in; flushed in the background.
+
+        Call it once per request with the key passed to ``is_enabled``. On-cohort counts
+        go to the same fields as :meth:`record` (so do not also ``record`` a TESTING
+        feature for the same request), off-cohort counts to the ``ctl:`` fields that
+        ``baseline: control`` compares against. A request without a key is not counted.
+        No I/O; never raises.
+        """
+        try:
+            self._cohorts.record(self._rules, ok, latency_s, key, bad)
+        except Exception:
+            return
+        if self._reporter is None and self._redis is not None:
+            self._start_reporter()
+
     def track(
         self,
         feature: str,
@@ -336,9 +369,10 @@ class FlagClient:
         """
         return Outcome(self, feature, errors)
 
-    def pending_metrics(self) -> dict[str, MetricCounts]:
-        """Counts recorded but not yet flushed, summed per feature."""
-        return self._metrics.totals()
+    def pending_metrics(self, *, control: bool = False) -> dict[str, MetricCounts]:
+        """Counts recorded but not yet flushed, summed per feature (``control``: the
+        off-cohort counts of :meth:`record_request`)."""
+        return (self._control_metrics if control else self._metrics).totals()
 
     def flush(self) -> bool:
         """Write pending counts to Redis now. True when nothing is left pending.
@@ -349,12 +383,14 @@ class FlagClient:
         if client is None:
             return False
         batch = self._metrics.take()
-        if not batch:
+        control = self._control_metrics.take()
+        if not batch and not control:
             return True
         try:
-            write_batch(client, self._keys, batch, self._metrics_ttl_s)
+            write_batch(client, self._keys, batch, self._metrics_ttl_s, control=control)
         except Exception as exc:
             self._metrics.restore(batch)
+            self._control_metrics.restore(control)
             self._note_error("flags_metrics_flush_failed", exc)
             return False
         return True
@@ -373,7 +409,9 @@ class FlagClient:
         for thread in (self._refresher, self._reporter):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if self._reporter is None and self._metrics.pending_keys():
+        if self._reporter is None and (
+            self._metrics.pending_keys() or self._control_metrics.pending_keys()
+        ):
             self.flush()
         if self._redis is not None:
             with contextlib.suppress(Exception):  # closing is best effort
@@ -412,6 +450,7 @@ class FlagClient:
         self._first_attempt = threading.Event()
         self._start_lock = threading.Lock()
         self._metrics.reset_after_fork()
+        self._control_metrics.reset_after_fork()
         self._refresher = None
         self._reporter = None
         self._connected = False

@@ -163,21 +163,25 @@ def _merge_into(acc: _Entry, entry: _Entry) -> None:
             names[name] = names.get(name, 0) + n
 
 
-def write_batch(client: Any, keys: Keys, batch: Batch, ttl_s: int) -> None:
-    """Add ``batch`` to the metrics hashes in one MULTI/EXEC: all counts or none.
+def write_batch(
+    client: Any, keys: Keys, batch: Batch, ttl_s: int, control: Batch | None = None
+) -> None:
+    """Add ``batch`` (and ``control``, the off-cohorts, to the ``ctl:`` fields) to the
+    metrics hashes in one MULTI/EXEC: all counts or none.
 
     Raises the driver's error when Redis refuses or is unreachable (the caller restores
     the batch). If the connection drops after EXEC was sent the outcome is unknown and a
     retry may count that batch twice: the one case where counts are at-least-once.
     """
     pipe = client.pipeline(transaction=True)
-    for (feature, tick), (requests, errors, slow, bad) in batch.items():
-        key = keys.metrics(feature, tick)
-        # every field is written, zeros included, so a reader sees the tick's full shape
-        pipe.hincrby(key, "requests", requests)
-        pipe.hincrby(key, "errors", errors)
-        pipe.hincrby(key, "slow", slow)
-        for name, n in (bad or {}).items():
-            pipe.hincrby(key, f"bad:{name}", n)
-        pipe.expire(key, ttl_s)
+    for prefix, part in (("", batch), ("ctl:", control or {})):
+        for (feature, tick), (requests, errors, slow, bad) in part.items():
+            key = keys.metrics(feature, tick)
+            # every field is written, zeros included, so a reader sees the tick's full shape
+            pipe.hincrby(key, f"{prefix}requests", requests)
+            pipe.hincrby(key, f"{prefix}errors", errors)
+            pipe.hincrby(key, f"{prefix}slow", slow)
+            for name, n in (bad or {}).items():
+                pipe.hincrby(key, f"{prefix}bad:{name}", n)
+            pipe.expire(key, ttl_s)
     pipe.execute()

@@ -28,6 +28,17 @@ acceptable rate ``p0`` and a clearly-bad rate ``p1`` (:class:`RateThresholds`) a
 * both modes — a fast guard: a tumbling window of at least ``guard_min_requests``
   requests with an error share ``≥ guard_error_share`` rolls back at once.
 
+``baseline: control`` (the policy's option) judges each metric against the feature-off
+cohort at the same ticks instead: the same SPRT bounds, truncation, dwell watch and
+CUSUM, but every tick's LLR increment comes from :mod:`workers.health.control` (the
+conditional binomial test of the on/off split of the tick's bad events, with an absolute
+floor; the one-sample test against the off-cohort's last rate when a tick has no
+off-cohort, as for an ENABLED feature; the fixed rates when the off-cohort was never
+seen). The fast guard stays on the on-cohort alone. With control counts, whatever the
+baseline, :attr:`Evaluator.shared_degradation` says whether the rates are bad for *both*
+cohorts (each nearer the fixed ``p1`` than ``p0``) while the on-cohort is not shown worse
+than the off-cohort: a shared cause, not this feature.
+
 Silence never promotes: a stale, empty, NaN or otherwise invalid observation adds no
 evidence and makes the health UNKNOWN and the decision CONTINUE for that tick (a ROLLBACK
 stays a ROLLBACK). ROLLBACK is sticky until :meth:`Evaluator.reset`.
@@ -37,13 +48,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from workers.core.states import FeatureHealth
 from workers.errors import InvalidInput
-from workers.health.policy import HealthPolicy, RateThresholds
+from workers.health.control import ControlSpec, conditional_llr, reference_rate
+from workers.health.metrics import MetricSpec, MetricState, Status, metric_specs
+from workers.health.policy import HealthPolicy
 
 if TYPE_CHECKING:
     from workers.health.sources.base import Sample
@@ -51,12 +63,9 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Evaluator", "MetricSpec", "metric_specs"]
 
 Mode = Literal["testing", "enabled"]
-#: per-metric status: "open" (SPRT running), "good" (accepted p0, CUSUM-watched),
-#: "watch" (ENABLED mode, CUSUM-watched), "bad" (rolled back)
-Status = Literal["open", "good", "watch", "bad"]
 
-_STATE_VERSION = 1
-_ERROR_METRIC = "error_rate"
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class Decision(StrEnum):
@@ -67,72 +76,37 @@ class Decision(StrEnum):
     ROLLBACK = "rollback"
 
 
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """One judged metric and its constants, derived from the policy (never persisted)."""
-
-    name: str
-    field: str  # "errors", "slow" or the custom bad-event name
-    p0: float
-    p1: float
-    bad_weight: float  # a = ln(p1/p0)/φ
-    good_weight: float  # b = ln((1−p1)/(1−p0))/φ
-    upper: float  # ln((1−β)/αₘ): accept "bad"
-    lower: float  # ln(β/(1−αₘ)): accept "good"
-
-    def llr(self, n: float, s: float) -> float:
-        """Log-likelihood ratio of ``p1`` against ``p0`` after ``n`` requests, ``s`` bad."""
-        return s * self.bad_weight + (n - s) * self.good_weight
-
-
-def metric_specs(policy: HealthPolicy) -> tuple[MetricSpec, ...]:
-    """The metrics a policy judges, error rate first, with Bonferroni-split bounds.
-
-    The slow rate is judged when the policy sets ``slow_rate`` and the source can measure
-    it (a Prometheus source needs a ``slow_query``); every custom rate is judged.
-    """
-    rates: list[tuple[str, str, RateThresholds]] = [(_ERROR_METRIC, "errors", policy.error_rate)]
-    slow_measured = not (
-        policy.source == "prometheus"
-        and policy.prometheus is not None
-        and policy.prometheus.slow_query is None
-    )
-    if policy.slow_rate is not None and slow_measured:
-        rates.append(("slow_rate", "slow", policy.slow_rate))
-    for name in sorted(policy.custom):
-        rates.append((f"bad:{name}", name, policy.custom[name]))
-    alpha_m = policy.alpha / len(rates)
-    beta = policy.beta
-    phi = policy.overdispersion
-    return tuple(
-        MetricSpec(
-            name=name,
-            field=field,
-            p0=th.p0,
-            p1=th.p1,
-            bad_weight=math.log(th.p1 / th.p0) / phi,
-            good_weight=math.log((1 - th.p1) / (1 - th.p0)) / phi,
-            upper=math.log((1 - beta) / alpha_m),
-            lower=math.log(beta / (1 - alpha_m)),
-        )
-        for name, field, th in rates
-    )
-
-
 class Evaluator:
     """Sequential health evaluation of one feature; pure, deterministic, serialisable.
 
     ``mode="testing"``: decisions CONTINUE, PROMOTE ("this step's evidence is good") or
     ROLLBACK. ``mode="enabled"``: CONTINUE or ROLLBACK. See the module docstring for the
-    statistics. Not thread-safe (one evaluator per feature per tick).
+    statistics. ``reference`` (``baseline: control``) maps metric names to the off-cohort's
+    last rates, e.g. :attr:`reference` of the feature's TESTING evaluator, for an ENABLED
+    feature that has no off-cohort left (names the policy does not judge are ignored; a
+    rate outside [0, 1] raises :class:`~workers.errors.InvalidInput`). Not thread-safe
+    (one evaluator per feature per tick).
     """
 
-    def __init__(self, policy: HealthPolicy, mode: Mode = "testing") -> None:
+    def __init__(
+        self,
+        policy: HealthPolicy,
+        mode: Mode = "testing",
+        *,
+        reference: Mapping[str, float] | None = None,
+    ) -> None:
         if mode not in ("testing", "enabled"):
             raise InvalidInput(f"unknown evaluator mode {mode!r} (testing or enabled)")
         self.policy = policy
         self.mode: Mode = mode
         self._specs = metric_specs(policy)
+        self._control = ControlSpec.of(policy) if policy.baseline == "control" else None
+        self._ref: dict[str, float | None] = {s.name: None for s in self._specs}
+        for name, rate in (reference or {}).items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise InvalidInput(f"reference rate of {name!r} must be within [0, 1]: {rate!r}")
+            if name in self._ref:  # a metric this policy does not judge is ignored
+                self._ref[name] = float(rate)
         self.reset()
 
     # -- public surface ----------------------------------------------------------------
@@ -148,28 +122,58 @@ class Evaluator:
 
     @property
     def requests(self) -> float:
-        """Requests of every fresh, valid observation since creation or the last reset."""
+        """On-cohort requests of every fresh, valid observation since creation or reset."""
         return self._requests
+
+    @property
+    def control_requests(self) -> float:
+        """Off-cohort requests of every fresh, valid observation since creation or reset."""
+        return self._control_requests
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Names of the judged metrics (``error_rate``, ``slow_rate``, ``bad:<name>``)."""
         return tuple(spec.name for spec in self._specs)
 
+    @property
+    def reference(self) -> dict[str, float]:
+        """The off-cohort's last reference rate per metric (kept by :meth:`reset`)."""
+        return {name: rate for name, rate in self._ref.items() if rate is not None}
+
+    @property
+    def shared_degradation(self) -> bool:
+        """Whether a metric is bad for both cohorts alike: a shared cause, not this feature.
+
+        True when, for some metric, both cohorts have at least ``min_requests`` requests
+        since the test started, each cohort's rate is nearer the fixed ``p1`` than ``p0``
+        (its fixed-threshold LLR is positive), and the on-cohort is not shown worse than
+        the off-cohort (the conditional test has not crossed its rollback bound and, with
+        ``baseline: control``, the metric was not judged bad). False without control counts.
+        """
+        floor = self.policy.min_requests
+        for spec in self._specs:
+            m = self._m[spec.name]
+            (on_n, on_s), (off_n, off_s) = m.on, m.off
+            if on_n < floor or off_n < floor:
+                continue
+            if spec.llr(on_n, on_s) <= 0 or spec.llr(off_n, off_s) <= 0:
+                continue
+            judged_worse = self._control is not None and m.status == "bad" and m.reason != "guard"
+            if not (m.cllr >= spec.upper or judged_worse):
+                return True
+        return False
+
     def reset(self) -> None:
-        """Forget all evidence (after a transition): tests restart, CUSUMs go back to 0."""
+        """Forget all evidence (after a transition): tests restart, CUSUMs go back to 0.
+
+        The off-cohort's reference rates (:attr:`reference`) are kept.
+        """
         self._requests: float = 0
+        self._control_requests: float = 0
         self._guard_n: float = 0
         self._guard_bad: float = 0
         start: Status = "open" if self.mode == "testing" else "watch"
-        self._status: dict[str, Status] = {s.name: start for s in self._specs}
-        self._n: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._s: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._cusum: dict[str, float] = {s.name: 0.0 for s in self._specs}
-        self._wn: dict[str, float] = {s.name: 0 for s in self._specs}  # since CUSUM start
-        self._ws: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._settled_at: dict[str, float] = {s.name: 0 for s in self._specs}
-        self._reason: dict[str, str] = {s.name: "" for s in self._specs}
+        self._m = {spec.name: MetricState(status=start) for spec in self._specs}
         self._health = FeatureHealth.UNKNOWN
         self._decision = Decision.CONTINUE
         self._why: dict[str, Any] = {"reason": "no_data"}
@@ -181,34 +185,61 @@ class Evaluator:
         slow: float = 0,
         bad: Mapping[str, float] | None = None,
         stale: bool = False,
+        *,
+        control_requests: float = 0,
+        control_errors: float = 0,
+        control_slow: float = 0,
+        control_bad: Mapping[str, float] | None = None,
     ) -> FeatureHealth:
         """Add one tick's counts and return the new health. Never raises on bad data.
 
-        ``bad`` maps custom metric names (without the ``bad:`` prefix) to counts; a
-        missing name counts 0. Stale, empty (0 requests), NaN, negative or inconsistent
-        counts (bad > requests) add no evidence: health UNKNOWN, decision CONTINUE,
-        unless the decision already is ROLLBACK.
+        ``requests``/``errors``/``slow``/``bad`` are the feature-on cohort's counts, the
+        ``control_*`` ones the feature-off cohort's (0 requests: no off-cohort this
+        tick). ``bad`` maps custom metric names (without the ``bad:`` prefix) to counts; a
+        missing name counts 0. Stale, empty (0 on-cohort requests), NaN, negative or
+        inconsistent counts (bad > requests, in either cohort) add no evidence: health
+        UNKNOWN, decision CONTINUE, unless the decision already is ROLLBACK.
         """
         if self._decision is Decision.ROLLBACK:
             return self._health
         if stale:
             return self._no_evidence("stale")
         counts = {"errors": errors, "slow": slow}
+        control = {"errors": control_errors, "slow": control_slow}
         for spec in self._specs:
             if spec.field not in counts:
                 counts[spec.field] = (bad or {}).get(spec.field, 0)
-        values = [requests, *counts.values()]
+                control[spec.field] = (control_bad or {}).get(spec.field, 0)
+        values = [requests, *counts.values(), control_requests, *control.values()]
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             return self._no_evidence("invalid")
         if requests < 0 or any(c < 0 or c > requests for c in counts.values()):
             return self._no_evidence("invalid")
+        if control_requests < 0 or any(c < 0 or c > control_requests for c in control.values()):
+            return self._no_evidence("invalid")
         if requests == 0:
             return self._no_evidence("no_data")
         self._requests += requests
+        self._control_requests += control_requests
+        if control_requests > 0:
+            for spec in self._specs:
+                self._tally(
+                    spec, requests, counts[spec.field], control_requests, control[spec.field]
+                )
         if self._guard(requests, errors):
             return self._health
         for spec in self._specs:
-            self._update(spec, requests, counts[spec.field])
+            inc = None
+            if self._control is not None:
+                off = control[spec.field] if control_requests > 0 else 0
+                inc = self._control.increment(
+                    requests, counts[spec.field], control_requests, off, self._ref[spec.name]
+                )
+            self._update(spec, requests, counts[spec.field], inc)
+            if control_requests > 0:
+                woff = self._m[spec.name].woff
+                woff[0] += control_requests
+                woff[1] += control[spec.field]
         if self.mode == "testing" and self._requests >= max(
             self.policy.max_requests, self.policy.min_requests
         ):
@@ -217,11 +248,20 @@ class Evaluator:
         return self._health
 
     def observe_sample(self, sample: Sample) -> FeatureHealth:
-        """Observe a source's :class:`Sample`; a failed or stale read is no evidence."""
+        """Observe a source's :class:`Sample`, both cohorts; a failed or stale read is no
+        evidence (``error`` set, or ``fresh`` False). The one path the engine should use."""
         if sample.error is not None and self._decision is not Decision.ROLLBACK:
             return self._no_evidence("source_error", error=sample.error[:200])
         return self.observe(
-            sample.requests, sample.errors, sample.slow, sample.bad, stale=not sample.fresh
+            sample.requests,
+            sample.errors,
+            sample.slow,
+            sample.bad,
+            stale=not sample.fresh,
+            control_requests=sample.control_requests,
+            control_errors=sample.control_errors,
+            control_slow=sample.control_slow,
+            control_bad=sample.control_bad,
         )
 
     def explain(self) -> dict[str, Any]:
@@ -232,11 +272,19 @@ class Evaluator:
         ``leaning_bad``, ``undecided``, ``watching``, ``min_requests``, ``stale``,
         ``no_data``, ``invalid``, ``source_error``) and, when a metric drove it,
         ``metric``, ``requests``, ``bad``, ``rate`` (observed), ``p0``, ``p1``,
-        ``statistic`` and ``bound`` (the one it crossed or is measured against).
+        ``statistic`` and ``bound`` (the one it crossed or is measured against). With
+        ``baseline: control`` also ``baseline``; once off-cohort counts were seen also
+        ``control_requests``, ``control_bad``, ``control_rate`` (the off-cohort's, over the
+        same span as ``requests``), ``ratio`` (``rate / control_rate``, ``None`` when the
+        off-cohort had no bad event) and ``shared_degradation``.
         """
         out: dict[str, Any] = {"health": str(self._health), "decision": str(self._decision)}
         for key, value in self._why.items():
             out[key] = round(value, 6) if isinstance(value, float) else value
+        if self._control is not None:
+            out["baseline"] = "control"
+        if self._control_requests > 0:
+            out["shared_degradation"] = self.shared_degradation
         return out
 
     # -- persistence -------------------------------------------------------------------
@@ -246,22 +294,13 @@ class Evaluator:
             "v": _STATE_VERSION,
             "mode": self.mode,
             "requests": self._requests,
+            "control_requests": self._control_requests,
             "guard": [self._guard_n, self._guard_bad],
             "health": str(self._health),
             "decision": str(self._decision),
             "why": dict(self._why),
             "metrics": {
-                s.name: {
-                    "status": self._status[s.name],
-                    "n": self._n[s.name],
-                    "s": self._s[s.name],
-                    "cusum": self._cusum[s.name],
-                    "wn": self._wn[s.name],
-                    "ws": self._ws[s.name],
-                    "at": self._settled_at[s.name],
-                    "reason": self._reason[s.name],
-                }
-                for s in self._specs
+                name: {**m.to_dict(), "ref": self._ref[name]} for name, m in self._m.items()
             },
         }
 
@@ -269,11 +308,12 @@ class Evaluator:
     def from_state(cls, policy: HealthPolicy, state: Mapping[str, Any]) -> Evaluator:
         """Rebuild an evaluator from :meth:`to_state` output for the same policy.
 
-        Raises :class:`~workers.errors.InvalidInput` when the state is malformed or was
-        made for a policy with other metrics.
+        Reads states of version 1 (before control counts) too. Raises
+        :class:`~workers.errors.InvalidInput` when the state is malformed or was made for
+        a policy with other metrics.
         """
         try:
-            if state["v"] != _STATE_VERSION:
+            if state["v"] not in _READABLE_VERSIONS:
                 raise InvalidInput(f"evaluator state version {state['v']!r} is not supported")
             ev = cls(policy, state["mode"])
             metrics = state["metrics"]
@@ -283,21 +323,15 @@ class Evaluator:
                     f"{sorted(ev.metrics)}"
                 )
             ev._requests = state["requests"]
+            ev._control_requests = state.get("control_requests", 0)
             ev._guard_n, ev._guard_bad = state["guard"]
             ev._health = FeatureHealth(state["health"])
             ev._decision = Decision(state["decision"])
             ev._why = dict(state["why"])
             for name, m in metrics.items():
-                if m["status"] not in ("open", "good", "watch", "bad"):
-                    raise InvalidInput(f"unknown metric status {m['status']!r}")
-                ev._status[name] = m["status"]
-                ev._n[name] = m["n"]
-                ev._s[name] = m["s"]
-                ev._cusum[name] = m["cusum"]
-                ev._wn[name] = m["wn"]
-                ev._ws[name] = m["ws"]
-                ev._settled_at[name] = m["at"]
-                ev._reason[name] = m["reason"]
+                ev._m[name] = MetricState.from_dict(m)
+                ref = m.get("ref")
+                ev._ref[name] = None if ref is None else float(ref)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed evaluator state: {exc!r}") from exc
         return ev
@@ -310,6 +344,17 @@ class Evaluator:
             self._why = {"reason": reason, "requests": self._requests, **extra}
         return self._health
 
+    def _tally(self, spec: MetricSpec, n: float, s: float, cn: float, cs: float) -> None:
+        """Both cohorts' totals, the pure conditional LLR and the off-cohort reference."""
+        m = self._m[spec.name]
+        m.on[0] += n
+        m.on[1] += s
+        m.off[0] += cn
+        m.off[1] += cs
+        c = self.policy.control
+        m.cllr += conditional_llr(n, s, cn, cs, c.healthy, c.unhealthy)
+        self._ref[spec.name] = reference_rate(m.off[0], m.off[1])
+
     def _guard(self, requests: float, errors: float) -> bool:
         """Tumbling guard window: True (and ROLLBACK) when plainly broken."""
         self._guard_n += requests
@@ -321,7 +366,7 @@ class Evaluator:
         if e / n < self.policy.guard_error_share:
             return False
         err = self._specs[0]
-        self._settle(err.name, "bad", "guard")
+        self._settle(self._m[err.name], "bad", "guard")
         self._rollback(
             reason="guard",
             metric=err.name,
@@ -335,68 +380,94 @@ class Evaluator:
         )
         return True
 
-    def _update(self, spec: MetricSpec, requests: float, bad: float) -> None:
-        name = spec.name
-        status = self._status[name]
-        if status == "open":
-            self._n[name] += requests
-            self._s[name] += bad
+    def _update(self, spec: MetricSpec, requests: float, bad: float, inc: float | None) -> None:
+        """One tick of one metric; ``inc`` is the control increment (``None``: fixed)."""
+        m = self._m[spec.name]
+        if m.status == "open":
+            m.n += requests
+            m.s += bad
+            if inc is not None:
+                m.llr += inc
+            elif self._control is not None:  # control baseline, no off-cohort known yet
+                m.llr += spec.llr(requests, bad)
             if self._requests < self.policy.min_requests:
                 return
-            llr = spec.llr(self._n[name], self._s[name])
+            llr = self._stat(spec)
             if llr >= spec.upper:
-                self._settle(name, "bad", "sprt_bad")
+                self._settle(m, "bad", "sprt_bad")
             elif llr <= spec.lower:
-                self._settle(name, "good", "sprt_good")
-        elif status in ("good", "watch"):
-            self._wn[name] += requests
-            self._ws[name] += bad
-            self._cusum[name] = max(0.0, self._cusum[name] + spec.llr(requests, bad))
-            fired = self._cusum[name] >= self.policy.cusum_threshold
+                self._settle(m, "good", "sprt_good")
+        elif m.status in ("good", "watch"):
+            m.wn += requests
+            m.ws += bad
+            step = spec.llr(requests, bad) if inc is None else inc
+            m.cusum = max(0.0, m.cusum + step)
+            fired = m.cusum >= self.policy.cusum_threshold
             if fired and self._requests >= self.policy.min_requests:
-                self._settle(name, "bad", "cusum")
+                self._settle(m, "bad", "cusum")
 
-    def _settle(self, name: str, status: Status, reason: str) -> None:
-        self._status[name] = status
-        self._reason[name] = reason
-        self._settled_at[name] = self._requests
+    def _stat(self, spec: MetricSpec) -> float:
+        """The open sequential test's LLR: from the counts (fixed) or summed (control)."""
+        m = self._m[spec.name]
+        return spec.llr(m.n, m.s) if self._control is None else m.llr
+
+    def _settle(self, m: MetricState, status: Status, reason: str) -> None:
+        m.status = status
+        m.reason = reason
+        m.at = self._requests
         if status == "good":
-            self._cusum[name] = 0.0
-            self._wn[name] = self._ws[name] = 0
+            m.cusum = 0.0
+            m.wn = m.ws = 0
+            m.woff = [0, 0]
 
     def _truncate(self) -> None:
         for spec in self._specs:
-            if self._status[spec.name] == "open":
-                if spec.llr(self._n[spec.name], self._s[spec.name]) > 0:
-                    self._settle(spec.name, "bad", "truncated_bad")
+            m = self._m[spec.name]
+            if m.status == "open":
+                if self._stat(spec) > 0:
+                    self._settle(m, "bad", "truncated_bad")
                 else:
-                    self._settle(spec.name, "good", "truncated_good")
+                    self._settle(m, "good", "truncated_good")
 
     def _metric_why(self, spec: MetricSpec, reason: str) -> dict[str, Any]:
         name = spec.name
+        m = self._m[name]
         if reason.startswith(("sprt", "truncated")) or reason in ("undecided", "leaning_bad"):
-            n, s = self._n[name], self._s[name]
-            stat = spec.llr(n, s)
+            n, s = m.n, m.s
+            cn, cs = m.off
+            stat = self._stat(spec)
             bound = {"sprt_good": spec.lower, "truncated_bad": 0.0, "truncated_good": 0.0}.get(
                 reason, spec.upper
             )
         else:  # a CUSUM watch: counts since the watch started
-            n, s = self._wn[name], self._ws[name]
-            stat = self._cusum[name]
+            n, s = m.wn, m.ws
+            cn, cs = m.woff
+            stat = m.cusum
             bound = self.policy.cusum_threshold
             if reason in ("cusum_degraded", "watching"):
                 bound = bound / 2
-        return {
+        p0, p1 = spec.p0, spec.p1
+        ref = self._ref[name]
+        if self._control is not None and ref is not None:
+            p0, p1 = self._control.rates(ref)
+        why: dict[str, Any] = {
             "reason": reason,
             "metric": name,
             "requests": n,
             "bad": s,
             "rate": s / n if n else 0.0,
-            "p0": spec.p0,
-            "p1": spec.p1,
+            "p0": p0,
+            "p1": p1,
             "statistic": stat,
             "bound": bound,
         }
+        if self._control_requests > 0:
+            rate, control_rate = why["rate"], cs / cn if cn else 0.0
+            why["control_requests"] = cn
+            why["control_bad"] = cs
+            why["control_rate"] = control_rate
+            why["ratio"] = rate / control_rate if control_rate else None
+        return why
 
     def _rollback(self, **why: Any) -> None:
         self._health = FeatureHealth.UNHEALTHY
@@ -404,12 +475,12 @@ class Evaluator:
         self._why = why
 
     def _judge(self) -> None:
-        specs = self._specs
+        specs, m = self._specs, self._m
         h = self.policy.cusum_threshold
-        bad = [s for s in specs if self._status[s.name] == "bad"]
+        bad = [s for s in specs if m[s.name].status == "bad"]
         if bad:
             spec = bad[0]
-            self._rollback(**self._metric_why(spec, self._reason[spec.name]))
+            self._rollback(**self._metric_why(spec, m[spec.name].reason))
             return
         self._decision = Decision.CONTINUE
         if self._requests < self.policy.min_requests:
@@ -417,27 +488,27 @@ class Evaluator:
             self._why = {"reason": "min_requests", "requests": self._requests,
                          "bound": self.policy.min_requests}  # fmt: skip
             return
-        watched = [s for s in specs if self._status[s.name] in ("good", "watch")]
-        degraded = [s for s in watched if self._cusum[s.name] >= h / 2]
+        watched = [s for s in specs if m[s.name].status in ("good", "watch")]
+        degraded = [s for s in watched if m[s.name].cusum >= h / 2]
         if degraded:
-            spec = max(degraded, key=lambda s: self._cusum[s.name])
+            spec = max(degraded, key=lambda s: m[s.name].cusum)
             self._health = FeatureHealth.DEGRADED
             self._why = self._metric_why(spec, "cusum_degraded")
             return
         if self.mode == "enabled":
             self._health = FeatureHealth.HEALTHY
-            spec = max(watched, key=lambda s: self._cusum[s.name])
+            spec = max(watched, key=lambda s: m[s.name].cusum)
             self._why = self._metric_why(spec, "watching")
             return
-        open_ = [s for s in specs if self._status[s.name] == "open"]
+        open_ = [s for s in specs if m[s.name].status == "open"]
         if not open_:
             self._health = FeatureHealth.HEALTHY
             self._decision = Decision.PROMOTE
             # the binding metric: the last one to accept "good"
-            spec = max(specs, key=lambda s: self._settled_at[s.name])
-            self._why = self._metric_why(spec, self._reason[spec.name])
+            spec = max(specs, key=lambda s: m[s.name].at)
+            self._why = self._metric_why(spec, m[spec.name].reason)
             return
-        spec = max(open_, key=lambda s: s.llr(self._n[s.name], self._s[s.name]) / s.upper)
-        leaning = spec.llr(self._n[spec.name], self._s[spec.name]) >= spec.upper / 2
+        spec = max(open_, key=lambda s: self._stat(s) / s.upper)
+        leaning = self._stat(spec) >= spec.upper / 2
         self._health = FeatureHealth.DEGRADED if leaning else FeatureHealth.UNKNOWN
         self._why = self._metric_why(spec, "leaning_bad" if leaning else "undecided")

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "Baseline",
+    "ControlThresholds",
     "HealthPolicy",
     "HttpSourceConfig",
     "PrometheusSourceConfig",
@@ -18,6 +20,8 @@ __all__ = [
 ]
 
 Source = Literal["redis", "prometheus", "http", "none"]
+#: what the feature-on cohort is judged against: fixed rates, or the feature-off cohort
+Baseline = Literal["fixed", "control"]
 
 
 class _Strict(BaseModel):
@@ -50,8 +54,35 @@ class RateThresholds(_Strict):
         return min(max(5 * self.healthy, self.healthy + 0.01), 0.999)
 
 
+class ControlThresholds(_Strict):
+    """Relative thresholds of ``baseline: control``: on-cohort rate ÷ off-cohort rate.
+
+    ``healthy`` is the acceptable ratio (1.2: up to 20 % worse than the users without the
+    feature), ``unhealthy`` the clearly-worse one. ``floor`` is an absolute rate below
+    which the off-cohort's rate is never taken as the reference, so 0.01 % → 0.02 % is not
+    a regression: the on-cohort is held to ``healthy × max(off rate, floor)``.
+    """
+
+    healthy: float = Field(default=1.2, ge=1, le=100)
+    unhealthy: float = Field(default=2.0, gt=1, le=1000)
+    floor: float = Field(default=0.001, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlThresholds:
+        if self.unhealthy <= self.healthy:
+            raise ValueError(
+                f"control.unhealthy ({self.unhealthy}) must be greater than control.healthy "
+                f"({self.healthy}): both are ratios of the on-cohort's rate to the off-cohort's"
+            )
+        return self
+
+
 class PrometheusSourceConfig(_Strict):
-    """Instant queries returning raw cumulative counters; we difference them per tick."""
+    """Instant queries returning raw cumulative counters; we difference them per tick.
+
+    The ``control_*`` queries select the feature-off cohort's counters (needed by
+    ``baseline: control``).
+    """
 
     url: str = "http://127.0.0.1:9090"
     requests_query: str
@@ -59,6 +90,10 @@ class PrometheusSourceConfig(_Strict):
     slow_query: str | None = None
     #: custom bad-event counters: metric name (as in ``HealthPolicy.custom``) -> query
     bad_queries: dict[str, str] = Field(default_factory=dict)
+    control_requests_query: str | None = None
+    control_errors_query: str | None = None
+    control_slow_query: str | None = None
+    control_bad_queries: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=2.0, gt=0, le=60)
     stale_after_s: float = Field(default=30.0, gt=0)
 
@@ -76,15 +111,23 @@ class HealthPolicy(_Strict):
     """How a feature's health is judged.
 
     ``source: none`` means no metrics: the feature is promoted on dwell time alone.
+    ``baseline: control`` judges each rate against the feature-off cohort at the same ticks
+    (thresholds in ``control``); the fixed rates then still drive the fast guard, the
+    fallback when no off-cohort was ever seen, and the shared-degradation signal.
     """
 
     source: Source = "redis"
+    baseline: Baseline = "fixed"
+    control: ControlThresholds = ControlThresholds()
     error_rate: RateThresholds = RateThresholds(healthy=0.01, unhealthy=0.05)
     slow_rate: RateThresholds | None = RateThresholds(healthy=0.05, unhealthy=0.2)
     slow_call_s: float = Field(default=1.0, gt=0)
     #: custom bad-event counters reported as ``bad:<name>``, each with its own rates
     custom: dict[str, RateThresholds] = Field(default_factory=dict)
     min_requests: int = Field(default=20, ge=1)
+    #: below this observed traffic (requests/s in the step) a TESTING feature holds
+    #: (``insufficient_traffic``) instead of timing out; no traffic at all always holds
+    min_traffic_rps: float = Field(default=0.0, ge=0)
     alpha: float = Field(default=0.01, gt=0, lt=0.5, description="false rollback rate")
     beta: float = Field(default=0.05, gt=0, lt=0.5, description="false promotion rate")
     #: fast guard: roll back at once at >= this error share over >= guard_min_requests
@@ -115,4 +158,31 @@ class HealthPolicy(_Strict):
             missing = sorted(set(self.custom) - set(self.prometheus.bad_queries))
             if missing:
                 raise ValueError(f"prometheus.bad_queries has no query for custom {missing}")
+        if self.baseline == "control":
+            self._control_measurable()
         return self
+
+    def _control_measurable(self) -> None:
+        """``baseline: control`` needs a source that counts the feature-off cohort."""
+        if self.source == "http":
+            raise ValueError(
+                "baseline 'control' needs the feature-off cohort's counts: use source "
+                "'redis' or 'prometheus' (http probes have no off-cohort)"
+            )
+        if self.source != "prometheus" or self.prometheus is None:
+            return
+        prom = self.prometheus
+        needed = ["control_requests_query", "control_errors_query"]
+        if self.slow_rate is not None and prom.slow_query is not None:
+            needed.append("control_slow_query")
+        missing = [name for name in needed if getattr(prom, name) is None]
+        missing += [
+            f"control_bad_queries[{name!r}]"
+            for name in sorted(self.custom)
+            if name not in prom.control_bad_queries
+        ]
+        if missing:
+            raise ValueError(
+                "baseline 'control' with source 'prometheus' needs the off-cohort's "
+                f"queries: prometheus.{', prometheus.'.join(missing)}"
+            )

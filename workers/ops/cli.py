@@ -10,7 +10,9 @@ never a traceback for a user's mistake.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +37,8 @@ from workers.errors import (
     UnknownFeature,
 )
 from workers.settings import get_settings
-from workers.store import Store
+from workers.store import RedisStore, store_from_settings
+from workers.store.keys import Keys
 
 __all__ = ["app", "handles_errors", "main", "read_plan", "user_errors"]
 
@@ -244,6 +247,33 @@ def plan_(
 # -- run commands (need Redis) ---------------------------------------------------------------
 RunArg = Annotated[str, typer.Argument(help="Run id (see `recovery status`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+FeatureArg = Annotated[str, typer.Argument(help="Feature of the run.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--actor", help="Who is acting (audit trail). Default: $RECOVERY_ACTOR, else your user."
+    ),
+]
+
+
+def actor_of(option: str | None) -> str:
+    """The actor for the audit trail: ``--actor``, else ``$RECOVERY_ACTOR``, else the OS
+    user. Never raises."""
+    if option:
+        return option
+    env = os.environ.get("RECOVERY_ACTOR", "").strip()
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _check_feature(feature: str) -> None:
+    if not NAME_PATTERN.fullmatch(feature):
+        raise UnknownFeature(f"{feature!r} is not a valid feature name")
 
 
 def _manager() -> PartialRecoveryManager:
@@ -252,8 +282,9 @@ def _manager() -> PartialRecoveryManager:
     from workers.tasks import CeleryDispatcher
 
     s = get_settings()
-    store = Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
-    return PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="cli")
+    return PartialRecoveryManager(
+        store_from_settings(s), s, CeleryDispatcher(make_app(s)), worker="cli"
+    )
 
 
 _FINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "ABORTED"}
@@ -272,18 +303,46 @@ def _print_status(doc: dict[str, Any]) -> None:
     table = Table(show_edge=False)
     for col in ("feature", "state", "percent", "health", "attempts", "note", "reason"):
         table.add_column(col)
+    waiting: list[str] = []
     for name, f in doc["features"].items():
+        hold = f.get("hold")
         note = "quarantined" if f["quarantined"] else ("blocked" if f["blocked"] else "")
+        if hold:
+            note = f"{note} {hold}".strip()
+        if f.get("needs_operator"):
+            waiting.append(_operator_line(doc["run_id"], name, f))
         table.add_row(
             name,
             Text(f["state"], style=_STATE_STYLE.get(f["state"], "")),
             f"{f['percent']}%",
-            f["health"],
+            f["health"] if f.get("measured", True) else "not measured",
             str(f["attempts"]),
-            Text(note, style="red" if note else ""),
+            Text(note, style="red" if note and note != "baking" else ""),
             f["reason"],
         )
     console.print(table)
+    for line in waiting:
+        console.print(f"[bold yellow]needs an operator[/]: {line}", highlight=False)
+
+
+def _operator_line(run_id: str, name: str, f: dict[str, Any]) -> str:
+    """What a human must decide for one feature, and the command that decides it."""
+    hold = f.get("hold")
+    if f.get("quarantined"):
+        return (
+            f"{name} is quarantined ({f['reason']}) — recovery retry {run_id} {name} --reason '...'"
+        )
+    if hold == "awaiting_approval":
+        return (
+            f"{name} awaits approval before {f.get('awaiting')}% — "
+            f"recovery approve {run_id} {name} --reason '...'"
+        )
+    if hold == "paused":
+        return f"{name} is paused — recovery resume {run_id} {name} --reason '...'"
+    return (
+        f"{name} is held unhealthy at {f['percent']}% — recovery retry|promote {run_id} {name}"
+        f" --reason '...', or recovery rollback {name} --reason '...'"
+    )
 
 
 @app.command()
@@ -348,11 +407,19 @@ def status(
 
 @app.command()
 @handles_errors
-def events(run: RunArg, as_json: JsonOpt = False) -> None:
+def events(
+    run: RunArg,
+    as_json: JsonOpt = False,
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Only the events this actor caused.")
+    ] = None,
+) -> None:
     """The run's audit trail, oldest first: every transition with its reason and evidence."""
     manager = _manager()
     manager.store.run(run)  # unknown run -> clear error
     items = manager.store.events(run)
+    if actor is not None:
+        items = [e for e in items if e.actor == actor]
     if as_json:
         typer.echo(json.dumps([e.to_json() for e in items]))
         return
@@ -363,15 +430,18 @@ def events(run: RunArg, as_json: JsonOpt = False) -> None:
         else:
             what = f"{e.feature or '-':<20} {e.kind:<21} {e.reason}"
         evidence = json.dumps(e.evidence, separators=(",", ":")) if e.evidence else ""
-        typer.echo(f"{ts}  {what}  {evidence}".rstrip())
+        by = f"  by {e.actor}" if e.actor else ""
+        typer.echo(f"{ts}  {what}  {evidence}{by}".rstrip())
 
 
 @app.command()
 @handles_errors
 def flags(as_json: JsonOpt = False) -> None:
     """The published flags that services read (``<ns>:flags``)."""
-    manager = _manager()
-    version, current = manager.store.flags_version(), manager.store.flags()
+    store = _manager().store
+    keys = Keys(get_settings().namespace)
+    version = _flag_key(store.flags_version, keys.flags_version, "an integer string")
+    current = _flag_key(store.flags, keys.flags, "a hash (feature -> JSON)")
     if as_json:
         typer.echo(json.dumps({"version": version, "flags": current}))
         return
@@ -393,12 +463,12 @@ def flags(as_json: JsonOpt = False) -> None:
 @handles_errors
 def rollback(
     feature: Annotated[str, typer.Argument(help="Feature to roll back.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
 ) -> None:
     """Roll back FEATURE now (its dependents first) and hold it until an operator acts."""
-    if not NAME_PATTERN.fullmatch(feature):
-        raise UnknownFeature(f"{feature!r} is not a valid feature name")
-    run_id, done = _manager().rollback_by_name(feature, reason, by="cli")
+    _check_feature(feature)
+    run_id, done = _manager().rollback_by_name(feature, reason, by=actor_of(actor))
     typer.echo(f"run {run_id}: rolled back {', '.join(done) if done else 'nothing (already off)'}")
 
 
@@ -416,24 +486,93 @@ def freeze(
     reason: Annotated[
         str, typer.Option("--reason", help="Why the line is stopped.")
     ] = "frozen by operator",
+    actor: ActorOpt = None,
 ) -> None:
     """Stop every automatic transition (stop-the-line) until `recovery unfreeze`."""
-    changed = _manager().freeze(reason, by="cli")
+    changed = _manager().freeze(reason, by=actor_of(actor))
     typer.echo("frozen" if changed else "already frozen")
 
 
 @app.command()
 @handles_errors
-def unfreeze() -> None:
+def unfreeze(actor: ActorOpt = None) -> None:
     """Resume automatic transitions."""
-    changed = _manager().unfreeze(by="cli")
+    changed = _manager().unfreeze(by=actor_of(actor))
     typer.echo("unfrozen" if changed else "was not frozen")
 
 
+# -- steering one feature of a live run ------------------------------------------------------
+@app.command()
+@handles_errors
+def pause(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
+    """Hold FEATURE at its current step (still judged: a bad one is still rolled back)."""
+    _check_feature(feature)
+    _manager().pause(run, feature, reason=reason, actor=actor_of(actor))
+    typer.echo(f"{feature}: paused")
+
+
+@app.command()
+@handles_errors
+def resume(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
+    """Lift a pause of FEATURE."""
+    _check_feature(feature)
+    _manager().resume(run, feature, reason=reason, actor=actor_of(actor))
+    typer.echo(f"{feature}: resumed")
+
+
+@app.command()
+@handles_errors
+def promote(
+    run: RunArg,
+    feature: FeatureArg,
+    reason: ReasonOpt,
+    full: Annotated[bool, typer.Option("--full", help="Straight to ENABLED.")] = False,
+    actor: ActorOpt = None,
+) -> None:
+    """Skip the rest of FEATURE's current step (--full: enable it now)."""
+    _check_feature(feature)
+    _manager().promote(run, feature, full=full, reason=reason, actor=actor_of(actor))
+    typer.echo(f"{feature}: promoted{' to ENABLED' if full else ''}")
+
+
+@app.command()
+@handles_errors
+def retry(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
+    """Give a quarantined FEATURE (and what it blocks) another go in the same run."""
+    _check_feature(feature)
+    _manager().retry(run, feature, reason=reason, actor=actor_of(actor))
+    typer.echo(f"{feature}: retrying")
+
+
+@app.command()
+@handles_errors
+def approve(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
+    """Approve FEATURE's next step at its approval gate."""
+    _check_feature(feature)
+    _manager().approve(run, feature, reason=reason, actor=actor_of(actor))
+    typer.echo(f"{feature}: approved")
+
+
+def _flag_key(read: Callable[[], R], key: str, expected: str) -> R:
+    """Read one flags key; a key of the wrong type or content is bad data, not an outage:
+    say which key holds what (exit 2) instead of "cannot reach Redis"."""
+    try:
+        return read()
+    except StoreUnavailable as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        problem = "holds another type of value"
+    except ValueError:
+        problem = "holds a value that is not a number"
+    raise InvalidInput(
+        f"Redis key {key!r} {problem}; it should be {expected}. Another program or a "
+        f"different RECOVERY_NAMESPACE wrote it: look with `redis-cli TYPE {key}`"
+    )
+
+
 # -- operator experience: watch, report, demo, exporter (issue #6) ---------------------------
-def _store() -> Store:
-    s = get_settings()
-    return Store(s.redis_url, s.namespace, events_maxlen=s.events_maxlen, run_ttl_s=s.run_ttl_s)
+def _store() -> RedisStore:
+    return store_from_settings(get_settings())
 
 
 @app.command()
@@ -554,3 +693,7 @@ def main() -> None:
 
     configure_logging(level=os.environ.get("RECOVERY_LOG_LEVEL", "WARNING"))
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,48 +1,77 @@
 """Prometheus metrics for dashboards and alerts, read from the store on every scrape.
 
 ``recovery exporter --port 9808`` (or ``python -m workers.ops.exporter``) serves
-``/metrics``. A custom collector reads Redis when Prometheus scrapes, so the numbers are
-never stale and the exporter keeps no state of its own beyond a cache of finished runs'
-event tallies (a finished run's events never change). Redis down → ``recovery_up 0`` and
-nothing else, never an error page.
+``/metrics``. A custom collector reads Redis when Prometheus scrapes, so gauges are never
+stale. Redis down → ``recovery_up 0`` and nothing else, never an error page.
 
-Everything is derived from what the store holds — run and feature records and the audit
-events — so the metrics agree with ``recovery status`` and ``recovery events``:
+What ``increase()``, ``rate()`` and alert rules can rely on:
 
-================================================  =========  ==============================
-metric                                            type       labels
-================================================  =========  ==============================
-``recovery_up``                                   gauge      (1: Redis answered the scrape)
-``recovery_frozen``                               gauge      (1: the global freeze is on)
-``recovery_runs``                                 gauge      status (over the recent runs)
-``recovery_run_info``                             gauge      run_id, plan, status (1)
-``recovery_features``                             gauge      run_id, plan, state (count)
-``recovery_features_quarantined``                 gauge      run_id, plan
-``recovery_features_blocked``                     gauge      run_id, plan
-``recovery_run_duration_seconds``                 gauge      run_id, plan
-``recovery_transitions_total``                    counter    run_id, to
-``recovery_rollbacks_total``                      counter    run_id, reason
-``recovery_decisions_total``                      counter    run_id, decision
-``recovery_retries_total``                        counter    run_id
-``recovery_quarantines_total``                    counter    run_id
-``recovery_health_changes_total``                 counter    run_id, health
-``recovery_decision_latency_seconds``             histogram  (time in a ramp step until the
-                                                             decision that ended it)
-``recovery_flags_version``                        gauge      (the published flags version)
-================================================  =========  ==============================
+- **Counters carry no** ``run_id``. Every label value that can occur (each state, each
+  rollback reason — unknown ones count as ``other`` —, each health, each final status,
+  each decision) is exported at 0 from the first scrape, so ``increase()`` sees the first
+  rollback of every run.
+- Counters count what happened **since the exporter started**: each audit event whose
+  timestamp is at or after the start is folded once, from the streams of the *runs in
+  view* (every active run plus the ``recent`` newest runs). They never decrease while the
+  exporter lives — a run leaving the window or expiring keeps its contribution — and a
+  restart is an ordinary counter reset. Events appended to a finished run in view (a
+  manual rollback after SUCCEEDED) are counted.
+- ``recovery_decisions_total`` is read from the engine's counter hash
+  ``<ns>:stats:decisions`` (see :mod:`workers.keys`): one increment per evaluation
+  outcome, ``continue`` included; it counts since the namespace was created.
+- **Per-run gauges** (``run_id``, ``plan``) cover the active runs plus the newest run of
+  each plan in view — at most one run per plan, so ``run_id`` values come and go without
+  piling up. **Per-feature gauges** cover the features of active runs only.
 
-``recovery_decisions_total`` counts the evaluations that *decided* something: ``advance``
-(next ramp step), ``promote`` (ENABLED) and ``rollback`` (unhealthy, regression or
-timeout). Evaluations that decided "continue" leave no event and are not counted.
+==================================================  =========  ============================
+metric                                              type       labels
+==================================================  =========  ============================
+``recovery_up``                                     gauge      (1: Redis answered)
+``recovery_frozen``                                 gauge      (1: the global freeze is on)
+``recovery_self_frozen``                            gauge      (1: the manager froze itself)
+``recovery_flags_version``                          gauge      (the published version)
+``recovery_runs``                                   gauge      status (runs in view)
+``recovery_active_runs``                            gauge      (PENDING or RUNNING runs)
+``recovery_run_info``                               gauge      run_id, plan, status (1)
+``recovery_run_progress_ratio``                     gauge      run_id, plan (settled/total)
+``recovery_features``                               gauge      run_id, plan, state (count)
+``recovery_features_quarantined``                   gauge      run_id, plan
+``recovery_features_blocked``                       gauge      run_id, plan
+``recovery_run_duration_seconds``                   gauge      run_id, plan
+``recovery_run_last_transition_timestamp_seconds``  gauge      run_id, plan (or its start)
+``recovery_feature_state``                          gauge      run_id, plan, feature, state
+                                                               (1 for the current state)
+``recovery_feature_percent``                        gauge      run_id, plan, feature
+``recovery_feature_health``                         gauge      run_id, plan, feature, health
+                                                               (1 for the current health)
+``recovery_feature_measured``                       gauge      run_id, plan, feature (0:
+                                                               ``source: none``)
+``recovery_feature_attempts``                       gauge      run_id, plan, feature
+``recovery_feature_quarantined``                    gauge      run_id, plan, feature
+``recovery_feature_blocked``                        gauge      run_id, plan, feature
+``recovery_feature_held``                           gauge      run_id, plan, feature (1:
+                                                               a ``hold`` is set)
+``recovery_transitions_total``                      counter    to
+``recovery_rollbacks_total``                        counter    reason
+``recovery_health_changes_total``                   counter    health
+``recovery_retries_total``                          counter    —
+``recovery_quarantines_total``                      counter    —
+``recovery_runs_started_total``                     counter    —
+``recovery_runs_finished_total``                    counter    status
+``recovery_decisions_total``                        counter    decision
+``recovery_decision_latency_seconds``               histogram  (time in a ramp step until
+                                                               the decision that ended it)
+==================================================  =========  ============================
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,72 +85,145 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from workers.core.states import FeatureState
-from workers.errors import RecoveryError
-from workers.store import Event, Store
+from workers.core.plan import parse_plan
+from workers.core.states import (
+    ACTIVE_RUN_STATUSES,
+    FINAL_RUN_STATUSES,
+    FeatureHealth,
+    FeatureState,
+    Reason,
+    RunStatus,
+)
+from workers.errors import PlanError, RecoveryError, UnknownRun
+from workers.store import Event, FeatureRecord, RunRecord, Store, store_from_settings
 
-__all__ = ["LATENCY_BUCKETS", "RecoveryCollector", "RunTally", "serve"]
+__all__ = [
+    "DECISIONS",
+    "LATENCY_BUCKETS",
+    "ROLLBACK_REASONS",
+    "RecoveryCollector",
+    "RunCursor",
+    "Totals",
+    "serve",
+]
 
 #: Buckets of the decision-latency histogram, in seconds.
 LATENCY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-_AUTOMATIC_ROLLBACK = frozenset({"unhealthy", "regression", "timeout"})
+#: Every ``reason`` label of ``recovery_rollbacks_total`` (a reason not listed is ``other``).
+ROLLBACK_REASONS = (
+    *(r.value for r in Reason if r not in (Reason.STARTED, Reason.RAMP, Reason.PROMOTED)),
+    "other",
+)
+#: The outcomes of one evaluation, as counted in ``<ns>:stats:decisions``.
+DECISIONS = ("continue", "advance", "promote", "rollback")
+_AUTOMATIC_ROLLBACK = frozenset({Reason.UNHEALTHY, Reason.REGRESSION, Reason.TIMEOUT})
+_FINAL = tuple(s.value for s in RunStatus if s in FINAL_RUN_STATUSES)
+
+
+def _zeros(labels: Iterable[str]) -> Counter[str]:
+    return Counter(dict.fromkeys(labels, 0))
 
 
 @dataclass
-class RunTally:
-    """Counters folded from one run's events, incrementally (``after`` = last id seen)."""
+class Totals:
+    """The exporter's cumulative counters: every label value present from the start."""
 
-    after: str = "-"
-    transitions: Counter[str] = field(default_factory=Counter)
-    rollbacks: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
-    health: Counter[str] = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=lambda: _zeros(FeatureState))
+    rollbacks: Counter[str] = field(default_factory=lambda: _zeros(ROLLBACK_REASONS))
+    health: Counter[str] = field(default_factory=lambda: _zeros(FeatureHealth))
+    runs_finished: Counter[str] = field(default_factory=lambda: _zeros(_FINAL))
     retries: int = 0
     quarantines: int = 0
-    latencies: list[float] = field(default_factory=list)
-    step_since: dict[str, float] = field(default_factory=dict)
-    final: bool = False
+    runs_started: int = 0
+    #: cumulative counts per bucket of :data:`LATENCY_BUCKETS`, then their sum and count
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
 
-    def fold(self, events: Iterable[Event]) -> None:
-        """Add events (oldest first) to the tally."""
+    def observe_latency(self, seconds: float) -> None:
+        """Add one decision latency to the histogram."""
+        self.latency_count += 1
+        self.latency_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+
+
+@dataclass
+class RunCursor:
+    """How far one run's audit stream has been read, and what later events need from the
+    earlier ones (when each feature's ramp step began, the last transition)."""
+
+    after: str = "-"
+    step_since: dict[str, float] = field(default_factory=dict)
+    last_transition: float | None = None
+
+    def fold(self, events: Iterable[Event], totals: Totals, since: float) -> None:
+        """Read events (oldest first); add those at or after ``since`` to ``totals``."""
         for e in events:
             self.after = e.id
-            if e.kind == "retry_scheduled":
-                self.retries += 1
+            counted = e.ts >= since
+            if e.kind == "transition":
+                self._transition(e, totals if counted else None)
+            elif not counted:
+                continue
+            elif e.kind == "retry_scheduled":
+                totals.retries += 1
             elif e.kind == "quarantined":
-                self.quarantines += 1
-            elif e.kind == "health":
-                self.health[e.reason.upper()] += 1
-            elif e.kind == "transition":
-                self._transition(e)
+                totals.quarantines += 1
+            elif e.kind == "health" and e.reason.upper() in totals.health:
+                totals.health[e.reason.upper()] += 1
+            elif e.kind == "run_started":
+                totals.runs_started += 1
+            elif e.kind == "run_finished" and e.to in totals.runs_finished:
+                totals.runs_finished[e.to] += 1
 
-    def _transition(self, e: Event) -> None:
-        self.transitions[e.to] += 1
+    def _transition(self, e: Event, totals: Totals | None) -> None:
+        self.last_transition = e.ts
         started = self.step_since.pop(e.feature, None)
-        decision = None
-        if e.to == FeatureState.DISABLED.value:
-            self.rollbacks[e.reason] += 1
-            if e.reason in _AUTOMATIC_ROLLBACK:
-                decision = "rollback"
-        elif e.to == FeatureState.ENABLED.value:
-            decision = "promote"
-        elif e.to == FeatureState.TESTING.value and e.from_ == FeatureState.TESTING.value:
-            decision = "advance"
-        if decision is not None:
-            self.decisions[decision] += 1
-            if started is not None:
-                self.latencies.append(max(0.0, e.ts - started))
         if e.to == FeatureState.TESTING.value:
             self.step_since[e.feature] = e.ts
+        if totals is None or e.to not in totals.transitions:
+            return
+        totals.transitions[e.to] += 1
+        decided = e.to == FeatureState.ENABLED.value or (
+            e.to == FeatureState.TESTING.value and e.from_ == FeatureState.TESTING.value
+        )
+        if e.to == FeatureState.DISABLED.value:
+            reason = e.reason if e.reason in totals.rollbacks else "other"
+            totals.rollbacks[reason] += 1
+            decided = e.reason in _AUTOMATIC_ROLLBACK
+        if decided and started is not None:
+            totals.observe_latency(max(0.0, e.ts - started))
+
+
+@dataclass(frozen=True, slots=True)
+class _RunView:
+    record: RunRecord
+    features: dict[str, FeatureRecord]
+    unmeasured: frozenset[str]
+    cursor: RunCursor
 
 
 class RecoveryCollector(Collector):
-    """Reads the store on each scrape: the ``recent`` newest runs plus every active run."""
+    """Reads the store on each scrape (see the module docstring for what is exported).
 
-    def __init__(self, store: Store, recent: int = 10) -> None:
+    ``recent``: how many of the newest runs are in view besides the active ones.
+    ``clock``: the time source; the exporter counts events from its construction on.
+    Safe to call from concurrent scrapes (one lock around the read-and-fold).
+    """
+
+    def __init__(
+        self, store: Store, recent: int = 10, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.recent = recent
-        self._tallies: dict[str, RunTally] = {}
+        self.clock = clock
+        self.started = clock()
+        self.totals = Totals()
+        self._cursors: dict[str, RunCursor] = {}
+        self._plans: dict[str, tuple[list[str], frozenset[str]]] = {}
+        self._lock = threading.Lock()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # no describe-time Redis reads: the registry must not block
@@ -129,7 +231,8 @@ class RecoveryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("recovery_up", "1 when Redis answered this scrape")
         try:
-            metrics = self._collect()
+            with self._lock:
+                metrics = self._collect()
         except RecoveryError:
             up.add_metric([], 0)
             yield up
@@ -138,103 +241,181 @@ class RecoveryCollector(Collector):
         yield up
         yield from metrics
 
+    # -- reading ----------------------------------------------------------------------
+    def _plan(self, run_id: str) -> tuple[list[str], frozenset[str]]:
+        """The run's feature names and those with ``source: none`` (plans never change)."""
+        cached = self._plans.get(run_id)
+        if cached is None:
+            cached = self._plans[run_id] = _plan_features(self.store.plan_json(run_id))
+        return cached
+
+    def _read(self) -> tuple[list[_RunView], set[str]]:
+        s = self.store
+        active = set(s.active_runs().values())
+        in_view = list(dict.fromkeys([*active, *s.runs(self.recent)]))
+        views: list[_RunView] = []
+        for run_id in in_view:
+            try:
+                record = s.run(run_id)
+                names, unmeasured = self._plan(run_id)
+            except UnknownRun:
+                continue  # expired between the two reads
+            cursor = self._cursors.setdefault(run_id, RunCursor())
+            cursor.fold(s.events(run_id, after=cursor.after), self.totals, self.started)
+            views.append(_RunView(record, s.features(run_id, names), unmeasured, cursor))
+        kept = {v.record.run_id for v in views}
+        self._cursors = {k: c for k, c in self._cursors.items() if k in kept}
+        self._plans = {k: p for k, p in self._plans.items() if k in kept}
+        return views, active
+
     def _collect(self) -> list[Metric]:
         s = self.store
-        runs = list(dict.fromkeys([*s.active_runs().values(), *s.runs(self.recent)]))
-        frozen = GaugeMetricFamily("recovery_frozen", "1 while the global freeze is on")
-        frozen.add_metric([], 1 if s.frozen() is not None else 0)
-        flags_version = GaugeMetricFamily("recovery_flags_version", "published flags version")
-        flags_version.add_metric([], s.flags_version())
-        by_status = GaugeMetricFamily("recovery_runs", "recent runs by status", labels=["status"])
-        info = GaugeMetricFamily(
-            "recovery_run_info", "one per run", labels=["run_id", "plan", "status"]
-        )
-        rl = ["run_id", "plan"]
-        features = GaugeMetricFamily(
-            "recovery_features", "features by state", labels=[*rl, "state"]
-        )
-        quarantined = GaugeMetricFamily("recovery_features_quarantined", "quarantined", labels=rl)
-        blocked = GaugeMetricFamily(
-            "recovery_features_blocked", "blocked by a quarantine", labels=rl
-        )
-        duration = GaugeMetricFamily(
-            "recovery_run_duration_seconds", "run age or length", labels=rl
-        )
-        transitions = CounterMetricFamily(
-            "recovery_transitions", "state changes", labels=["run_id", "to"]
-        )
-        rollbacks = CounterMetricFamily(
-            "recovery_rollbacks", "rollbacks by reason", labels=["run_id", "reason"]
-        )
-        decisions = CounterMetricFamily(
-            "recovery_decisions", "evaluations that decided", labels=["run_id", "decision"]
-        )
-        health = CounterMetricFamily(
-            "recovery_health_changes", "health changes", labels=["run_id", "health"]
-        )
-        retries = CounterMetricFamily("recovery_retries", "retries scheduled", labels=["run_id"])
-        quarantines = CounterMetricFamily("recovery_quarantines", "quarantines", labels=["run_id"])
-        latencies: list[float] = []
-        statuses: Counter[str] = Counter()
-        now = time.time()
-        for run_id in runs:
-            try:
-                run = s.run(run_id)
-            except RecoveryError:
-                continue  # expired between the two reads
-            statuses[run.status.value] += 1
-            info.add_metric([run_id, run.plan, run.status.value], 1)
-            names = _feature_names(s, run_id)
-            recs = s.features(run_id, names)
-            counts = Counter(r.state.value for r in recs.values())
-            for state in FeatureState:
-                features.add_metric([run_id, run.plan, state.value], counts.get(state.value, 0))
-            quarantined.add_metric([run_id, run.plan], sum(r.quarantined for r in recs.values()))
-            blocked.add_metric([run_id, run.plan], sum(r.blocked for r in recs.values()))
-            duration.add_metric([run_id, run.plan], (run.finished_at or now) - run.started_at)
-            tally = self._tally(run_id, run.finished_at is not None)
-            for to, n in tally.transitions.items():
-                transitions.add_metric([run_id, to], n)
-            for reason, n in tally.rollbacks.items():
-                rollbacks.add_metric([run_id, reason], n)
-            for decision, n in tally.decisions.items():
-                decisions.add_metric([run_id, decision], n)
-            for h, n in tally.health.items():
-                health.add_metric([run_id, h], n)
-            retries.add_metric([run_id], tally.retries)
-            quarantines.add_metric([run_id], tally.quarantines)
-            latencies.extend(tally.latencies)
+        views, active = self._read()
+        now = self.clock()
+        out: list[Metric] = []
+        freeze = s.frozen()
+        out.append(_gauge("recovery_frozen", "1 while the global freeze is on", freeze))
+        self_frozen = freeze is not None and freeze.get("by") == "manager"
+        out.append(_gauge("recovery_self_frozen", "1 while the manager froze itself", self_frozen))
+        out.append(_gauge("recovery_flags_version", "published flags version", s.flags_version()))
+        statuses = _zeros(RunStatus)
+        statuses.update(v.record.status.value for v in views)
+        by_status = GaugeMetricFamily("recovery_runs", "runs in view by status", labels=["status"])
         for status, n in statuses.items():
             by_status.add_metric([status], n)
-        self._tallies = {k: v for k, v in self._tallies.items() if k in runs}
+        out.append(by_status)
+        n_active = sum(1 for v in views if v.record.status in ACTIVE_RUN_STATUSES)
+        out.append(_gauge("recovery_active_runs", "PENDING or RUNNING runs", n_active))
+        shown: dict[str, _RunView] = {}
+        for v in views:  # active runs first, then newest first: one run per plan
+            if v.record.run_id in active or v.record.plan not in shown:
+                shown.setdefault(v.record.plan, v)
+        out.extend(_run_metrics(list(shown.values()), now))
+        out.extend(_feature_metrics([v for v in views if v.record.run_id in active]))
+        out.extend(self._counters())
+        return out
+
+    def _counters(self) -> list[Metric]:
+        t = self.totals
+        out: list[Metric] = []
+        for name, doc, label, values in (
+            ("recovery_transitions", "state changes", "to", t.transitions),
+            ("recovery_rollbacks", "rollbacks by reason", "reason", t.rollbacks),
+            ("recovery_health_changes", "health changes", "health", t.health),
+            ("recovery_runs_finished", "runs finished, by status", "status", t.runs_finished),
+        ):
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for value, n in values.items():
+                family.add_metric([value], n)
+            out.append(family)
+        for name, doc, n in (
+            ("recovery_retries", "retries scheduled", t.retries),
+            ("recovery_quarantines", "features quarantined", t.quarantines),
+            ("recovery_runs_started", "runs started", t.runs_started),
+        ):
+            out.append(CounterMetricFamily(name, doc, value=n))
+        decisions = _zeros(DECISIONS)
+        decisions.update(self.store.decision_counts())
+        family = CounterMetricFamily(
+            "recovery_decisions", "evaluation outcomes (engine counter)", labels=["decision"]
+        )
+        for decision, n in decisions.items():
+            family.add_metric([decision], n)
+        out.append(family)
         latency = HistogramMetricFamily(
             "recovery_decision_latency_seconds",
             "seconds a feature spent in a ramp step before the decision that ended it",
         )
-        buckets = [(repr(b), sum(1 for x in latencies if x <= b)) for b in LATENCY_BUCKETS]
-        latency.add_metric([], [*buckets, ("+Inf", len(latencies))], sum_value=sum(latencies))
-        return [frozen, flags_version, by_status, info, features, quarantined, blocked,
-                duration, transitions, rollbacks, decisions, health, retries, quarantines,
-                latency]  # fmt: skip
-
-    def _tally(self, run_id: str, finished: bool) -> RunTally:
-        tally = self._tallies.get(run_id)
-        if tally is None:
-            tally = self._tallies[run_id] = RunTally()
-        if not tally.final:
-            tally.fold(self.store.events(run_id, after=tally.after))
-            tally.final = finished  # a finished run's events never change: stop reading
-        return tally
+        buckets = [(repr(b), n) for b, n in zip(LATENCY_BUCKETS, t.latency_buckets, strict=True)]
+        latency.add_metric([], [*buckets, ("+Inf", t.latency_count)], sum_value=t.latency_sum)
+        out.append(latency)
+        return out
 
 
-def _feature_names(store: Store, run_id: str) -> list[str]:
-    import json
+def _gauge(name: str, doc: str, value: object) -> GaugeMetricFamily:
+    if isinstance(value, (int, float)):
+        return GaugeMetricFamily(name, doc, value=value)
+    return GaugeMetricFamily(name, doc, value=1 if value else 0)
 
+
+def _run_metrics(views: Sequence[_RunView], now: float) -> list[Metric]:
+    rl = ["run_id", "plan"]
+    info = GaugeMetricFamily("recovery_run_info", "one per run shown", labels=[*rl, "status"])
+    progress = GaugeMetricFamily(
+        "recovery_run_progress_ratio", "enabled, quarantined or blocked / total", labels=rl
+    )
+    features = GaugeMetricFamily("recovery_features", "features by state", labels=[*rl, "state"])
+    quarantined = GaugeMetricFamily("recovery_features_quarantined", "quarantined", labels=rl)
+    blocked = GaugeMetricFamily("recovery_features_blocked", "blocked by a quarantine", labels=rl)
+    duration = GaugeMetricFamily("recovery_run_duration_seconds", "run age or length", labels=rl)
+    last = GaugeMetricFamily(
+        "recovery_run_last_transition_timestamp_seconds",
+        "unix time of the run's latest feature transition (its start before any)",
+        labels=rl,
+    )
+    for v in views:
+        r, recs = v.record, v.features.values()
+        key = [r.run_id, r.plan]
+        info.add_metric([*key, r.status.value], 1)
+        settled = sum(
+            1 for f in recs if f.state is FeatureState.ENABLED or f.quarantined or f.blocked
+        )
+        progress.add_metric(key, settled / len(v.features) if v.features else 0.0)
+        counts = Counter(f.state.value for f in recs)
+        for state in FeatureState:
+            features.add_metric([*key, state.value], counts.get(state.value, 0))
+        quarantined.add_metric(key, sum(f.quarantined for f in recs))
+        blocked.add_metric(key, sum(f.blocked for f in recs))
+        duration.add_metric(key, (r.finished_at or now) - r.started_at)
+        last.add_metric(key, v.cursor.last_transition or r.started_at)
+    return [info, progress, features, quarantined, blocked, duration, last]
+
+
+def _feature_metrics(views: Sequence[_RunView]) -> list[Metric]:
+    fl = ["run_id", "plan", "feature"]
+    state = GaugeMetricFamily(
+        "recovery_feature_state", "1 for the current state", labels=[*fl, "state"]
+    )
+    percent = GaugeMetricFamily("recovery_feature_percent", "ramp percent (0-100)", labels=fl)
+    health = GaugeMetricFamily(
+        "recovery_feature_health", "1 for the current health", labels=[*fl, "health"]
+    )
+    measured = GaugeMetricFamily("recovery_feature_measured", "0: source none", labels=fl)
+    attempts = GaugeMetricFamily("recovery_feature_attempts", "attempts so far", labels=fl)
+    quarantined = GaugeMetricFamily("recovery_feature_quarantined", "1: quarantined", labels=fl)
+    blocked = GaugeMetricFamily("recovery_feature_blocked", "1: blocked by a quarantine", labels=fl)
+    held = GaugeMetricFamily("recovery_feature_held", "1: a hold is set", labels=fl)
+    for v in views:
+        for name, f in v.features.items():
+            key = [v.record.run_id, v.record.plan, name]
+            for s in FeatureState:
+                state.add_metric([*key, s.value], 1 if f.state is s else 0)
+            for h in FeatureHealth:
+                health.add_metric([*key, h.value], 1 if f.health is h else 0)
+            percent.add_metric(key, f.percent)
+            measured.add_metric(key, 0 if name in v.unmeasured else 1)
+            attempts.add_metric(key, f.attempts)
+            quarantined.add_metric(key, 1 if f.quarantined else 0)
+            blocked.add_metric(key, 1 if f.blocked else 0)
+            held.add_metric(key, 1 if _hold(f) else 0)
+    return [state, percent, health, measured, attempts, quarantined, blocked, held]
+
+
+def _hold(record: FeatureRecord) -> str:
+    """The record's hold ("" = not held; baking counts while the bake runs)."""
+    hold = record.shown_hold(time.time())
+    return hold.value if hold is not None else ""
+
+
+def _plan_features(plan_json: str) -> tuple[list[str], frozenset[str]]:
+    """Feature names of a stored plan, and those whose health source is ``none`` (read
+    through the one plan parser; an unreadable plan shows no features)."""
     try:
-        doc = json.loads(store.plan_json(run_id))
-        return [str(f["name"]) for f in doc.get("features", [])]
-    except (ValueError, KeyError, TypeError):
-        return []
+        plan = parse_plan(plan_json, source="stored plan")
+    except PlanError:
+        return [], frozenset()
+    names = list(plan.features)
+    return names, frozenset(n for n, f in plan.features.items() if f.health.source == "none")
 
 
 def serve(store: Store, port: int, address: str = "127.0.0.1", recent: int = 10) -> Any:
@@ -251,10 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.ops.exporter")
     parser.add_argument("--port", type=int, default=9808)
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--recent", type=int, default=10, help="finished runs to report")
+    parser.add_argument("--recent", type=int, default=10, help="newest runs kept in view")
     args = parser.parse_args(argv)
     settings = get_settings()
-    serve(Store(settings.redis_url, settings.namespace), args.port, args.address, args.recent)
+    serve(store_from_settings(settings), args.port, args.address, args.recent)
     print(f"serving http://{args.address}:{args.port}/metrics", file=sys.stderr)
     try:
         while True:

@@ -3,9 +3,10 @@
 Pure (no Redis, no Celery): :func:`build_timeline` turns a plan, the run's metadata and
 its events (the ``events --json`` contract: dicts with ``ts``, ``kind``, ``feature``,
 ``from``, ``to``, ``percent``, ``reason``, ``evidence``) into a :class:`Timeline`;
-:func:`render_html` and :func:`render_svg` draw it as a self-contained document — no
-scripts, no external files, tooltips through SVG ``<title>`` elements — so it can be
-attached to an incident ticket as is.
+:func:`render_html` and :func:`render_svg` (drawn by :mod:`workers.ops.report_svg`) make it
+a self-contained document — no scripts, no external files, tooltips through SVG
+``<title>`` elements — so it can be attached to an incident ticket as is; the SVG alone
+carries its title, status, legend and rollback table as visible text.
 
 Each lane shows DISABLED (grey), TESTING (amber, darker as the ramp percent grows, the
 percent written inside) and ENABLED (green) over time; rollbacks are red triangles whose
@@ -28,11 +29,13 @@ from workers.core.plan import Plan
 from workers.ops.describe import _evidence, _num, describe, evidence_text
 
 __all__ = [
+    "STATE_COLORS",
     "Lane",
     "Mark",
     "Segment",
     "Timeline",
     "build_timeline",
+    "clock",
     "describe",
     "evidence_text",
     "render",
@@ -40,12 +43,8 @@ __all__ = [
     "render_svg",
 ]
 
-_COLORS = {"DISABLED": "#d5d9df", "TESTING": "#f0a030", "ENABLED": "#2e9d58"}
-_LABEL_W = 230
-_PLOT_W = 860
-_LANE_H = 28
-_TOP = 34
-_RIGHT_W = 150
+#: lane colours per feature state (the HTML legend and the SVG share them)
+STATE_COLORS = {"DISABLED": "#d5d9df", "TESTING": "#f0a030", "ENABLED": "#2e9d58"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,122 +185,15 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _tick_step(span: float) -> float:
-    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600):
-        if span / step <= 12:
-            return float(step)
-    return 86400.0
+def render_svg(t: Timeline, *, standalone: bool = True) -> str:
+    """The timeline as a standalone SVG document (see :mod:`workers.ops.report_svg`)."""
+    from workers.ops.report_svg import render_svg as draw
+
+    return draw(t, standalone=standalone)
 
 
-def render_svg(t: Timeline) -> str:
-    """The timeline as a standalone SVG document."""
-    span = max(t.end - t.start, 1.0)
-    height = _TOP + _LANE_H * len(t.lanes) + 30
-    width = _LABEL_W + _PLOT_W + _RIGHT_W
-    index = {lane.name: i for i, lane in enumerate(t.lanes)}
-
-    def x(ts: float) -> float:
-        return _LABEL_W + (ts - t.start) / span * _PLOT_W
-
-    def y(i: int) -> float:
-        return _TOP + i * _LANE_H
-
-    out: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="system-ui, sans-serif" font-size="12" '
-        f'role="img" aria-label="recovery timeline of run {_e(t.run_id)}">',
-        f"<title>Recovery timeline: run {_e(t.run_id)} ({_e(t.plan)}), {_e(t.status)}</title>",
-    ]
-    step = _tick_step(span)
-    k = 0.0
-    while k <= span + 1e-9:
-        xx = x(t.start + k)
-        out.append(
-            f'<line x1="{xx:.1f}" y1="{_TOP - 6}" x2="{xx:.1f}" y2="{height - 26}" '
-            'stroke="#eceef1"/>'
-        )
-        out.append(
-            f'<text x="{xx:.1f}" y="{_TOP - 10}" text-anchor="middle" fill="#666">'
-            f"{_e(_clock(k))}</text>"
-        )
-        k += step
-    for i, lane in enumerate(t.lanes):
-        yy = y(i)
-        deps = f" ← {', '.join(lane.depends_on)}" if lane.depends_on else ""
-        out.append(
-            f'<g class="lane" data-feature="{_e(lane.name)}">'
-            f'<text x="8" y="{yy + 18}" font-weight="600">{_e(lane.name)}'
-            f'<tspan font-weight="400" fill="#777" font-size="10">{_e(deps)}</tspan>'
-            f"<title>{_e(lane.name)}: {_e(lane.description)}{_e(deps)}</title></text>"
-        )
-        for s in lane.segments:
-            x0, x1 = x(s.start), x(s.end)
-            w = max(x1 - x0, 0.5)
-            opacity = 1.0 if s.state != "TESTING" else 0.35 + 0.65 * min(s.percent, 100) / 100
-            label = f"{s.state} {s.percent}%" if s.state == "TESTING" else s.state
-            out.append(
-                f'<rect x="{x0:.1f}" y="{yy + 5}" width="{w:.1f}" height="{_LANE_H - 10}" '
-                f'fill="{_COLORS.get(s.state, "#999")}" fill-opacity="{opacity:.2f}">'
-                f"<title>{_e(lane.name)}: {_e(label)} from +{_clock(s.start - t.start)} "
-                f"to +{_clock(s.end - t.start)}</title></rect>"
-            )
-            if s.state == "TESTING" and w > 26:
-                out.append(
-                    f'<text x="{x0 + w / 2:.1f}" y="{yy + 18}" text-anchor="middle" '
-                    f'font-size="10" fill="#402800">{s.percent}%</text>'
-                )
-        for ts in lane.starts:
-            xs = x(ts)
-            for dep in lane.depends_on:
-                j = index.get(dep)
-                if j is None:
-                    continue
-                out.append(
-                    f'<line x1="{xs:.1f}" y1="{y(j) + _LANE_H / 2:.1f}" x2="{xs:.1f}" '
-                    f'y2="{yy + _LANE_H / 2:.1f}" stroke="#5566aa" stroke-opacity="0.45" '
-                    'stroke-dasharray="3,3"/>'
-                    f'<circle cx="{xs:.1f}" cy="{y(j) + _LANE_H / 2:.1f}" r="2.2" '
-                    f'fill="#5566aa"><title>{_e(lane.name)} waited for {_e(dep)}</title></circle>'
-                )
-        for m in lane.marks:
-            xm = x(m.ts)
-            tip = f"{lane.name}: {m.kind} ({m.label})" + (f" — {m.detail}" if m.detail else "")
-            if m.kind == "rollback":
-                shape = (
-                    f'<path d="M{xm - 6:.1f},{yy + 1} L{xm + 6:.1f},{yy + 1} L{xm:.1f},{yy + 12} Z"'
-                    ' fill="#d62728" stroke="#fff" stroke-width="0.8">'
-                )
-            elif m.kind == "quarantine":
-                shape = (
-                    f'<path d="M{xm - 5:.1f},{yy + 9} l10,10 m0,-10 l-10,10" stroke="#111" '
-                    'stroke-width="2.5">'
-                )
-            else:
-                shape = f'<circle cx="{xm:.1f}" cy="{yy + 14}" r="4" fill="#1f77b4">'
-            out.append(f'<g class="mark {m.kind}">{shape}<title>{_e(tip)}</title>'
-                       f"{'</path>' if m.kind != 'retry' else '</circle>'}</g>")  # fmt: skip
-        final = "QUARANTINED" if lane.quarantined else lane.final
-        if lane.blocked_by and final == "DISABLED":
-            final = f"blocked by {lane.blocked_by}"
-        color = {"ENABLED": "#2e9d58", "QUARANTINED": "#111"}.get(final, "#a33")
-        out.append(
-            f'<text x="{_LABEL_W + _PLOT_W + 10}" y="{yy + 18}" fill="{color}">{_e(final)}</text>'
-            "</g>"
-        )
-    for m in t.freezes:
-        xm = x(m.ts)
-        out.append(
-            f'<line x1="{xm:.1f}" y1="{_TOP}" x2="{xm:.1f}" y2="{height - 26}" stroke="#7030a0" '
-            f'stroke-width="2"><title>{_e(m.kind)}: {_e(m.label)} {_e(m.detail)}</title></line>'
-        )
-    out.append(
-        f'<text x="{_LABEL_W}" y="{height - 8}" fill="#666">time since the run started '
-        f"(total {_e(_clock(span))})</text></svg>"
-    )
-    return "\n".join(out)
-
-
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Seconds as ``m:ss`` (``h:mm:ss`` from an hour)."""
     s = max(0, round(seconds))
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
@@ -324,9 +216,9 @@ th{background:#f6f7f9} .scroll{overflow-x:auto}
 
 def render_html(t: Timeline) -> str:
     """The timeline as a self-contained HTML page: header, legend, SVG, tables."""
-    duration = _clock(t.end - t.start)
+    duration = clock(t.end - t.start)
     rows = "".join(
-        f"<tr><td>+{_e(_clock(ts - t.start))}</td><td>{_e(name)}</td><td>{_e(frm)}→DISABLED"
+        f"<tr><td>+{_e(clock(ts - t.start))}</td><td>{_e(name)}</td><td>{_e(frm)}→DISABLED"
         f"</td><td>{_e(reason)}</td><td>{_e(text)}</td></tr>"
         for ts, name, frm, reason, text in t.rollbacks
     )
@@ -339,7 +231,8 @@ def render_html(t: Timeline) -> str:
     ) + "".join(f"<li>{_e(lane.name)} blocked by {_e(lane.blocked_by)}</li>" for lane in blocked)
     enabled = " → ".join(_e(n) for n in t.enabled_order) or "none"
     legend = "".join(
-        f'<span><i class="sw" style="background:{c}"></i>{s}</span>' for s, c in _COLORS.items()
+        f'<span><i class="sw" style="background:{c}"></i>{s}</span>'
+        for s, c in STATE_COLORS.items()
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -350,7 +243,7 @@ def render_html(t: Timeline) -> str:
         f"duration {_e(duration)}</div>"
         f'<div class="legend">{legend}<span>▼ rollback</span><span>● retry scheduled</span>'
         "<span>✕ quarantined</span><span>┆ dependency it waited for</span></div>"
-        f'<div class="scroll">{render_svg(t)}</div>'
+        f'<div class="scroll">{render_svg(t, standalone=False)}</div>'
         f"<h2>Enabled, in order</h2><p>{enabled}</p>"
         f"<h2>Rolled back</h2>"
         + (

@@ -1,7 +1,20 @@
-"""Persistence: the state store (Redis; in memory for tests), its records and key schema.
+"""Persistence: the store interface, its Redis and in-memory implementations, key schema.
 
-Importing this package does not import the Redis driver: :mod:`workers.store.keys` is
-shared with the flag client and the health sources; the implementations load on first use.
+========================  ========================================================
+:mod:`.base`              the ``Store`` protocol, ``Step``, ``TransitionResult``
+:mod:`.redis`             ``RedisStore``: atomic Lua scripts (:mod:`.scripts`, ``lua/``)
+:mod:`.memory`            ``MemoryStore``: the same semantics under one lock (tests)
+:mod:`.memory_scripts`    the memory keyspace and its twins of the Lua scripts
+:mod:`.memory_metrics`    in-memory per-tick counts and the metric source reading them
+:mod:`.factory`           ``store_from_settings``: the production store, built once
+:mod:`.keys`              every Redis key and channel (the schema)
+:mod:`.codec`             stored fields <-> typed records, shared by both stores
+:mod:`.refusals`          refusal codes -> project errors, shared by both stores
+:mod:`.translate`         Redis driver errors -> project errors
+========================  ========================================================
+
+Importing this package does not import the Redis driver: the implementations load on
+first use.
 """
 
 from __future__ import annotations
@@ -9,20 +22,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from workers.core.records import Event, FeatureRecord, RunRecord
+from workers.store.base import Step, Store, TransitionResult
 from workers.store.keys import Keys
 
 if TYPE_CHECKING:
-    from workers.store.redis import Event, FeatureRecord, RunRecord, Step, Store, TransitionResult
+    from workers.store.factory import store_from_settings
+    from workers.store.memory import MemoryStore
+    from workers.store.redis import RedisStore
 
-__all__ = ["Event", "FeatureRecord", "Keys", "RunRecord", "Step", "Store", "TransitionResult"]
+__all__ = [
+    "Event",
+    "FeatureRecord",
+    "Keys",
+    "MemoryStore",
+    "RedisStore",
+    "RunRecord",
+    "Step",
+    "Store",
+    "TransitionResult",
+    "store_from_settings",
+]
 
 _LAZY = {
-    "Event": "workers.store.redis",
-    "FeatureRecord": "workers.store.redis",
-    "RunRecord": "workers.store.redis",
-    "Step": "workers.store.redis",
-    "Store": "workers.store.redis",
-    "TransitionResult": "workers.store.redis",
+    "MemoryStore": "workers.store.memory",
+    "RedisStore": "workers.store.redis",
+    "store_from_settings": "workers.store.factory",
 }
 
 

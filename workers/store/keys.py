@@ -17,7 +17,11 @@ channel ``<ns>:flags``              pubsub  JSON ``{"feature", "state", "percent
 ``<ns>:metrics:<feature>:<tick>``   hash    outcome counts reported by services for one
                                             non-overlapping tick (``tick = floor(unix_s /
                                             tick_s)``): integer fields ``requests``,
-                                            ``errors``, ``slow``, ``bad:<name>`` (HINCRBY;
+                                            ``errors``, ``slow``, ``bad:<name>`` (the
+                                            feature-on cohort) and ``ctl:requests``,
+                                            ``ctl:errors``, ``ctl:slow``,
+                                            ``ctl:bad:<name>`` (the feature-off cohort,
+                                            for ``baseline: control``) (HINCRBY;
                                             missing = 0; ``requests`` 0 = heartbeat);
                                             TTL ``metrics_ttl_s`` (EXPIRE on every write,
                                             see ``workers.health.sources.redis``)
@@ -49,6 +53,14 @@ Internal (the store is the only writer):
 ``<ns>:request:<request_id>``           string  ``"<run id> <plan name>"``: the run a start
                                                 with this idempotency key got; TTL
                                                 ``run_ttl_s`` from that start
+``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
+                                                ended in it, over every run: fields
+                                                ``continue``, ``advance``, ``promote``,
+                                                ``rollback`` (HINCRBY 1 by the engine
+                                                once per evaluated feature per
+                                                evaluation; missing = 0); no TTL, never
+                                                reset (the exporter's
+                                                ``recovery_decisions_total``)
 ======================================  ======  ==========================================
 
 Run keys get a TTL (``run_ttl_s``) once the run is finished. A request id (the
@@ -146,3 +158,7 @@ class Keys:
 
     def request(self, request_id: str) -> str:
         return f"{self.ns}:request:{request_id}"
+
+    @property
+    def stats_decisions(self) -> str:
+        return f"{self.ns}:stats:decisions"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AllowInfNan,
@@ -74,6 +74,20 @@ def _check_name(value: str) -> str:
     return value
 
 
+OnUnhealthy: TypeAlias = Literal["rollback", "hold"]
+
+
+def _check_gates(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return value
+    for pct in value:
+        if not 1 <= pct <= 100:
+            raise ValueError(f"approval gates are ramp percents in 1..100, got {pct}")
+    if len(set(value)) != len(value):
+        raise ValueError("an approval gate is listed twice")
+    return tuple(sorted(value))
+
+
 def _check_ramp(value: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -121,10 +135,18 @@ class Defaults(_Strict):
     ramp: tuple[StrictInt, ...] = (5, 25, 50, 100)
     dwell_s: Number = Field(default=30.0, ge=0, le=86_400)
     max_testing_s: Number = Field(default=900.0, gt=0, le=7 * 86_400)
+    #: after promotion, a measured feature stays under the ENABLED watch this long; the
+    #: run ends only when every bake has ended (0: no bake)
+    bake_s: Number = Field(default=300.0, ge=0, le=7 * 86_400)
+    #: hold before entering each listed ramp percent (100 = before ENABLED) for approval
+    approve_before: tuple[StrictInt, ...] = ()
+    #: what a condemned feature does: roll back, or hold at its percent for an operator
+    on_unhealthy: OnUnhealthy = "rollback"
     health: HealthPolicy = HealthPolicy()
     retry: RetryPolicy = RetryPolicy()
 
     _ramp = field_validator("ramp")(_check_ramp)
+    _gates = field_validator("approve_before")(_check_gates)
 
 
 class FeatureSpec(_Strict):
@@ -136,6 +158,9 @@ class FeatureSpec(_Strict):
     ramp: tuple[StrictInt, ...] | None = None
     dwell_s: Number | None = Field(default=None, ge=0, le=86_400)
     max_testing_s: Number | None = Field(default=None, gt=0, le=7 * 86_400)
+    bake_s: Number | None = Field(default=None, ge=0, le=7 * 86_400)
+    approve_before: tuple[StrictInt, ...] | None = None
+    on_unhealthy: OnUnhealthy | None = None
     #: partial HealthPolicy, deep-merged over ``defaults.health``
     health: dict[str, Any] | None = None
     #: partial RetryPolicy, merged over ``defaults.retry``
@@ -144,6 +169,7 @@ class FeatureSpec(_Strict):
 
     _name = field_validator("name")(_check_name)
     _ramp = field_validator("ramp")(_check_ramp)
+    _gates = field_validator("approve_before")(_check_gates)
 
     @field_validator("depends_on")
     @classmethod
@@ -168,6 +194,9 @@ class Feature(_Strict):
     health: HealthPolicy
     retry: RetryPolicy
     description: str = ""
+    bake_s: float = 300.0
+    approve_before: tuple[int, ...] = ()
+    on_unhealthy: OnUnhealthy = "rollback"
 
     @property
     def duration_s(self) -> float:
@@ -208,6 +237,12 @@ class Plan(_Strict):
                 doc["dwell_s"] = f.dwell_s
             if f.max_testing_s != self.defaults.max_testing_s:
                 doc["max_testing_s"] = f.max_testing_s
+            if f.bake_s != self.defaults.bake_s:
+                doc["bake_s"] = f.bake_s
+            if f.approve_before != self.defaults.approve_before:
+                doc["approve_before"] = list(f.approve_before)
+            if f.on_unhealthy != self.defaults.on_unhealthy:
+                doc["on_unhealthy"] = f.on_unhealthy
             if f.health is not self.defaults.health and f.health != self.defaults.health:
                 doc["health"] = _diff(defaults["health"], f.health.model_dump(mode="json"))
             if f.retry is not self.defaults.retry and f.retry != self.defaults.retry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,11 +208,26 @@ def _resolve(
         if not ok:
             continue
         assert isinstance(health, HealthPolicy) and isinstance(retry, RetryPolicy)
+        ramp = spec.ramp if spec.ramp is not None else defaults.ramp
+        gates = spec.approve_before if spec.approve_before is not None else defaults.approve_before
+        stray = [g for g in gates if g not in ramp and g != 100]
+        if stray:
+            where = (
+                "approve_before" if spec.approve_before is not None else "defaults.approve_before"
+            )
+            problems.append(
+                (
+                    f"{label(i)}.{where}" if spec.approve_before is not None else where,
+                    f"approval gate(s) {stray} are not steps of the ramp {list(ramp)} "
+                    "(nor 100, before ENABLED)",
+                )
+            )
+            continue
         features[name] = Feature.model_construct(
             name=name,
             priority=spec.priority,
             depends_on=spec.depends_on,
-            ramp=spec.ramp if spec.ramp is not None else defaults.ramp,
+            ramp=ramp,
             dwell_s=spec.dwell_s if spec.dwell_s is not None else defaults.dwell_s,
             max_testing_s=(
                 spec.max_testing_s if spec.max_testing_s is not None else defaults.max_testing_s
@@ -220,15 +235,25 @@ def _resolve(
             health=health,
             retry=retry,
             description=spec.description,
+            bake_s=spec.bake_s if spec.bake_s is not None else defaults.bake_s,
+            approve_before=gates,
+            on_unhealthy=spec.on_unhealthy or defaults.on_unhealthy,
         )
     return features
 
 
-def load_plan(path: str | Path, *, max_features: int = 10_000) -> Plan:
+def load_plan(
+    path: str | Path,
+    *,
+    max_features: int = 10_000,
+    overrides: Callable[[dict[str, Any]], None] | None = None,
+) -> Plan:
     """Read and validate a plan file (YAML, or JSON for ``*.json``); at most 10 MiB.
 
-    Raises :class:`PlanError` for a missing, unreadable, oversized, non-UTF-8 or invalid
-    file, with the path as the source of every message.
+    ``overrides``, when given, edits the document in place before validation (the demo
+    compresses timings this way). Raises :class:`PlanError` for a missing, unreadable,
+    oversized, non-UTF-8 or invalid file, with the path as the source of every message.
+    The one plan loader: the CLI, the demo and the exporter all read plans through it.
     """
     path = Path(path)
     source = str(path)
@@ -249,4 +274,8 @@ def load_plan(path: str | Path, *, max_features: int = 10_000) -> Plan:
     fmt: Literal["json", "yaml"] | None = (
         "json" if suffix == ".json" else "yaml" if suffix in (".yaml", ".yml") else None
     )
-    return parse_plan(raw, source=source, max_features=max_features, fmt=fmt)
+    if overrides is None:
+        return parse_plan(raw, source=source, max_features=max_features, fmt=fmt)
+    doc = dict(_document(raw, source, fmt))
+    overrides(doc)
+    return parse_plan(doc, source=source, max_features=max_features)

@@ -12,6 +12,9 @@ __all__ = ["MetricSource", "Sample"]
 class Sample:
     """Exact outcome counts of one feature over ``[since, until)``.
 
+    ``requests``/``errors``/``slow``/``bad`` count the feature-on cohort (every request
+    of the feature when the service does not split cohorts); ``control_*`` count the
+    feature-off cohort over the same span (all 0 when the source has none).
     ``bad`` maps custom bad-event names (without the ``bad:`` prefix) to counts.
     ``fresh`` is False when the source has no recent data (nothing reported, an empty or
     NaN query result): the evaluator treats it as no evidence. ``error`` is set when the
@@ -26,6 +29,10 @@ class Sample:
     bad: dict[str, float] = field(default_factory=dict)
     fresh: bool = False
     error: str | None = None
+    control_requests: float = 0
+    control_errors: float = 0
+    control_slow: float = 0
+    control_bad: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, error: str) -> Sample:

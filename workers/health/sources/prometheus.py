@@ -10,10 +10,12 @@ An empty result at ``until`` (unknown metric, series gone stale in Prometheus) o
 or infinite value makes the sample not fresh: UNKNOWN, never healthy. A timeout,
 an unreachable server or a malformed answer sets ``Sample.error`` (``timeout: …``,
 ``unavailable: …``, ``config: …``, ``bad_response: …``), kept apart from the feature's
-own errors. When the requests query is a plain selector, its newest raw sample must also
-be at most ``stale_after_s`` old at ``until`` (``timestamp()``); beyond that, freshness is
-Prometheus' own staleness handling (a series disappears once its target stops being
-scraped).
+own errors. The ``control_*`` queries (the feature-off cohort) are run and differenced the
+same way and fill the sample's ``control_*`` counts (an empty control result is no
+off-cohort, 0, not staleness). When the requests query is a plain selector, its newest
+raw sample must also be at most ``stale_after_s`` old at ``until`` (``timestamp()``);
+beyond that, freshness is Prometheus' own staleness handling (a series disappears once
+its target stops being scraped).
 """
 
 from __future__ import annotations
@@ -59,12 +61,23 @@ class PrometheusSource:
             queries["slow"] = self.config.slow_query
         for name, query in self.config.bad_queries.items():
             queries[f"bad:{name}"] = query
+        control = {
+            "ctl:requests": self.config.control_requests_query,
+            "ctl:errors": self.config.control_errors_query,
+            "ctl:slow": self.config.control_slow_query,
+        }
+        queries.update({name: query for name, query in control.items() if query is not None})
+        for name, query in self.config.control_bad_queries.items():
+            queries[f"ctl:bad:{name}"] = query
         counts: dict[str, float] = {}
         try:
             if self._stale(until, deadline):
                 return Sample(fresh=False)
             for name, query in queries.items():
                 later = self._query(query, until, deadline)
+                if not later and name.startswith("ctl:"):
+                    counts[name] = 0.0  # no off-cohort series (yet): no control evidence
+                    continue
                 if not later or not all(math.isfinite(v) for v in later.values()):
                     return Sample(fresh=False)
                 earlier = self._query(query, since, deadline)
@@ -72,6 +85,7 @@ class PrometheusSource:
         except SourceFailure as exc:
             return Sample.failed(str(exc))
         requests = counts["requests"]
+        control_requests = counts.get("ctl:requests", 0.0)
         # series scraped at slightly different moments can disagree by a few events:
         # a share above 100% means "all of them", not a malformed sample
         return Sample(
@@ -80,6 +94,14 @@ class PrometheusSource:
             slow=min(counts.get("slow", 0.0), requests),
             bad={k[4:]: min(v, requests) for k, v in counts.items() if k.startswith("bad:")},
             fresh=True,
+            control_requests=control_requests,
+            control_errors=min(counts.get("ctl:errors", 0.0), control_requests),
+            control_slow=min(counts.get("ctl:slow", 0.0), control_requests),
+            control_bad={
+                k[8:]: min(v, control_requests)
+                for k, v in counts.items()
+                if k.startswith("ctl:bad:")
+            },
         )
 
     def _stale(self, until: float, deadline: float) -> bool:

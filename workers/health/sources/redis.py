@@ -3,9 +3,10 @@
 Layout (a published contract, see ``docs/health.md`` and :mod:`workers.store.keys`): one hash
 per feature per non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with
 ``tick = floor(unix_s / tick_s)``, fields ``requests``, ``errors``, ``slow`` and
-``bad:<name>`` (integers, HINCRBY; a missing field is 0), and a TTL so memory stays
-bounded whatever the traffic. Writers use :func:`record_counts` (or :func:`queue_counts`
-inside their own pipeline).
+``bad:<name>`` for the feature-on cohort, ``ctl:requests``, ``ctl:errors``, ``ctl:slow``
+and ``ctl:bad:<name>`` for the feature-off cohort (integers, HINCRBY; a missing field is
+0), and a TTL so memory stays bounded whatever the traffic. Writers use
+:func:`record_counts` (or :func:`queue_counts` inside their own pipeline).
 
 This module imports ``redis``; :mod:`workers.health` only imports it lazily, from
 :func:`workers.health.sources.make_source`.
@@ -27,6 +28,8 @@ __all__ = ["MAX_TICKS", "RedisSource", "queue_counts", "record_counts", "tick_of
 
 #: most ticks one collect reads (older ticks have normally expired anyway)
 MAX_TICKS = 3600
+#: the summed plain fields of a metrics hash (``bad:`` and ``ctl:bad:`` are per name)
+_TOTALS = ("requests", "errors", "slow", "ctl:requests", "ctl:errors", "ctl:slow")
 
 
 def tick_of(unix_s: float, tick_s: int = 1) -> int:
@@ -44,15 +47,25 @@ def queue_counts(
     slow: int = 0,
     bad: Mapping[str, int] | None = None,
     ttl_s: int = 3600,
+    *,
+    control_requests: int = 0,
+    control_errors: int = 0,
+    control_slow: int = 0,
+    control_bad: Mapping[str, int] | None = None,
 ) -> None:
     """Queue the increments of one feature's counts for one tick on ``pipe``.
 
     ``requests`` is always written (0 is a heartbeat: "alive, no traffic"); other zero
-    counts are skipped. The key's TTL is (re)set to ``ttl_s``. Raises
+    counts are skipped. The ``control_*`` counts (the feature-off cohort) go to the
+    ``ctl:`` fields. The key's TTL is (re)set to ``ttl_s``. Raises
     :class:`~workers.errors.InvalidInput` for negative counts or a non-positive TTL.
     """
     counts = {"requests": requests, "errors": errors, "slow": slow}
     counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
+    counts.update(
+        {"ctl:requests": control_requests, "ctl:errors": control_errors, "ctl:slow": control_slow}
+    )
+    counts.update({f"ctl:bad:{name}": n for name, n in (control_bad or {}).items()})
     if any(not isinstance(n, int) or n < 0 for n in counts.values()) or ttl_s <= 0:
         raise InvalidInput(f"counts must be non-negative integers and ttl positive: {counts}")
     key = keys.metrics(feature, tick)
@@ -72,6 +85,11 @@ def record_counts(
     slow: int = 0,
     bad: Mapping[str, int] | None = None,
     ttl_s: int = 3600,
+    *,
+    control_requests: int = 0,
+    control_errors: int = 0,
+    control_slow: int = 0,
+    control_bad: Mapping[str, int] | None = None,
 ) -> None:
     """Atomically add one feature's counts for one tick (HINCRBY + EXPIRE in MULTI/EXEC).
 
@@ -79,7 +97,21 @@ def record_counts(
     flag client and tests, which handle their own retries.
     """
     pipe = redis_client.pipeline(transaction=True)
-    queue_counts(pipe, keys, feature, tick, requests, errors, slow, bad, ttl_s)
+    queue_counts(
+        pipe,
+        keys,
+        feature,
+        tick,
+        requests,
+        errors,
+        slow,
+        bad,
+        ttl_s,
+        control_requests=control_requests,
+        control_errors=control_errors,
+        control_slow=control_slow,
+        control_bad=control_bad,
+    )
     pipe.execute()
 
 
@@ -132,8 +164,9 @@ class RedisSource:
             return Sample.failed(f"timeout: redis: {exc}")
         except redis.exceptions.RedisError as exc:
             return Sample.failed(f"unavailable: redis: {exc}")
-        totals = {"requests": 0.0, "errors": 0.0, "slow": 0.0}
+        totals = dict.fromkeys(_TOTALS, 0.0)
         bad: dict[str, float] = {}
+        control_bad: dict[str, float] = {}
         newest: int | None = None
         try:
             for tick, row in zip(ticks, rows, strict=True):
@@ -147,6 +180,8 @@ class RedisSource:
                         totals[name] += value
                     elif name.startswith("bad:"):
                         bad[name[4:]] = bad.get(name[4:], 0) + value
+                    elif name.startswith("ctl:bad:"):
+                        control_bad[name[8:]] = control_bad.get(name[8:], 0) + value
         except ValueError as exc:
             return Sample.failed(f"bad_response: redis metrics hash: {exc}")
         fresh = newest is not None and until - (newest + 1) * self.tick_s <= self.stale_after_s
@@ -156,4 +191,8 @@ class RedisSource:
             slow=totals["slow"],
             bad=bad,
             fresh=fresh,
+            control_requests=totals["ctl:requests"],
+            control_errors=totals["ctl:errors"],
+            control_slow=totals["ctl:slow"],
+            control_bad=control_bad,
         )

@@ -8,28 +8,32 @@
 -- KEYS[6] events stream     <ns>:run:<id>:events
 -- KEYS[7] ready zset        <ns>:run:<id>:ready
 -- KEYS[8] flags hash        <ns>:flags
--- KEYS[9] request id        <ns>:request:<request id>   "<run id> <plan name>"
+-- KEYS[9] flags version     <ns>:flags:version
+-- KEYS[10] request id       <ns>:request:<request id>   "<run id> <plan name>"
 --                           (optional: absent = no request id)
 -- ARGV[1] run id   ARGV[2] plan name   ARGV[3] now   ARGV[4] plan (JSON)
 -- ARGV[5] features (JSON [[name, rank, [dependency, ...]], ...] in dispatch order)
 -- ARGV[6] max_parallel   ARGV[7] feature key prefix   ARGV[8] events max length
--- ARGV[9] request id TTL (s), with KEYS[9]
+-- ARGV[9] flags channel <ns>:flags
+-- ARGV[10] request id TTL (s), with KEYS[10]
 --
 -- Returns {"CREATED", run id, already enabled feature...} | {"EXISTS", active run id}
 --       | {"REQUEST", "<run id> <plan name>" an earlier start with this request id got}
 --       | {"OVERLAP", other run id, feature}.
 -- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
+-- A feature with no published flag is published DISABLED now, atomically with the run,
+-- so a service whose coded default is "on" never turns it on while it waits.
 -- With a request id: a known one returns its run and changes nothing (even when that run
 -- has finished); otherwise the run this start returns (created or already active) is
 -- recorded under it.
-local request = KEYS[9]
+local request = KEYS[10]
 if request then
   local known = redis.call('GET', request)
   if known then return {'REQUEST', known} end
 end
 local existing = redis.call('HGET', KEYS[4], ARGV[2])
 if existing then
-  if request then redis.call('SET', request, existing .. ' ' .. ARGV[2], 'EX', ARGV[9]) end
+  if request then redis.call('SET', request, existing .. ' ' .. ARGV[2], 'EX', ARGV[10]) end
   return {'EXISTS', existing}
 end
 local feats = cjson.decode(ARGV[5])
@@ -42,6 +46,13 @@ local out = {'CREATED', ARGV[1]}
 local n_enabled = 0
 for _, f in ipairs(feats) do
   local raw = redis.call('HGET', KEYS[8], f[1])
+  if not raw then
+    local fv = redis.call('INCR', KEYS[9])
+    redis.call('HSET', KEYS[8], f[1], cjson.encode({state = 'DISABLED', percent = 0,
+      version = fv, updated_at = tonumber(ARGV[3])}))
+    redis.call('PUBLISH', ARGV[9], cjson.encode({feature = f[1], state = 'DISABLED',
+      percent = 0, version = fv}))
+  end
   if raw then
     local ok, flag = pcall(cjson.decode, raw)
     if ok and type(flag) == 'table' and flag['state'] == 'ENABLED' then
@@ -71,7 +82,7 @@ for _, f in ipairs(feats) do
   redis.call('HSET', KEYS[5], f[1], ARGV[1])
   if pending == 0 and not enabled[f[1]] then redis.call('ZADD', KEYS[7], f[2], f[1]) end
 end
-if request then redis.call('SET', request, ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[9]) end
+if request then redis.call('SET', request, ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[10]) end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'run_started',
   'feature', '', 'from', '', 'to', 'RUNNING', 'percent', '', 'reason', 'started',
   'worker', '', 'task_id', '', 'evidence', cjson.encode({plan = ARGV[2], features = #feats,

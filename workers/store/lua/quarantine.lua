@@ -11,11 +11,17 @@
 -- ARGV[7] worker   ARGV[8] task id   ARGV[9] evidence (JSON)   ARGV[10] events max length
 --
 -- Returns {newly blocked count} or {-1} when already quarantined. Errors: STALE, NOFEATURE.
-local cur = redis.call('HMGET', KEYS[1], 'state', 'token', 'quarantined')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'token', 'quarantined', 'blocked')
 if not cur[1] then return redis.error_reply('NOFEATURE ' .. ARGV[2]) end
 if cur[2] ~= ARGV[1] then return redis.error_reply('STALE ' .. tostring(cur[2])) end
 if cur[3] == '1' then return {-1} end
-redis.call('HSET', KEYS[1], 'quarantined', 1, 'reason', ARGV[3], 'updated_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'quarantined', 1, 'reason', ARGV[3], 'updated_at', ARGV[4],
+  'hold', '', 'awaiting', '')
+-- a feature counts once: quarantined now, no longer blocked
+if cur[4] == '1' then
+  redis.call('HSET', KEYS[1], 'blocked', 0)
+  redis.call('HINCRBY', KEYS[2], 'blocked', -1)
+end
 redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'quarantined', 1)

@@ -1,0 +1,25 @@
+"""The one place that builds the production store from settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
+    from workers.store.redis import RedisStore
+
+__all__ = ["store_from_settings"]
+
+
+def store_from_settings(settings: Settings, *, socket_timeout: float = 5.0) -> RedisStore:
+    """A :class:`~workers.store.redis.RedisStore` on ``settings``' Redis URL and namespace,
+    with its audit length and finished-run TTL. Connects lazily: nothing is sent yet."""
+    from workers.store.redis import RedisStore
+
+    return RedisStore(
+        settings.redis_url,
+        settings.namespace,
+        events_maxlen=settings.events_maxlen,
+        run_ttl_s=settings.run_ttl_s,
+        socket_timeout=socket_timeout,
+    )
