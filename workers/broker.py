@@ -25,6 +25,14 @@ v5.3.0, v5.4.0, v5.5.0, v5.6.0 and the installed 5.7.0 — the same in all):
    ``broker_channel_close_failed`` and lets the worker reconnect; the messages it could
    not restore stay in kombu's unacked set and come back after the visibility timeout,
    and the beat's reconciliation re-issues the work long before that.
+4. ``QoS.ack`` / ``QoS.reject``: the same torn-down connection also fails acknowledging a
+   task that finished (or was rejected because its retry could not be published) during
+   the outage — ``_remove_from_indices`` builds a client from the dead connection and
+   raises the same ``AttributeError`` out of the event loop, and the worker exits (seen
+   in the same test, about 1 run in 6 under load). The guarded ack logs
+   ``broker_ack_failed`` and settles the delivery locally; its entry in kombu's unacked
+   set is restored after the visibility timeout and the task redelivered — harmless,
+   every task is idempotent.
 
 Version guard: the wrappers rely on those methods existing with those signatures. A kombu
 whose internals differ gets a logged ``broker_hardening_skipped`` warning and its own,
@@ -59,8 +67,14 @@ TESTED_KOMBU = ((5, 3), (5, 7))
 #: rest; a deeply nested one RecursionError)
 _MALFORMED = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
 
-#: the methods the wrappers replace, with the parameters they expect
-_EXPECTED = {"_brpop_read": ["self", "options"], "_receive_one": ["self", "c"], "close": ["self"]}
+#: the methods the wrappers replace (class, method), with the parameters they expect
+_EXPECTED = {
+    ("Channel", "_brpop_read"): ["self", "options"],
+    ("Channel", "_receive_one"): ["self", "c"],
+    ("Channel", "close"): ["self"],
+    ("QoS", "ack"): ["self", "delivery_tag"],
+    ("QoS", "reject"): ["self", "delivery_tag", "requeue"],
+}
 
 _MARK = "_recovery_hardened"
 
@@ -73,21 +87,21 @@ def _kombu_version(version: str) -> tuple[int, int] | None:
         return None
 
 
-def _differences(channel: Any) -> list[str]:
-    """How kombu's Redis channel differs from what the wrappers expect (empty: it fits)."""
+def _differences(module: Any) -> list[str]:
+    """How kombu's Redis transport differs from what the wrappers expect (empty: it fits)."""
     problems = []
-    for name, params in _EXPECTED.items():
-        fn = getattr(channel, name, None)
+    for (cls, name), params in _EXPECTED.items():
+        fn = getattr(getattr(module, cls, None), name, None)
         if not callable(fn):
-            problems.append(f"Channel.{name} is missing")
+            problems.append(f"{cls}.{name} is missing")
             continue
         try:
             found = list(inspect.signature(fn).parameters)
         except (TypeError, ValueError):
-            problems.append(f"Channel.{name} has no readable signature")
+            problems.append(f"{cls}.{name} has no readable signature")
             continue
         if found != params:
-            problems.append(f"Channel.{name}{tuple(found)} is not {name}{tuple(params)}")
+            problems.append(f"{cls}.{name}{tuple(found)} is not {name}{tuple(params)}")
     return problems
 
 
@@ -106,7 +120,7 @@ def harden_redis_transport() -> bool:
     channel: Any = kombu_redis.Channel
     if getattr(getattr(channel, "_brpop_read", None), _MARK, False):
         return True
-    problems = _differences(channel)
+    problems = _differences(kombu_redis)
     if problems:
         log.warning("broker_hardening_skipped", kombu=kombu.__version__, why="; ".join(problems))
         return False
@@ -119,6 +133,7 @@ def harden_redis_transport() -> bool:
         )
     _wrap_reads(channel)
     _wrap_close(channel)
+    _wrap_acks(kombu_redis.QoS)
     return True
 
 
@@ -166,3 +181,33 @@ def _wrap_close(channel: Any) -> None:
             return None
 
     channel.close = _close
+
+
+def _wrap_acks(qos: Any) -> None:
+    if getattr(qos.ack, _MARK, False):
+        return
+    from kombu.transport.virtual import QoS as VirtualQoS
+
+    settle_locally: Callable[..., Any] = VirtualQoS.ack  # in-memory bookkeeping only
+
+    def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def settle(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, delivery_tag, *args, **kwargs)
+            except AttributeError as exc:
+                # the connection under the channel is gone (see the module docstring):
+                # settle locally; the unacked entry is restored after the visibility timeout
+                log.warning(
+                    "broker_ack_failed",
+                    action=method.__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                settle_locally(self, delivery_tag)
+                return None
+
+        setattr(settle, _MARK, True)
+        return settle
+
+    qos.ack = guarded(qos.ack)
+    qos.reject = guarded(qos.reject)

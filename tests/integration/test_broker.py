@@ -38,14 +38,39 @@ def test_channel_close_after_the_connection_is_gone_does_not_raise(
     conn.release()
 
 
+def test_ack_and_reject_after_the_connection_is_gone_settle_without_raising(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acknowledging or rejecting a delivery when the channel's connection was torn down (a
+    task finished during a Redis outage) logs ``broker_ack_failed`` and settles the delivery
+    locally instead of raising the AttributeError that stops the worker."""
+    harden_redis_transport()
+    conn = Connection(redis_url)
+    qos: Any = conn.channel().qos
+
+    def gone(*_: Any, **__: Any) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+    monkeypatch.setattr(qos, "_remove_from_indices", gone)
+    with capture_logs() as logs:
+        qos.ack("tag-1")
+        qos.reject("tag-2", requeue=False)
+    assert [(e["event"], e["action"]) for e in logs] == [
+        ("broker_ack_failed", "ack"),
+        ("broker_ack_failed", "reject"),
+    ]
+    assert {"tag-1", "tag-2"} <= set(qos._dirty)  # settled in kombu's own bookkeeping
+    conn.release()
+
+
 def test_hardening_is_idempotent() -> None:
-    """Calling the hardening twice wraps kombu's channel once."""
+    """Calling the hardening twice wraps kombu's channel and QoS once."""
     from kombu.transport import redis as kombu_redis
 
     harden_redis_transport()
-    first = kombu_redis.Channel.close
+    first = kombu_redis.Channel.close, kombu_redis.QoS.ack
     harden_redis_transport()
-    assert kombu_redis.Channel.close is first
+    assert (kombu_redis.Channel.close, kombu_redis.QoS.ack) == first
 
 
 @pytest.fixture

@@ -46,9 +46,10 @@ def test_celery_finds_the_app_as_dash_a_workers_does() -> None:
     out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().split(",") == [
-        "recovery.abort", "recovery.enable_feature", "recovery.evaluate", "recovery.freeze",
-        "recovery.rollback_feature", "recovery.start", "recovery.test_feature", "recovery.tick",
-        "recovery.unfreeze",
+        "recovery.abort", "recovery.approve", "recovery.enable_feature", "recovery.evaluate",
+        "recovery.freeze", "recovery.pause", "recovery.promote", "recovery.resume",
+        "recovery.retry", "recovery.rollback_feature", "recovery.start", "recovery.test_feature",
+        "recovery.tick", "recovery.unfreeze",
     ]  # fmt: skip
 
 
