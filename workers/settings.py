@@ -17,6 +17,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    #: a Celery result backend URL; set, the verbs senders call (start, abort, freeze,
+    #: unfreeze, rollback_feature) store their result or failure there for a day
+    result_backend: str | None = None
     namespace: str = Field(default="recovery", pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")
     #: the beat's period: due evaluations are sent within this much of their time
     beat_interval_s: float = Field(default=0.25, gt=0)
