@@ -50,6 +50,11 @@ Internal (the store is the only writer):
 ``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+``<ns>:request:<request_id>``           string  ``"<run id> <plan name>"``: the run a start
+                                                with this idempotency key (a Celery
+                                                ``request_id``, an HTTP
+                                                ``Idempotency-Key``) got; TTL
+                                                ``run_ttl_s`` from that start
 ``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
                                                 ended in it, over every run: fields
                                                 ``continue``, ``advance``, ``promote``,
@@ -66,23 +71,21 @@ Internal (the store is the only writer):
                                                 notifications were enqueued; entries
                                                 of runs gone from ``<ns>:runs`` dropped
 ``<ns>:notify:lock``                    string  the notification scan's lock, PX TTL
-``<ns>:request:<key>``                  string  ``"<run id> <plan name>"``: the run a start
-                                                with this idempotency key (HTTP
-                                                ``Idempotency-Key``, Celery
-                                                ``request_id``) got; TTL ``run_ttl_s``
-``<ns>:request:<key>:lock``             string  held while a start with the key is under
-                                                way (SET NX PX), so concurrent identical
-                                                starts create one run
 ======================================  ======  ==========================================
 
-Run keys get a TTL (``run_ttl_s``) once the run is finished.
+Run keys get a TTL (``run_ttl_s``) once the run is finished. A request id (the
+idempotency key of ``recovery.start``) matches :data:`REQUEST_ID_PATTERN`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["REQUEST_ID_PATTERN", "Keys"]
+
+#: an idempotency key: 1–128 of letters, digits and ``._:@/+=-`` (no spaces or braces, so
+#: a key never changes its hash slot on Redis Cluster)
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,9 @@ class Keys:
     def testing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:testing"
 
+    def request(self, request_id: str) -> str:
+        return f"{self.ns}:request:{request_id}"
+
     @property
     def stats_decisions(self) -> str:
         return f"{self.ns}:stats:decisions"
@@ -178,9 +184,3 @@ class Keys:
     @property
     def notify_lock(self) -> str:
         return f"{self.ns}:notify:lock"
-
-    def request(self, key: str) -> str:
-        return f"{self.ns}:request:{key}"
-
-    def request_lock(self, key: str) -> str:
-        return f"{self.ns}:request:{key}:lock"

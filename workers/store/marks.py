@@ -1,5 +1,4 @@
-"""One-shot marks, idempotency keys, the notification cursor and its scan lock, in Redis
-beside the run state.
+"""One-shot marks, the notification cursor and its scan lock, in Redis beside the run state.
 
 Small bookkeeping for the edges (the HTTP API's webhook replay guard, the notification
 scan), kept here so that the store stays the only code that talks to Redis. Keys are in
@@ -60,28 +59,6 @@ class Marks:
         """Remove a mark (an action that failed after claiming it may be tried again)."""
         with _translated():
             self.r.delete(self.keys.mark(kind, ident))
-
-    # -- idempotency keys (``<ns>:request:<key>``, shared with Celery's ``request_id``) -----
-    def request_run(self, key: str) -> tuple[str, str] | None:
-        """The (run id, plan name) a start with this idempotency key got, if any."""
-        with _translated():
-            value = self.r.get(self.keys.request(key))
-        if not value:
-            return None
-        run_id, _, plan = str(value).partition(" ")
-        return run_id, plan
-
-    def record_request(self, key: str, run_id: str, plan: str, ttl_s: float) -> None:
-        """Remember that a start with this key got ``run_id`` (kept ``ttl_s``)."""
-        with _translated():
-            self.r.set(self.keys.request(key), f"{run_id} {plan}", ex=max(1, int(ttl_s)))
-
-    @contextmanager
-    def request_lock(self, key: str, ttl_s: float) -> Iterator[bool]:
-        """Hold the key's start lock for the block if free (yields True), else yield
-        False: one start per key at a time; an expired lock (a crashed holder) frees it."""
-        with self._lock(self.keys.request_lock(key), ttl_s) as got:
-            yield got
 
     @contextmanager
     def _lock(self, name: str, ttl_s: float) -> Iterator[bool]:

@@ -30,11 +30,9 @@ def build_engine(settings: Settings) -> Engine:
     """The engine for an API process: state in Redis, follow-up work sent through Celery
     (the API process never runs tasks itself); audit ``worker`` is ``api``."""
     from workers.celery import make_app
-    from workers.store import store_from_settings
-    from workers.tasks import CeleryDispatcher
+    from workers.tasks import build_engine as engine_for
 
-    store = store_from_settings(settings)
-    return Engine(store, settings, CeleryDispatcher(make_app(settings)), worker="api")
+    return engine_for(settings, make_app(settings), worker="api")
 
 
 def create_app(
