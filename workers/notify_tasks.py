@@ -130,12 +130,13 @@ def notify_deliver(task: Task, channel: str, notification: Any) -> str:
 
 
 def register_notify_tasks(celery: Celery) -> None:
-    """Register ``recovery.notify_scan`` and ``recovery.notify_deliver`` on ``celery``."""
+    """Register ``recovery.notify_scan`` and ``recovery.notify_deliver`` on ``celery``
+    (only there: not shared with other apps)."""
+    common: dict[str, Any] = {"bind": True, "shared": False, "lazy": False}
+    common["ignore_result"] = True
+    celery.task(name="recovery.notify_scan", max_retries=0, **common)(notify_scan)
+    celery.task(name="recovery.notify_deliver", max_retries=None, **common)(_deliver)
 
-    @celery.task(name="recovery.notify_scan", bind=True, max_retries=0, ignore_result=True)
-    def _scan(self: Task) -> int:
-        return notify_scan(self)
 
-    @celery.task(name="recovery.notify_deliver", bind=True, max_retries=None, ignore_result=True)
-    def _deliver(self: Task, channel: str = "", notification: Any = None) -> str:
-        return notify_deliver(self, channel, notification)
+def _deliver(task: Task, channel: str = "", notification: Any = None) -> str:
+    return notify_deliver(task, channel, notification)
