@@ -8,7 +8,7 @@ On one local redis-server with a worker, the beat, a notify worker and ``recover
             audit event to the receiver, p50 and p95, vs the beat interval that drives the
             scan (the expected delay is about half an interval plus the delivery).
 
-    .venv/bin/python bench/api.py [--reads 300] [--rollbacks 12] [--beat 1.0]
+    .venv/bin/python bench/api.py [--reads 300] [--rollbacks 12] [--beat S (default: the setting's)]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def main() -> int:
     )
     ap.add_argument("--reads", type=int, default=300)
     ap.add_argument("--rollbacks", type=int, default=12)
-    ap.add_argument("--beat", type=float, default=1.0, help="beat interval (s)")
+    ap.add_argument(
+        "--beat", type=float, default=Settings().beat_interval_s, help="beat interval (s)"
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="prm-bench-api-"))
