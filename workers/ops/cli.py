@@ -247,6 +247,13 @@ RunArg = Annotated[str, typer.Argument(help="Run id (see `recovery status`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def _actor() -> str:
+    """The CLI's actor for the audit trail: ``$RECOVERY_ACTOR``, else the OS user."""
+    from workers.ops.steer import actor_of
+
+    return actor_of(None)
+
+
 def _manager() -> PartialRecoveryManager:
     """A manager for this CLI process: state from Redis, tasks sent through the broker."""
     from workers.celery import make_app
@@ -331,7 +338,7 @@ def start(
     """
     parsed = read_plan(plan)
     manager = _manager()
-    res = manager.start_recovery(parsed)
+    res = manager.start_recovery(parsed, actor=_actor())
     if as_json and not wait:
         typer.echo(json.dumps({"run_id": res.run_id, "created": res.created}))
     elif not as_json:

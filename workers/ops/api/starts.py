@@ -53,6 +53,6 @@ def start_run(
         raise InvalidInput(
             f"invalid Idempotency-Key {key[:200]!r}: 1-128 of letters, digits and ._:@/+=-"
         )
-    res = engine.start_recovery(plan, request_id=key)
+    res = engine.start_recovery(plan, request_id=key, actor=actor)
     log.info("api_run_start", run_id=res.run_id, created=res.created, actor=actor, key=key)
     return res.run_id, res.created
