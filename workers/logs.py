@@ -37,6 +37,7 @@ EVENTS: dict[str, str] = {
     "operator_command": "an operator's pause/resume/promote/retry/approve was accepted",
     "command_refused": "an operator's command was illegal now; nothing changed (why)",
     "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
+    "metrics_function_not_loaded": "a worker could not load the metrics function (error)",
     "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
     "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
     "malformed_message": (

@@ -93,9 +93,24 @@ class CeleryDispatcher:
 def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) -> Engine:
     """The production engine: the Redis store of ``settings``, follow-ups sent by the app;
     ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
-    return Engine(
-        store_from_settings(settings), settings, CeleryDispatcher(celery_app), **engine_options
-    )
+    store = store_from_settings(settings)
+    _load_metrics_function(store)
+    return Engine(store, settings, CeleryDispatcher(celery_app), **engine_options)
+
+
+def _load_metrics_function(store: Any) -> None:
+    """Load the metrics function library services write through (the ``service`` ACL user
+    may not load it itself). Idempotent; a failure is logged, never fatal: services keep
+    their counts pending until some worker has loaded it."""
+    from workers.store.metrics import load_library
+
+    client = getattr(store, "r", None)
+    if client is None:
+        return
+    try:
+        load_library(client)
+    except Exception as exc:  # the driver's error, any kind: never stop a worker for it
+        log.warning("metrics_function_not_loaded", error=str(exc)[:300])
 
 
 def get_manager() -> Engine:

@@ -203,6 +203,7 @@ def transition_keys(k: Keys, run_id: str, name: str) -> list[str]:
         k.due(run_id),
         k.run(run_id),
         k.freeze,
+        k.flags_log,
     ]
 
 
