@@ -13,6 +13,7 @@ from kombu.entity import Queue
 
 from workers.broker import harden_redis_transport
 from workers.logs import configure_logging
+from workers.sentinel import broker_connection
 from workers.settings import Settings, get_settings
 
 __all__ = ["DEFAULT_QUEUE", "ROLLBACK_QUEUE", "app"]
@@ -27,12 +28,17 @@ def make_app(settings: Settings | None = None) -> Celery:
     # kombu's Redis channel dies on a malformed message; log and drop it instead
     harden_redis_transport()
     celery = Celery("workers", include=["workers.tasks"], set_as_current=False)
+    # a redis+sentinel:// URL becomes kombu's sentinel:// transport and its master_name
+    broker_url, sentinel_options = broker_connection(settings.effective_broker_url)
     celery.conf.update(
-        broker_url=settings.effective_broker_url,
+        broker_url=broker_url,
         broker_connection_retry_on_startup=True,
         # a dead worker's unacked task comes back after this; the beat's reconciliation
         # usually re-issues the work long before, so it only bounds the worst case
-        broker_transport_options={"visibility_timeout": max(300, settings.task_time_limit_s * 3)},
+        broker_transport_options={
+            "visibility_timeout": max(300, settings.task_time_limit_s * 3),
+            **sentinel_options,
+        },
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

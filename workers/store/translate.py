@@ -22,8 +22,13 @@ __all__ = ["error_of", "translated", "where"]
 
 
 def where(client: Any) -> str:
-    """The server a client talks to, for messages (``host:port`` or a socket path)."""
-    kw = client.connection_pool.connection_kwargs
+    """The server a client talks to, for messages (``host:port``, a socket path, or the
+    Sentinel group's master name)."""
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # a redis.sentinel.SentinelConnectionPool
+        return f"the primary of Sentinel group {service!r}"
+    kw = pool.connection_kwargs
     if "path" in kw:
         return str(kw["path"])
     return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
