@@ -39,7 +39,8 @@ class SentinelProcess:
             f'dir "{self.dir}"\n'
             f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n"
             f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
-            f"sentinel failover-timeout {master} 10000\n"
+            # a sentinel that took part in a failover waits twice this before the next
+            f"sentinel failover-timeout {master} 1500\n"
             f"sentinel parallel-syncs {master} 1\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
 from workers.errors import InvalidInput
 
@@ -96,10 +96,13 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     password never appears in the message)."""
     if not is_sentinel_url(url):
         raise InvalidInput(f"not a {SCHEME}:// URL: {_redacted(url)}")
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
+    # split by hand: urlsplit refuses some host lists (and says nothing useful)
+    rest = url.split("://", 1)[1].split("#", 1)[0]
+    rest, _, query_text = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
     if not at:
-        userinfo, hosts = "", parts.netloc
+        userinfo, hosts = "", netloc
     username = password = None
     if userinfo:
         user_text, colon, pass_text = userinfo.partition(":")
@@ -108,7 +111,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if not hosts:
         raise InvalidInput(f"no sentinel hosts in {_redacted(url)} (host1:26379,host2:26379,…)")
     sentinels = tuple(_host_port(item.strip(), url) for item in hosts.split(","))
-    segments = [s for s in parts.path.split("/") if s]
+    segments = [s for s in (slash + path).split("/") if s]
     if not segments or len(segments) > 2:
         raise InvalidInput(
             f"{_redacted(url)} must end in /<master name>[/<db>], "
@@ -121,7 +124,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             raise InvalidInput(f"bad database number {segments[1]!r} in {_redacted(url)}")
         db = int(segments[1])
     query: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query_text, keep_blank_values=True):
         if key not in _QUERY_KEYS:
             raise InvalidInput(
                 f"unknown option {key!r} in {_redacted(url)} "

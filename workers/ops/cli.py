@@ -102,6 +102,16 @@ def user_errors(redis_url: str | None = None) -> Iterator[None]:
         # valid input that the current state refuses (illegal transition, active run, …)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # the RECOVERY_* environment (e.g. a malformed redis+sentinel:// URL)
+        problems = "; ".join(
+            f"RECOVERY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        typer.echo(f"error: invalid environment settings: {problems}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:

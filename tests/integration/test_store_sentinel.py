@@ -1,0 +1,137 @@
+"""The store, the CLI and the flag client behind Redis Sentinel (real redis-server and
+redis-sentinel processes on loopback), and the replica acknowledgement of state changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.processes import VENV_BIN, RedisServer, wait_for
+from tests.sentinel_processes import SentinelGroup
+from workers.errors import StoreUnavailable
+from workers.flags import FlagClient
+from workers.store import RedisStore
+
+
+def ns() -> str:
+    return f"s{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[SentinelGroup]:
+    """A primary, a replica and three sentinels, shared by the tests that kill nothing."""
+    g = SentinelGroup()
+    try:
+        yield g.start()
+    finally:
+        g.cleanup()
+
+
+def test_a_state_change_fails_when_no_replica_acknowledges_it() -> None:
+    """With ``wait_replicas=1`` on a server without replicas, a write raises
+    StoreUnavailable saying it was not acknowledged; reads work; ``wait_replicas=0`` writes
+    as before."""
+    server = RedisServer()
+    server.start()
+    try:
+        strict = RedisStore(server.url, ns(), wait_replicas=1, wait_timeout_ms=50)
+        with pytest.raises(StoreUnavailable, match="not acknowledged by 1 replica"):
+            strict.freeze("test", "pytest", now=time.time())
+        with pytest.raises(StoreUnavailable, match="not acknowledged"):
+            strict.extend_bake("r1", 10.0)  # a script
+        assert strict.flags_version() == 0
+        relaxed = RedisStore(server.url, ns(), wait_replicas=0)
+        assert relaxed.freeze("test", "pytest", now=time.time())
+        assert RedisStore(server.url, "x").wait_replicas == 0  # a plain URL waits for none
+    finally:
+        server.cleanup()
+
+
+def test_store_and_flag_client_find_the_primary_through_the_sentinels(
+    group: SentinelGroup,
+) -> None:
+    """A store and a FlagClient given only the ``redis+sentinel://`` URL write to and read
+    from the primary; the store waits for the replica by default."""
+    store = RedisStore(group.url, ns())
+    assert store.wait_replicas == 1
+    flags = FlagClient(group.url, store.keys.ns, connect_timeout_s=3.0)
+    try:
+        assert store.freeze("test", "pytest", now=time.time())
+        primary = group.node(group.primary()).client()
+        assert primary.get(store.keys.freeze) is not None
+        assert flags.health().connected
+        assert primary.info("replication")["role"] == "master"
+    finally:
+        flags.close(timeout_s=1.0)
+        store.close()
+
+
+def test_cli_reads_through_the_sentinels(group: SentinelGroup) -> None:
+    """``recovery freeze`` and ``recovery flags --json`` work with
+    ``RECOVERY_REDIS_URL=redis+sentinel://…``; a malformed one exits 2 naming the problem."""
+    env = {**os.environ, "RECOVERY_REDIS_URL": group.url, "RECOVERY_NAMESPACE": ns()}
+    cli = str(VENV_BIN / "recovery")
+    froze = subprocess.run([cli, "freeze", "--reason", "sentinel test"], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert froze.returncode == 0, froze.stderr
+    out = subprocess.run([cli, "flags", "--json"], env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) is not None
+    bad = subprocess.run([cli, "flags"], env={**env, "RECOVERY_REDIS_URL": "redis+sentinel://h1"},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2, (bad.stdout, bad.stderr)
+    assert "master name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_unacknowledged_write_is_lost_on_failover_but_never_reported_done() -> None:
+    """With the replica cut off, a write without WAIT is reported done and is gone after
+    the failover (the loss WAIT prevents); the same write with WAIT is reported failed;
+    once a replica is back, a write with WAIT survives the next failover."""
+    # no min-replicas-to-write: show what WAIT alone guarantees
+    g = SentinelGroup(min_replicas_to_write=0).start()
+    try:
+        fast = RedisStore(g.url, ns(), wait_replicas=0)
+        safe = RedisStore(g.url, ns(), wait_replicas=1)
+        assert safe.flags_version() == 0 and fast.flags_version() == 0  # both connected
+        old = g.primary()
+        replica = next(n for n in g.nodes if n.port != old)
+        assert replica.proc is not None
+        # cut the replica off: it is paused, and the primary drops its link
+        replica.proc.send_signal(signal.SIGSTOP)
+        try:
+            g.node(old).client().execute_command("CLIENT", "KILL", "TYPE", "replica")
+            assert fast.freeze("acknowledged without a replica", "pytest", now=time.time())
+            with pytest.raises(StoreUnavailable, match="not acknowledged"):
+                safe.freeze("needs a replica", "pytest", now=time.time())
+            victim = g.kill_primary()
+        finally:
+            replica.proc.send_signal(signal.SIGCONT)
+        new = g.wait_failover(old)
+        assert fast.frozen() is None, "the unacknowledged write should be gone"
+        assert safe.frozen() is None
+        # a replica again (the old primary, restarted): now a write is acknowledged...
+        g.restart_as_replica(victim)
+        g.wait_settled()
+        assert safe.freeze("acknowledged by a replica", "pytest", now=time.time())
+        # ...and survives losing the primary it was written to
+        g.kill_primary()
+        g.wait_failover(new)
+        doc = wait_for(lambda: _frozen(safe), 20, 0.2, what="the store on the new primary")
+        assert doc["reason"] == "acknowledged by a replica"
+    finally:
+        g.cleanup()
+
+
+def _frozen(store: RedisStore) -> dict[str, object] | None:
+    try:
+        return store.frozen()
+    except StoreUnavailable:
+        return None
