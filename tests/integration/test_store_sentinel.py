@@ -94,7 +94,8 @@ def test_cli_reads_through_the_sentinels(group: SentinelGroup) -> None:
 def test_an_unacknowledged_write_is_lost_on_failover_but_never_reported_done() -> None:
     """With the replica cut off, a write without WAIT is reported done and is gone after
     the failover (the loss WAIT prevents); the same write with WAIT is reported failed;
-    once a replica is back, a write with WAIT survives the next failover."""
+    once a replica is back, a write with WAIT survives the next failover, and scripts
+    are reloaded on the new primary."""
     # no min-replicas-to-write: show what WAIT alone guarantees
     g = SentinelGroup(min_replicas_to_write=0).start()
     try:
@@ -122,10 +123,17 @@ def test_an_unacknowledged_write_is_lost_on_failover_but_never_reported_done() -
         g.wait_settled()
         assert safe.freeze("acknowledged by a replica", "pytest", now=time.time())
         # ...and survives losing the primary it was written to
-        g.kill_primary()
+        second = g.kill_primary()
         g.wait_failover(new)
         doc = wait_for(lambda: _frozen(safe), 20, 0.2, what="the store on the new primary")
         assert doc["reason"] == "acknowledged by a replica"
+        # the promoted node has an empty script cache: a script is loaded and runs once
+        g.restart_as_replica(second)
+        g.wait_settled()
+        script = safe._scripts["extend_bake"]
+        assert g.node(g.primary()).client().script_exists(script.sha) == [False]
+        safe.extend_bake("r1", 5.0)
+        assert safe.r.hget(safe.keys.run("r1"), "bake_until") == "5.0"
     finally:
         g.cleanup()
 
