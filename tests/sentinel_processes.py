@@ -28,7 +28,15 @@ __all__ = ["SentinelGroup", "SentinelProcess"]
 class SentinelProcess:
     """One ``redis-sentinel`` on a free loopback port, monitoring one master."""
 
-    def __init__(self, master: str, primary_port: int, *, quorum: int, down_after_ms: int) -> None:
+    def __init__(
+        self,
+        master: str,
+        primary_port: int,
+        *,
+        quorum: int,
+        down_after_ms: int,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.binary = need_binary("redis-sentinel")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="prm-sentinel-"))
@@ -43,6 +51,10 @@ class SentinelProcess:
             f"sentinel failover-timeout {master} 1500\n"
             f"sentinel parallel-syncs {master} 1\n"
         )
+        if auth is not None:  # the ACL user the sentinel monitors and reconfigures as
+            with self.conf.open("a") as fh:
+                fh.write(f"sentinel auth-user {master} {auth[0]}\n")
+                fh.write(f"sentinel auth-pass {master} {auth[1]}\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -96,13 +108,18 @@ class SentinelGroup:
         min_replicas_to_write: int = 1,
         min_replicas_max_lag_s: int = 5,
         down_after_ms: int = 1000,
+        node_args: list[str] | None = None,
+        sentinel_auth: tuple[str, str] | None = None,
     ) -> None:
         self.master = f"prm{uuid.uuid4().hex[:6]}"
+        #: the test's own node clients log in as the sentinels do (ACL set-ups)
+        self.auth = sentinel_auth
         common = [
             "--min-replicas-to-write", str(min_replicas_to_write),
             "--min-replicas-max-lag", str(min_replicas_max_lag_s),
             # sync a (re)joining replica at once instead of waiting for more of them
             "--repl-diskless-sync-delay", "0",
+            *(node_args or []),
         ]  # fmt: skip
         self.nodes: list[RedisServer] = [RedisServer(appendonly=True, extra=list(common))]
         first = self.nodes[0].port
@@ -114,7 +131,9 @@ class SentinelGroup:
             )
         self.common = common
         self.sentinels = [
-            SentinelProcess(self.master, first, quorum=2, down_after_ms=down_after_ms)
+            SentinelProcess(
+                self.master, first, quorum=2, down_after_ms=down_after_ms, auth=sentinel_auth
+            )
             for _ in range(sentinels)
         ]
 
@@ -184,7 +203,7 @@ class SentinelGroup:
     def node(self, port: int) -> RedisNode:
         for n in self.nodes:
             if n.port == port:
-                return RedisNode(n)
+                return RedisNode(n, self.auth)
         raise KeyError(port)
 
     def kill_primary(self) -> RedisServer:
@@ -222,12 +241,16 @@ class SentinelGroup:
 class RedisNode:
     """A node of the group with a plain client (no driver retries)."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, auth: tuple[str, str] | None = None) -> None:
         self.server = server
+        self.auth = auth
 
     def client(self) -> redis.Redis:
+        user, password = self.auth or (None, None)
         return redis.Redis(
             port=self.server.port,
+            username=user,
+            password=password,
             socket_timeout=2.0,
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),

@@ -10,14 +10,17 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.processes import VENV_BIN, RedisServer, wait_for
+from tests.processes import ROOT, VENV_BIN, RedisServer, wait_for
 from tests.sentinel_processes import SentinelGroup
 from workers.errors import StoreUnavailable
 from workers.flags import FlagClient
 from workers.store import RedisStore
+
+CONFIG = ROOT / "config"
 
 
 def ns() -> str:
@@ -143,3 +146,36 @@ def _frozen(store: RedisStore) -> dict[str, object] | None:
         return store.frozen()
     except StoreUnavailable:
         return None
+
+
+def test_the_projects_acl_users_work_behind_sentinel(tmp_path: Path) -> None:
+    """Nodes with ``config/users.acl`` plus ``config/sentinel/users.acl`` and
+    ``config/sentinel/replication.conf``: replicas sync as ``replica``, sentinels fail over
+    as ``sentinel``, the store writes as ``worker`` and a FlagClient reads as ``service``
+    through the sentinels, before and after a failover."""
+    acl = tmp_path / "users.acl"
+    acl.write_text((CONFIG / "users.acl").read_text() + (CONFIG / "sentinel/users.acl").read_text())
+    g = SentinelGroup(
+        node_args=["--aclfile", str(acl), "--include", str(CONFIG / "sentinel/replication.conf")],
+        sentinel_auth=("sentinel", "sentinel-dev-password"),
+    ).start()
+    hosts = g.url.split("://", 1)[1]
+    store = RedisStore(f"redis+sentinel://worker:worker-dev-password@{hosts}", "recovery")
+    flags = FlagClient(
+        f"redis+sentinel://service:service-dev-password@{hosts}", "recovery",
+        connect_timeout_s=3.0, max_backoff_s=0.5,
+    )  # fmt: skip
+    try:
+        assert flags.health().connected, flags.health().last_error
+        assert store.freeze("before the failover", "pytest", now=time.time())
+        old = g.primary()
+        victim = g.kill_primary()
+        g.wait_failover(old)
+        g.restart_as_replica(victim)
+        g.wait_settled()
+        assert store.unfreeze()  # the acknowledged freeze survived; writes go on
+        wait_for(lambda: flags.health().connected, 20, 0.1, what="the flag client back")
+    finally:
+        flags.close(timeout_s=1.0)
+        store.close()
+        g.cleanup()
