@@ -33,6 +33,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     celery.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
+        # an error reply from the broker (NOREPLICAS while a Sentinel group has no replica,
+        # OOM) restarts the consumer like a lost connection instead of stopping the worker
+        broker_channel_error_retry=True,
         # a dead worker's unacked task comes back after this; the beat's reconciliation
         # usually re-issues the work long before, so it only bounds the worst case
         broker_transport_options={

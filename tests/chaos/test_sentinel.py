@@ -174,7 +174,12 @@ def failover_scenario(group: SentinelGroup, n: int, *, kills: int, seed: int) ->
             time.sleep(1.0)  # the supervisor's restart delay
             group.restart_as_replica(victim)
             group.wait_settled(30)
-        status = wait_for(lambda: run_status(c, run_id), 75, 0.2, what="the run to finish")
+        try:
+            status = wait_for(
+                lambda: run_status(c, run_id), 60 + 0.3 * n, 0.2, what="the run to finish"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{c.store.run(run_id)}\n{c.logs()}") from None
         seconds = time.monotonic() - t0
 
         result = check_run(c.store, run_id, plan, expect_status=RunStatus.SUCCEEDED)
