@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from celery import Celery
 
+from tests.chaos.workers import InfoWorker
+from tests.integration.conftest import Cluster
 from tests.processes import ROOT, VENV_BIN, RedisServer, wait_for
 from tests.sentinel_processes import SentinelGroup
 from workers.errors import StoreUnavailable
@@ -179,3 +183,24 @@ def test_the_projects_acl_users_work_behind_sentinel(tmp_path: Path) -> None:
         flags.close(timeout_s=1.0)
         store.close()
         g.cleanup()
+
+
+def test_a_worker_survives_its_broker_refusing_writes(cluster: Cluster) -> None:
+    """While Redis answers every write NOREPLICAS (a Sentinel group between a failover and
+    a replica coming back), a real worker keeps running and restarts its consumer; once
+    writes are accepted again it takes the next task."""
+    w = InfoWorker("worker", cluster.env, "noreplicas", concurrency=1)
+    cluster.workers.append(w.start())
+    wait_for(lambda: " ready." in w.log_tail(200), 30, 0.2, what="the worker up")
+    admin = redis.Redis(port=cluster.redis.port)
+    admin.config_set("min-replicas-to-write", 1)  # no replica: every write is refused
+    try:
+        wait_for(lambda: "NOREPLICAS" in w.log_tail(400), 20, 0.2, what="the refusal")
+        time.sleep(1.0)
+        assert w.alive(), w.log_tail()
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+    app = Celery(broker=cluster.redis.url)
+    app.send_task("recovery.freeze", kwargs={"reason": "after NOREPLICAS"}, queue="recovery")
+    doc = wait_for(lambda: cluster.store.frozen(), 30, 0.2, what="the task run")
+    assert doc["reason"] == "after NOREPLICAS" and w.alive()
