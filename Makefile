@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # A redis-server binary is needed by the tests and the demo: install Debian's when missing.
+# redis-sentinel (the Sentinel tests and bench) is installed alongside when possible.
 redis:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; \
 	  else echo "redis-server is missing: install it (Debian: sudo apt-get install redis-server)"; exit 2; fi; }
+	@command -v redis-sentinel >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq redis-sentinel || (apt-get update -qq && apt-get install -y -qq redis-sentinel)) >/dev/null; \
+	  else echo "redis-sentinel is missing: the Sentinel tests will skip (Debian: sudo apt-get install redis-sentinel)"; fi; }
 
 # Debian's prometheus, for the Prometheus health-source integration test.
 prometheus:
@@ -56,6 +61,7 @@ bench: install redis
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/replication.py
 
 demo: install redis
 	$(BIN)/recovery demo
