@@ -16,7 +16,8 @@ group instead of a server::
 :func:`redis_client` turns such a URL into a redis-py client of the current primary that
 asks the sentinels again after every lost connection, so it follows a failover by itself;
 any other URL goes to ``redis.Redis.from_url`` unchanged. :func:`broker_connection`
-translates it into kombu's ``sentinel://`` transport URL and its ``master_name`` option.
+translates it into kombu's ``sentinel://`` transport URL and its ``master_name`` option
+(Celery's Sentinel result backend takes the same pair).
 :func:`default_wait_replicas` is the durability rule of :class:`~workers.store.RedisStore`:
 with Sentinel, a state change is acknowledged only once a replica has it (``WAIT``), so a
 failover cannot lose it (see ``docs/reliability.md``).
@@ -214,7 +215,8 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
 
 
 def broker_connection(url: str) -> tuple[str, dict[str, Any]]:
-    """The Celery ``broker_url`` and extra ``broker_transport_options`` for ``url``.
+    """The Celery ``broker_url`` and extra ``broker_transport_options`` for ``url`` (the
+    same pair serves ``result_backend`` and ``result_backend_transport_options``).
 
     A ``redis+sentinel://`` URL becomes kombu's Sentinel transport: one
     ``sentinel://[user:password@]host:port/<db>`` per sentinel joined by ``;`` and the

@@ -22,6 +22,7 @@ from tests.processes import ROOT, VENV_BIN, RedisServer, wait_for
 from tests.sentinel_processes import SentinelGroup
 from workers.errors import StoreUnavailable
 from workers.flags import FlagClient
+from workers.sentinel import broker_connection
 from workers.store import RedisStore
 
 CONFIG = ROOT / "config"
@@ -204,3 +205,28 @@ def test_a_worker_survives_its_broker_refusing_writes(cluster: Cluster) -> None:
     app.send_task("recovery.freeze", kwargs={"reason": "after NOREPLICAS"}, queue="recovery")
     doc = wait_for(lambda: cluster.store.frozen(), 30, 0.2, what="the task run")
     assert doc["reason"] == "after NOREPLICAS" and w.alive()
+
+
+def test_a_bare_celery_sender_reaches_workers_and_results_behind_sentinel(
+    group: SentinelGroup,
+) -> None:
+    """A plain ``Celery`` sender configured with kombu's Sentinel form (what
+    ``broker_connection`` makes of the URL) reaches a worker given only
+    ``redis+sentinel://`` URLs for broker and result backend, and gets the task's result."""
+    env = {
+        "RECOVERY_REDIS_URL": group.url,
+        "RECOVERY_RESULT_BACKEND": group.url,
+        "RECOVERY_NAMESPACE": ns(),
+    }
+    w = InfoWorker("worker", env, "sentinel-sender", concurrency=1).start()
+    try:
+        url, options = broker_connection(group.url)
+        sender = Celery(broker=url, backend=url)
+        sender.conf.broker_transport_options = options
+        sender.conf.result_backend_transport_options = options
+        result = sender.send_task("recovery.freeze", kwargs={"reason": "from a bare sender"})
+        assert result.get(timeout=30) is True, w.log_tail()
+        store = RedisStore(group.url, env["RECOVERY_NAMESPACE"])
+        assert store.frozen()["reason"] == "from a bare sender"  # type: ignore[index]
+    finally:
+        w.kill()

@@ -41,12 +41,18 @@ class StepsMixin(EngineBase):
     """Starting runs and moving features forward."""
 
     def start_recovery(
-        self, plan: Plan | Mapping[str, Any] | str, *, run_id: str | None = None
+        self,
+        plan: Plan | Mapping[str, Any] | str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
     ) -> StartResult:
         """Validate, persist and start a run; idempotent per plan name.
 
         Starting a plan whose run is still active returns that run's id and starts nothing.
         A plan sharing a feature with another active run raises RunActive naming it.
+        ``request_id`` (idempotency key): a start with a key seen before returns the run
+        that start got, even a finished one (see ``Store.create_run``).
         """
         if not isinstance(plan, Plan):
             plan = parse_plan(plan, max_features=self.settings.max_features)
@@ -59,9 +65,10 @@ class StepsMixin(EngineBase):
             max_parallel=plan.max_parallel,
             run_id=run_id,
             now=self.clock(),
+            request_id=request_id,
         )
         if not created:
-            log.info("run_already_active", run_id=rid, plan=plan.name)
+            log.info("run_already_active", run_id=rid, plan=plan.name, request_id=request_id)
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
         log.info(
@@ -134,6 +141,9 @@ class StepsMixin(EngineBase):
             )
             if walk:
                 last = results[-1]
+                for move, res in zip(action.walk, results[1:], strict=False):
+                    if res.applied:  # each walked step is a decision of its own
+                        self.store.count_decision(decide.outcome((move,)))
                 if len(results) < len(steps) or not last.applied:
                     return "testing"  # refused midway: the beat's reconciliation goes on
                 self.after_enable(run_id, feature, taken, last)
