@@ -45,6 +45,7 @@ __all__ = [
     "default_wait_replicas",
     "is_sentinel_url",
     "parse_sentinel_url",
+    "redacted_url",
     "redis_client",
 ]
 
@@ -79,16 +80,16 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     if item.startswith("["):  # [ipv6]:port
         host, sep, rest = item[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise InvalidInput(f"bad sentinel address {item!r} in {_redacted(url)}")
+            raise InvalidInput(f"bad sentinel address {item!r} in {redacted_url(url)}")
         port_text = rest[1:]
     else:
         host, _, port_text = item.partition(":")
     if not host:
-        raise InvalidInput(f"empty sentinel host in {_redacted(url)}")
+        raise InvalidInput(f"empty sentinel host in {redacted_url(url)}")
     if not port_text:
         return host, DEFAULT_SENTINEL_PORT
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidInput(f"bad sentinel port {port_text!r} in {_redacted(url)}")
+        raise InvalidInput(f"bad sentinel port {port_text!r} in {redacted_url(url)}")
     return host, int(port_text)
 
 
@@ -96,7 +97,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     """Parse a ``redis+sentinel://`` URL. Raises InvalidInput naming what is wrong (the
     password never appears in the message)."""
     if not is_sentinel_url(url):
-        raise InvalidInput(f"not a {SCHEME}:// URL: {_redacted(url)}")
+        raise InvalidInput(f"not a {SCHEME}:// URL: {redacted_url(url)}")
     # split by hand: urlsplit refuses some host lists (and says nothing useful)
     rest = url.split("://", 1)[1].split("#", 1)[0]
     rest, _, query_text = rest.partition("?")
@@ -110,25 +111,25 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         username = unquote(user_text) or None
         password = unquote(pass_text) if colon else None
     if not hosts:
-        raise InvalidInput(f"no sentinel hosts in {_redacted(url)} (host1:26379,host2:26379,…)")
+        raise InvalidInput(f"no sentinel hosts in {redacted_url(url)} (host1:26379,host2:26379,…)")
     sentinels = tuple(_host_port(item.strip(), url) for item in hosts.split(","))
     segments = [s for s in (slash + path).split("/") if s]
     if not segments or len(segments) > 2:
         raise InvalidInput(
-            f"{_redacted(url)} must end in /<master name>[/<db>], "
+            f"{redacted_url(url)} must end in /<master name>[/<db>], "
             "the name the sentinels monitor (sentinel monitor <name> …)"
         )
     master = unquote(segments[0])
     db = 0
     if len(segments) == 2:
         if not segments[1].isdigit():
-            raise InvalidInput(f"bad database number {segments[1]!r} in {_redacted(url)}")
+            raise InvalidInput(f"bad database number {segments[1]!r} in {redacted_url(url)}")
         db = int(segments[1])
     query: dict[str, str] = {}
     for key, value in parse_qsl(query_text, keep_blank_values=True):
         if key not in _QUERY_KEYS:
             raise InvalidInput(
-                f"unknown option {key!r} in {_redacted(url)} "
+                f"unknown option {key!r} in {redacted_url(url)} "
                 f"(known: {', '.join(sorted(_QUERY_KEYS))})"
             )
         query[key] = value
@@ -143,8 +144,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def _redacted(url: str) -> str:
-    """``url`` with its passwords replaced by ``***`` (for messages)."""
+def redacted_url(url: str) -> str:
+    """``url`` with its passwords (server and sentinel) replaced by ``***``, for
+    messages. Never raises."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, tail = rest.rpartition("@")
     if at and ":" in userinfo:

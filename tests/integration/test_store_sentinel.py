@@ -18,7 +18,7 @@ from celery import Celery
 
 from tests.chaos.workers import InfoWorker
 from tests.integration.conftest import Cluster
-from tests.processes import ROOT, VENV_BIN, RedisServer, wait_for
+from tests.processes import ROOT, VENV_BIN, RedisServer, free_port, wait_for
 from tests.sentinel_processes import SentinelGroup
 from workers.errors import StoreUnavailable
 from workers.flags import FlagClient
@@ -83,7 +83,8 @@ def test_store_and_flag_client_find_the_primary_through_the_sentinels(
 
 def test_cli_reads_through_the_sentinels(group: SentinelGroup) -> None:
     """``recovery freeze`` and ``recovery flags --json`` work with
-    ``RECOVERY_REDIS_URL=redis+sentinel://…``; a malformed one exits 2 naming the problem."""
+    ``RECOVERY_REDIS_URL=redis+sentinel://…``; a malformed one, or sentinels that do not
+    answer, exit 2 with a one-line reason and no password."""
     env = {**os.environ, "RECOVERY_REDIS_URL": group.url, "RECOVERY_NAMESPACE": ns()}
     cli = str(VENV_BIN / "recovery")
     froze = subprocess.run([cli, "freeze", "--reason", "sentinel test"], env=env,
@@ -97,6 +98,14 @@ def test_cli_reads_through_the_sentinels(group: SentinelGroup) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2, (bad.stdout, bad.stderr)
     assert "master name" in bad.stderr and "Traceback" not in bad.stderr
+    # no sentinel answers: exit 2, one line per sentinel's reason, the password redacted
+    dead = f"redis+sentinel://operator:s3cret@127.0.0.1:{free_port()}/m/0"
+    away = subprocess.run([cli, "flags"], env={**env, "RECOVERY_REDIS_URL": dead},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert away.returncode == 2, (away.stdout, away.stderr)
+    assert "No master found for 'm'" in away.stderr and "Connection refused" in away.stderr
+    assert "s3cret" not in away.stderr and "operator:***@" in away.stderr
+    assert "Traceback" not in away.stderr and "<redis.client" not in away.stderr
 
 
 def test_an_unacknowledged_write_is_lost_on_failover_but_never_reported_done() -> None:

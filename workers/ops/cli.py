@@ -34,6 +34,7 @@ from workers.errors import (
     PlanError,
     StoreUnavailable,
 )
+from workers.sentinel import is_sentinel_url, redacted_url
 from workers.settings import get_settings
 from workers.store import store_from_settings
 from workers.store.keys import Keys
@@ -58,6 +59,8 @@ R = TypeVar("R")
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``; never raises."""
+    if is_sentinel_url(url):  # host lists are beyond urlsplit
+        return redacted_url(url)
     try:
         parts = urlsplit(url)
         if parts.password is None:
