@@ -260,6 +260,13 @@ RunArg = Annotated[str, typer.Argument(help="Run id (see `recovery status`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def _actor() -> str:
+    """The CLI's actor for the audit trail: ``$RECOVERY_ACTOR``, else the OS user."""
+    from workers.ops.steer import actor_of
+
+    return actor_of(None)
+
+
 def _manager() -> PartialRecoveryManager:
     """A manager for this CLI process: state from Redis, tasks sent through the broker."""
     from workers.celery import make_app
@@ -344,7 +351,7 @@ def start(
     """
     parsed = read_plan(plan)
     manager = _manager()
-    res = manager.start_recovery(parsed)
+    res = manager.start_recovery(parsed, actor=_actor())
     if as_json and not wait:
         typer.echo(json.dumps({"run_id": res.run_id, "created": res.created}))
     elif not as_json:
@@ -472,6 +479,9 @@ def main() -> None:
 # the steering commands register themselves on ``app`` (kept in their own module)
 from workers.ops import steer as _steer  # noqa: E402, F401  (registers commands on app)
 from workers.ops import tools as _tools  # noqa: E402, F401  (registers commands on app)
+from workers.ops.api.cli import api_app as _api_app  # noqa: E402  (`recovery api …`)
+
+app.add_typer(_api_app, name="api")
 
 if __name__ == "__main__":
     main()
