@@ -16,16 +16,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # A redis-server binary is needed by the tests and the demo: install Debian's when missing.
-# redis-sentinel (the Sentinel tests and bench) is installed alongside when possible.
 redis:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; \
 	  else echo "redis-server is missing: install it (Debian: sudo apt-get install redis-server)"; exit 2; fi; }
-	@command -v redis-sentinel >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq redis-sentinel || (apt-get update -qq && apt-get install -y -qq redis-sentinel)) >/dev/null; \
-	  else echo "redis-sentinel is missing: the Sentinel tests will skip (Debian: sudo apt-get install redis-sentinel)"; fi; }
 
 # Debian's prometheus, for the Prometheus health-source integration test.
 prometheus:
@@ -59,16 +54,16 @@ test: install redis prometheus tools lint typecheck
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-integration: install redis
+integration: install redis tools
 	$(BIN)/pytest -q tests/integration
 
-chaos: install redis
+chaos: install redis tools
 	$(BIN)/pytest -q -m "not soak" tests/chaos
 
-soak: install redis
+soak: install redis tools
 	$(BIN)/pytest -q -m soak tests/chaos
 
-bench: install redis
+bench: install redis tools
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
