@@ -144,12 +144,17 @@ class SentinelGroup:
 
     def start(self, timeout: float = 30.0) -> SentinelGroup:
         """Start every node and sentinel; return once the replicas are in sync and every
-        sentinel knows every replica and the other sentinels."""
-        for node in self.nodes:
-            node.start()
-        for s in self.sentinels:
-            s.start()
-        self.wait_settled(timeout)
+        sentinel knows every replica and the other sentinels. On failure, stops whatever
+        it started before raising."""
+        try:
+            for node in self.nodes:
+                node.start()
+            for s in self.sentinels:
+                s.start()
+            self.wait_settled(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def wait_settled(self, timeout: float = 30.0) -> None:
