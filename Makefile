@@ -54,21 +54,22 @@ test: install redis prometheus tools lint typecheck
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-integration: install redis
+integration: install redis tools
 	$(BIN)/pytest -q tests/integration
 
-chaos: install redis
+chaos: install redis tools
 	$(BIN)/pytest -q -m "not soak" tests/chaos
 
-soak: install redis
+soak: install redis tools
 	$(BIN)/pytest -q -m soak tests/chaos
 
-bench: install redis
+bench: install redis tools
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/replication.py
 	$(BIN)/python bench/rollback_latency.py
 	$(BIN)/python bench/api.py
 

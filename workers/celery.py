@@ -31,6 +31,7 @@ from kombu.entity import Exchange, Queue
 
 from workers.broker import harden_redis_transport
 from workers.logs import configure_logging
+from workers.sentinel import broker_connection
 from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -82,19 +83,31 @@ def make_app(
     # kombu's Redis channel dies on a malformed message; log and drop it instead
     harden_redis_transport()
     celery = Celery("workers", set_as_current=False)
+    # a redis+sentinel:// URL becomes kombu's sentinel:// transport and its master_name
+    broker_url, sentinel_options = broker_connection(settings.effective_broker_url)
+    backend_url, backend_options = (
+        broker_connection(settings.result_backend) if settings.result_backend else (None, {})
+    )
     celery.conf.update(
-        broker_url=settings.effective_broker_url,
+        broker_url=broker_url,
         broker_connection_retry_on_startup=True,
+        # an error reply from the broker (NOREPLICAS while a Sentinel group has no replica,
+        # OOM) restarts the consumer like a lost connection instead of stopping the worker
+        broker_channel_error_retry=True,
         # a dead worker's unacked task comes back after this; the beat's reconciliation
         # usually re-issues the work long before, so it only bounds the worst case
-        broker_transport_options={"visibility_timeout": max(300, settings.task_time_limit_s * 3)},
+        broker_transport_options={
+            "visibility_timeout": max(300, settings.task_time_limit_s * 3),
+            **sentinel_options,
+        },
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
         # results only where a sender waits for them (see workers.tasks.TASKS), and only
         # with a backend configured (RECOVERY_RESULT_BACKEND)
-        result_backend=settings.result_backend,
+        result_backend=backend_url,
+        result_backend_transport_options=backend_options,
         result_expires=24 * 3600,
         task_ignore_result=True,
         task_acks_late=True,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.errors import InvalidInput
+from workers.sentinel import default_wait_replicas, is_sentinel_url, parse_sentinel_url
 
 __all__ = ["Settings", "get_settings"]
 
@@ -15,8 +18,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECOVERY_", extra="ignore")
 
+    #: a server (``redis://``, ``rediss://``, ``unix://``) or a Sentinel group
+    #: (``redis+sentinel://host1:26379,host2:26379,host3:26379/<master>/<db>``, see
+    #: :mod:`workers.sentinel`)
     redis_url: str = "redis://localhost:6379/0"
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    #: replicas that must acknowledge every state change (``WAIT``) before the store
+    #: reports it done; unset: 1 with a Sentinel URL, 0 otherwise
+    redis_wait_replicas: int | None = Field(default=None, ge=0)
+    #: how long a state change waits for those replicas before it fails StoreUnavailable
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1)
     #: a Celery result backend URL; set, the verbs senders call (start, abort, freeze,
     #: unfreeze, rollback_feature) store their result or failure there for a day
     result_backend: str | None = None
@@ -47,9 +58,28 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=3, ge=0)
     task_time_limit_s: int = Field(default=120, ge=1)
 
+    @field_validator("redis_url", "broker_url", "result_backend")
+    @classmethod
+    def _sentinel_url_parses(cls, value: str | None) -> str | None:
+        # a malformed Sentinel URL fails here, with its reason, not at the first connection
+        if value is not None and is_sentinel_url(value):
+            try:
+                parse_sentinel_url(value)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def effective_wait_replicas(self) -> int:
+        """``redis_wait_replicas``, or the default for ``redis_url`` (see
+        :func:`workers.sentinel.default_wait_replicas`)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return default_wait_replicas(self.redis_url)
 
 
 @lru_cache(maxsize=1)

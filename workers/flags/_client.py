@@ -51,6 +51,7 @@ from workers.flags._model import (
 from workers.flags._outcome import Outcome
 from workers.flags._refresher import Refresher
 from workers.flags._reporter import MetricBuffer, with_control, write_batch
+from workers.sentinel import redis_client
 from workers.store.keys import Keys
 
 __all__ = ["FlagClient"]
@@ -472,7 +473,8 @@ class FlagClient:
 
     # -- background: refresher ----------------------------------------------------------
     def _make_redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        # a redis+sentinel:// URL gives a client that follows the group's primary
+        return redis_client(
             self._url,
             socket_connect_timeout=self._connect_timeout_s,
             socket_timeout=self._socket_timeout_s,

@@ -34,6 +34,7 @@ from workers.errors import (
     PlanError,
     StoreUnavailable,
 )
+from workers.sentinel import is_sentinel_url, redacted_url
 from workers.settings import get_settings
 from workers.store import store_from_settings
 from workers.store.keys import Keys
@@ -58,6 +59,8 @@ R = TypeVar("R")
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``; never raises."""
+    if is_sentinel_url(url):  # host lists are beyond urlsplit
+        return redacted_url(url)
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -99,6 +102,16 @@ def user_errors(redis_url: str | None = None) -> Iterator[None]:
     except ConflictError as exc:
         # valid input that the current state refuses (illegal transition, active run, …)
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # the RECOVERY_* environment (e.g. a malformed redis+sentinel:// URL)
+        problems = "; ".join(
+            f"RECOVERY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        typer.echo(f"error: invalid environment settings: {problems}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 

@@ -11,6 +11,7 @@
 :mod:`.codec`             stored fields <-> typed records, shared by both stores
 :mod:`.refusals`          refusal codes -> project errors, shared by both stores
 :mod:`.translate`         Redis driver errors -> project errors
+:mod:`.replication`       acknowledged writes: ``WAIT`` for replicas (Sentinel)
 ========================  ========================================================
 
 Importing this package does not import the Redis driver: the implementations load on

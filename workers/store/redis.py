@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -23,7 +23,8 @@ from workers.core.states import FeatureState, RunStatus
 from workers.errors import ConflictError, InvalidInput, RunActive, UnknownFeature, UnknownRun
 from workers.health.policy import HealthPolicy
 from workers.health.sources import MetricSource, make_source
-from workers.store import scripts
+from workers.sentinel import default_wait_replicas, redis_client
+from workers.store import replication, scripts
 from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import (
     decode_flags,
@@ -45,6 +46,11 @@ class RedisStore:
 
     Thread-safe (redis-py pools connections). Every method either completes or raises a
     :class:`~workers.errors.RecoveryError`; a script either applies whole or not at all.
+
+    ``redis_url`` may name a Sentinel group (``redis+sentinel://…``, see
+    :mod:`workers.sentinel`): the store then follows failovers. A state change returns
+    only once ``wait_replicas`` replicas acknowledged it (default: 1 behind Sentinel, 0
+    otherwise; see :mod:`workers.store.replication`), else it raises StoreUnavailable.
     """
 
     def __init__(
@@ -56,13 +62,19 @@ class RedisStore:
         run_ttl_s: int = 7 * 24 * 3600,
         socket_timeout: float = 5.0,
         client: redis.Redis | None = None,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.keys = Keys(namespace)
         self.url = redis_url
         self.events_maxlen = events_maxlen
         self.run_ttl_s = run_ttl_s
+        self.wait_replicas = (
+            default_wait_replicas(redis_url) if wait_replicas is None else wait_replicas
+        )
+        self.wait_timeout_ms = wait_timeout_ms
         # typed Any: redis-py's stubs union sync and async results on every command
-        self.r: Any = client or redis.Redis.from_url(
+        self.r: Any = client or redis_client(
             redis_url,
             decode_responses=True,
             socket_timeout=socket_timeout,
@@ -77,8 +89,41 @@ class RedisStore:
     # -- plumbing ---------------------------------------------------------------------
     def _run(self, name: str, call: scripts.Call) -> Any:
         keys, args = call
+        script = self._scripts[name]
         with translated(self.r):
-            return self._scripts[name](keys=keys, args=args)
+            if not self.wait_replicas:
+                return script(keys=keys, args=args)
+            # EVALSHA + WAIT in one round trip (a Script object in a pipeline would cost
+            # a SCRIPT EXISTS round trip first)
+            try:
+                return self._acknowledged(self._evalsha(script, keys, args))[0]
+            except redis.exceptions.NoScriptError:
+                # a new primary starts with an empty script cache; the script did not run
+                self.r.script_load(script.script)
+            return self._acknowledged(self._evalsha(script, keys, args))[0]
+
+    def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return pipe
+
+    def _acknowledged(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+        """Execute ``pipe``, then wait for the replicas (:mod:`workers.store.replication`)."""
+        return replication.execute(
+            pipe,
+            replicas=self.wait_replicas,
+            timeout_ms=self.wait_timeout_ms,
+            server=where(self.r),
+            raise_on_error=raise_on_error,
+        )
+
+    def _write(self, queue: Callable[[Any], object]) -> list[Any]:
+        """Plain write commands (``queue`` adds them to a pipeline), acknowledged like a
+        script's."""
+        with translated(self.r):
+            pipe = self.r.pipeline(transaction=False)
+            queue(pipe)
+            return self._acknowledged(pipe)
 
     def ping(self) -> None:
         """Check Redis answers. Raises StoreUnavailable otherwise."""
@@ -195,8 +240,7 @@ class RedisStore:
 
     def mark_stopping(self, run_id: str) -> None:
         """Flag the run as stopping: no automatic move starts (checked by the scripts)."""
-        with translated(self.r):
-            self.r.hset(self.keys.run(run_id), "stopping", "1")
+        self._write(lambda p: p.hset(self.keys.run(run_id), "stopping", "1"))
 
     def finish_run(
         self,
@@ -335,7 +379,7 @@ class RedisStore:
             if dispatch_grace_s is not None:
                 dkeys, dargs = scripts.dispatch(k, run_id, now=now, grace_s=dispatch_grace_s)
                 self._scripts["dispatch"](keys=dkeys, args=dargs, client=pipe)
-            raw = pipe.execute(raise_on_error=False)
+            raw = self._acknowledged(pipe, raise_on_error=False)
         taken: list[str] = []
         if dispatch_grace_s is not None:
             last = raw[-1]
@@ -431,8 +475,8 @@ class RedisStore:
 
     def set_run_status(self, run_id: str, status: RunStatus, reason: str) -> None:
         """See :meth:`workers.store.Store.set_run_status`."""
-        with translated(self.r):
-            self.r.hset(self.keys.run(run_id), mapping={"status": status.value, "reason": reason})
+        fields = {"status": status.value, "reason": reason}
+        self._write(lambda p: p.hset(self.keys.run(run_id), mapping=fields))
 
     # -- queues -----------------------------------------------------------------------
     def ready(self, run_id: str, limit: int) -> list[str]:
@@ -459,8 +503,7 @@ class RedisStore:
 
     def schedule(self, run_id: str, name: str, at: float) -> None:
         """Set (or move) a feature's next due time (unfenced; used by reconciliation)."""
-        with translated(self.r):
-            self.r.zadd(self.keys.due(run_id), {name: at})
+        self._write(lambda p: p.zadd(self.keys.due(run_id), {name: at}))
 
     def due_scores(self, run_id: str, names: Sequence[str]) -> list[float | None]:
         """Each named feature's due time, or None where it has none (one round trip)."""
@@ -498,22 +541,18 @@ class RedisStore:
             kind, now=now, feature=feature, reason=reason, evidence=evidence, worker=worker,
             task_id=task_id, state=state, percent=percent, actor=actor,
         )  # fmt: skip
-        with translated(self.r):
-            self.r.xadd(
-                self.keys.events(run_id), fields, maxlen=self.events_maxlen, approximate=True
-            )
+        key = self.keys.events(run_id)
+        self._write(lambda p: p.xadd(key, fields, maxlen=self.events_maxlen, approximate=True))
 
     # -- freeze -----------------------------------------------------------------------
     def freeze(self, reason: str, by: str, *, now: float) -> bool:
         """Stop every automatic transition; False if frozen already."""
         doc = json.dumps({"reason": reason, "at": now, "by": by})
-        with translated(self.r):
-            return bool(self.r.set(self.keys.freeze, doc, nx=True))
+        return bool(self._write(lambda p: p.set(self.keys.freeze, doc, nx=True))[0])
 
     def unfreeze(self) -> bool:
         """Lift the freeze; False if there was none."""
-        with translated(self.r):
-            return bool(self.r.delete(self.keys.freeze))
+        return bool(self._write(lambda p: p.delete(self.keys.freeze))[0])
 
     def frozen(self) -> dict[str, Any] | None:
         """The freeze document, or None."""
