@@ -17,12 +17,19 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Retry
 from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.celery import ROLLBACK_QUEUE, app
 from workers.engine import PartialRecoveryManager
-from workers.errors import InvalidInput, PayloadError, RecoveryError, StoreUnavailable
+from workers.errors import (
+    ConflictError,
+    InvalidInput,
+    PayloadError,
+    RecoveryError,
+    StoreUnavailable,
+)
 from workers.settings import get_settings
 from workers.store import store_from_settings
 
@@ -160,6 +167,8 @@ def _guarded(task: Task, fn: Callable[[], Any]) -> Any:
     """Run ``fn``; user errors are logged and dropped, Redis outages and crashes retried."""
     try:
         return fn()
+    except Retry:
+        raise
     except InvalidInput as exc:
         log.error("task_rejected", task=task.name, error=str(exc))
         return None
@@ -172,6 +181,28 @@ def _guarded(task: Task, fn: Callable[[], Any]) -> Any:
     except Exception as exc:
         log.exception("task_crashed", task=task.name)
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
+
+
+#: how many times an operator's abort or manual rollback task is redone after it could not win
+MUST_WIN_RETRIES = 10
+
+R = TypeVar("R")
+
+
+def _must_win(task: Task, what: str, fn: Callable[[], R]) -> Callable[[], R]:
+    """``fn`` for an operator's command that must win (abort, manual rollback): when it
+    could not win against concurrent steps (ConflictError after the engine's own retries),
+    the task is redone (``command_incomplete``, up to ``MUST_WIN_RETRIES`` times) and then
+    fails — the caller sees the failure, the refusal is never dropped silently."""
+
+    def go() -> R:
+        try:
+            return fn()
+        except ConflictError as exc:
+            log.warning("command_incomplete", task=task.name, what=what, error=str(exc))
+            raise task.retry(exc=exc, countdown=1.0, max_retries=MUST_WIN_RETRIES) from None
+
+    return go
 
 
 def _fault(name: str, feature: str) -> None:
@@ -254,17 +285,18 @@ def rollback_feature(self: Task, *args: Any, **kwargs: Any) -> list[str] | None:
     p = _parse(RollbackPayload, args, kwargs, self)
     if p is None:
         return None
-    return _guarded(
-        self,
-        lambda: get_manager().rollback_feature(
+
+    def roll() -> list[str]:
+        return get_manager().rollback_feature(
             p.run_id,
             p.feature,
             p.reason,
             evidence=p.evidence,
             automatic=p.automatic,
             task_id=self.request.id or "",
-        ),
-    )
+        )
+
+    return _guarded(self, roll if p.automatic else _must_win(self, "rollback", roll))
 
 
 @app.task(name="recovery.abort", bind=True, base=RecoveryTask)
@@ -273,7 +305,7 @@ def abort(self: Task, *args: Any, **kwargs: Any) -> list[str] | None:
     p = _parse(RunPayload, args, kwargs, self)
     if p is None:
         return None
-    return _guarded(self, lambda: get_manager().abort(p.run_id))
+    return _guarded(self, _must_win(self, "abort", lambda: get_manager().abort(p.run_id)))
 
 
 @app.task(name="recovery.freeze", bind=True, base=RecoveryTask)

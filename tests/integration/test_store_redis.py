@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tests.contract import store_runs
 from tests.contract.store_control import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_helpers import Published, Report, S, T, make_run, move
+from tests.contract.store_repair import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from tests.processes import RedisServer
@@ -317,3 +318,14 @@ def test_memory_and_redis_stores_agree_on_random_operations(
         assert _state(memory) == _state(redis_store)
     finally:
         redis_store.close()
+
+
+def test_take_ready_drops_a_queued_feature_that_cannot_start(store: RedisStore) -> None:
+    """A ready entry written behind the scripts' back (an older worker's late write) for a
+    feature that is ENABLED is dropped by the dispatch, holds no slot, and is not sent."""
+    run_id = make_run(store, features=("a", "c", "d"), max_parallel=1)
+    move(store, run_id, "a", S.TESTING)
+    move(store, run_id, "a", S.ENABLED)
+    store.r.zadd(store.keys.ready(run_id), {"a": 0})
+    assert store.take_ready(run_id, now=T, grace_s=5) == ["c"]
+    assert store.ready(run_id, 10) == ["c", "d"]

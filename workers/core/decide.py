@@ -361,8 +361,9 @@ def self_freeze(run: RunRecord, unhealthy: int, tuning: Tuning) -> Freeze | None
 def completion(run: RunRecord, now: float) -> Finish | None:
     """The run's final status once every feature is enabled, quarantined or blocked and
     every promoted feature's bake has ended: SUCCEEDED (all enabled), FAILED (none
-    enabled) or PARTIAL. None while work remains."""
-    if run.status is not RunStatus.RUNNING or run.settled < run.total:
+    enabled) or PARTIAL. None while work remains, or while an abort is under way (the
+    abort ends the run)."""
+    if run.status is not RunStatus.RUNNING or run.stopping or run.settled < run.total:
         return None
     if now < run.bake_until:
         return None

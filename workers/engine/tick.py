@@ -40,12 +40,22 @@ class TickMixin(EngineBase):
         return {"sent": sent}
 
     def check_completion(self, run_id: str) -> RunStatus | None:
-        """Finish the run once every feature is enabled, quarantined or blocked."""
+        """Finish the run once every feature is enabled, quarantined or blocked.
+
+        The run's counters are the cheap test; before finishing, they are recounted from
+        the feature records (atomically, in the store), so a drifted counter can never end
+        a run while a feature is still on or waiting: the repaired counters decide.
+        """
         finish = decide.completion(self.store.run(run_id), self.clock())
         if finish is None:
             return None
         ctx = self.context(run_id)
         features = list(ctx.plan.features)
+        if self.store.recount(run_id, features):
+            log.warning("run_counters_repaired", run_id=run_id)
+            finish = decide.completion(self.store.run(run_id), self.clock())
+            if finish is None:
+                return None
         if self.store.finish_run(run_id, finish.status, finish.reason, features, now=self.clock()):
             log.info(
                 "run_finished", run_id=run_id, status=finish.status.value, reason=finish.reason

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from workers.core.records import Event, FeatureRecord, RunRecord
 from workers.core.states import FeatureState, RunStatus
 from workers.errors import RecoveryError
+from workers.store import memory_repair
 from workers.store import memory_scripts as scripts
 from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import (
@@ -162,6 +163,11 @@ class MemoryStore:
         with self._lock:
             self._ks.tick(now)
             return scripts.finish_run(self._ks, run_id, status, reason, list(features), now)
+
+    def recount(self, run_id: str, names: Sequence[str]) -> bool:
+        """See :meth:`workers.store.Store.recount`."""
+        with self._lock:
+            return memory_repair.recount(self._ks, run_id, names)
 
     # -- features ---------------------------------------------------------------------
     def feature(self, run_id: str, name: str) -> FeatureRecord:

@@ -231,6 +231,8 @@ def finish_run(
         raise refuse(f"NORUN {run_id}")
     if old not in (_RUNNING, RunStatus.PENDING.value):
         return False
+    if status is not RunStatus.ABORTED and run.get("stopping") == "1":
+        return False  # an abort is under way: only ABORTED ends the run
     run.update(status=status.value, finished_at=repr(now), reason=reason)
     if ks.active_plans.get(run.get("plan", "")) == run_id:
         del ks.active_plans[run["plan"]]
@@ -385,11 +387,22 @@ def update(
     elif due_at is not None:
         due[name] = float(due_at)
     ready = ks.ready.setdefault(run_id, {})
-    if remove_ready:
-        ready.pop(name, None)
+    if remove_ready or (ready_rank is not None and not startable(f)):
+        ready.pop(name, None)  # a late requeue never queues what a test step would skip
     elif ready_rank is not None:
         ready[name] = float(ready_rank)
     return version
+
+
+def startable(f: Mapping[str, str]) -> bool:
+    """Whether a feature may sit in the ready queue: DISABLED, not quarantined, not
+    blocked, no pending dependency."""
+    return (
+        f.get("state") == _D
+        and f.get("quarantined") != "1"
+        and f.get("blocked") != "1"
+        and _num(f.get("pending")) == 0
+    )
 
 
 def quarantine(
@@ -425,7 +438,7 @@ def quarantine(
     count = 0
     for dep in blocked:
         d = ks.features.get((run_id, dep))
-        if d is None or "state" not in d or d["state"] == _E:
+        if d is None or d.get("state") != _D:
             continue
         if d.get("blocked") == "1" or d.get("quarantined") == "1":
             continue
@@ -454,7 +467,11 @@ def dispatch(ks: Keyspace, run_id: str, now: float, grace_s: float) -> list[str]
     if free <= 0:
         return []
     idle = []
-    for name in _pairs(ks.ready.get(run_id, {}))[: free + limit]:
+    ready = ks.ready.get(run_id, {})
+    for name in _pairs(ready)[: free + limit]:
+        if not startable(ks.features.get((run_id, name), {})):
+            ready.pop(name, None)  # a late write queued it: it would only be skipped
+            continue
         text = ks.features.get((run_id, name), {}).get("dispatched_at", "")
         try:
             at: float | None = float(text)

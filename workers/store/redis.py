@@ -199,6 +199,10 @@ class RedisStore:
         )
         return bool(self._run("finish_run", call)[0] == "FINISHED")
 
+    def recount(self, run_id: str, names: Sequence[str]) -> bool:
+        """See :meth:`workers.store.Store.recount`."""
+        return bool(self._run("recount", scripts.recount(self.keys, run_id, names))[3])
+
     # -- features ---------------------------------------------------------------------
     def feature(self, run_id: str, name: str) -> FeatureRecord:
         """One feature's record. Raises UnknownFeature."""

@@ -27,6 +27,7 @@ __all__ = [
     "finish_run",
     "pop_due",
     "quarantine",
+    "recount",
     "release",
     "source",
     "transition",
@@ -46,6 +47,7 @@ NAMES = (
     "dispatch",
     "retry",
     "extend_bake",
+    "recount",
 )
 
 #: the legal transition table as transition.lua reads it: "FROM>TO,FROM>TO,..."
@@ -299,6 +301,11 @@ def dispatch(k: Keys, run_id: str, *, now: float, grace_s: float) -> Call:
     """KEYS/ARGV of ``dispatch.lua``."""
     keys = [k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)]
     return keys, [repr(now), repr(float(grace_s)), k.feature_prefix(run_id)]
+
+
+def recount(k: Keys, run_id: str, names: Sequence[str]) -> Call:
+    """KEYS/ARGV of ``recount.lua``."""
+    return [k.run(run_id)], [k.feature_prefix(run_id), json.dumps(list(names))]
 
 
 def pop_due(k: Keys, run_id: str, *, now: float, grace_s: float, limit: int) -> Call:

@@ -8,10 +8,14 @@
 -- ARGV[5] features (JSON list of names)   ARGV[6] events max length
 -- ARGV[7] TTL (s) for the run's keys      ARGV[8] run key prefix <ns>:run:<id>
 --
--- Returns {"FINISHED", status} or {"ALREADY", status} (nothing changed).
+-- Returns {"FINISHED", status} or {"ALREADY", status} (nothing changed), or
+-- {"STOPPING", status}: an abort is under way, only ABORTED may end the run.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return redis.error_reply('NORUN ' .. ARGV[1]) end
 if status ~= 'RUNNING' and status ~= 'PENDING' then return {'ALREADY', status} end
+if ARGV[2] ~= 'ABORTED' and redis.call('HGET', KEYS[1], 'stopping') == '1' then
+  return {'STOPPING', status}
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'reason', ARGV[4])
 local plan = redis.call('HGET', KEYS[1], 'plan')
 if redis.call('HGET', KEYS[2], plan) == ARGV[1] then redis.call('HDEL', KEYS[2], plan) end

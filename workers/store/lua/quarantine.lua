@@ -29,7 +29,7 @@ local blocked = 0
 for _, d in ipairs(cjson.decode(ARGV[6])) do
   local dkey = ARGV[5] .. d
   local ds = redis.call('HMGET', dkey, 'state', 'blocked', 'quarantined')
-  if ds[1] and ds[1] ~= 'ENABLED' and ds[2] ~= '1' and ds[3] ~= '1' then
+  if ds[1] == 'DISABLED' and ds[2] ~= '1' and ds[3] ~= '1' then
     redis.call('HSET', dkey, 'blocked', 1, 'reason', 'blocked_by:' .. ARGV[2])
     redis.call('ZREM', KEYS[4], d)
     redis.call('ZREM', KEYS[5], d)
