@@ -51,6 +51,7 @@ __all__ = [
     "idle",
     "lost_schedules",
     "measured",
+    "outage",
     "outcome",
     "promotion",
     "self_freeze",
@@ -155,6 +156,28 @@ def evidence_window(last: float, now: float, tuning: Tuning) -> tuple[float, flo
     return last, until
 
 
+def outage(rec: FeatureRecord, spec: Feature, now: float, tuning: Tuning) -> float:
+    """Seconds since the feature was last looked at that no evaluation could have used:
+    the beat (or Redis) was away. It is the gap beyond the longest normal interval
+    between two evaluations — the flush lag and two metric ticks after the evidence end
+    (measured), or the end of the dwell (unmeasured), plus a beat interval and a lease TTL
+    of queueing slack — and 0 in normal operation. Such time never counts against the
+    feature: its ``max_testing_s`` clock is shifted by it (no timeout, no attempt burned,
+    no self-freeze from an infrastructure outage)."""
+    if measured(spec):
+        last = rec.last_eval_at
+        expected = tuning.metrics_lag_s + 2 * tuning.metrics_tick_s
+    else:
+        # unmeasured: the next look is due when the dwell ends; ``last_eval_at`` is the
+        # last look (see :func:`testing`)
+        last = max(rec.step_since + spec.dwell_s, rec.last_eval_at)
+        expected = 0.0
+    if last <= 0:
+        return 0.0
+    slack = tuning.beat_interval_s + tuning.lease_ttl_s
+    return max(0.0, now - last - expected - slack)
+
+
 # -- the test step ----------------------------------------------------------------------------
 def test_step(rec: FeatureRecord, spec: Feature, now: float, tuning: Tuning) -> tuple[Action, ...]:
     """A claimed feature's test step: start its ramp, or skip.
@@ -240,12 +263,17 @@ def testing(
        clock — no request at all never times out; the hold lifts by itself;
     3. an operator hold (paused, awaiting approval, unhealthy hold) keeps it where it is,
        still evaluated, its clock stopped;
-    4. the ``max_testing_s`` timeout asks for a rollback;
+    4. the ``max_testing_s`` timeout asks for a rollback — not counting an :func:`outage`
+       (no evaluation could happen: the beat or Redis was away), by which the test clock
+       is shifted;
     5. a PROMOTE verdict once the step's dwell has passed moves to the next ramp percent
        or to ENABLED — unless that percent is an approval gate not yet approved;
     6. else wait a tick (unmeasured: until the dwell ends).
     """
     step_elapsed = now - rec.step_since
+    away = outage(rec, spec, now, tuning)
+    if away > 0:
+        rec = replace(rec, testing_since=rec.testing_since + away)
     actions: list[Action] = []
     if not measured(spec) or verdict is None:
         verdict = Verdict(FeatureHealth.HEALTHY, Decision.PROMOTE, {"rule": "dwell"})
@@ -257,7 +285,10 @@ def testing(
     if measured(spec):
         stay = Continue(verdict.health, now + tick, verdict.eval_state, verdict.until)
     else:
-        stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
+        # ``evidence_until`` of an unmeasured feature is its last look (for :func:`outage`)
+        stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05), None, now)
+    if away > 0:
+        stay = replace(stay, testing_since=rec.testing_since)
     stopped_clock = replace(stay, testing_since=rec.testing_since + verdict.read_s)
     hold = rec.hold
     if verdict.decision is Decision.ROLLBACK:
@@ -288,6 +319,7 @@ def testing(
             **verdict.evidence,
             "testing_s": round(testing_elapsed, 3),
             "max_testing_s": spec.max_testing_s,
+            **({"outage_s": round(away, 3)} if away > 0 else {}),
         }
         return (*actions, RequestRollback(Reason.TIMEOUT, evidence, now + tuning.lease_ttl_s))
     if verdict.decision is Decision.PROMOTE and step_elapsed >= spec.dwell_s:
@@ -300,7 +332,9 @@ def testing(
         if not last:
             due = now + first_delay(spec, tuning)
             ref = verdict.reference
-            return (*actions, Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref))
+            shifted = rec.testing_since if away > 0 else None
+            advance = Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref, shifted)
+            return (*actions, advance)
         return (*actions, promotion(spec, len(spec.ramp), evidence, now, verdict.reference))
     return (*actions, stay)
 

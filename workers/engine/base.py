@@ -201,6 +201,11 @@ class EngineBase:
                         "hold": "",
                         "awaiting": "",
                         **({"ref": action.reference} if action.reference else {}),
+                        **(
+                            {}
+                            if action.testing_since is None
+                            else {"testing_since": action.testing_since}
+                        ),
                     },
                     now=now,
                 )

@@ -1,0 +1,81 @@
+"""A beat outage is not blamed on the features (issue 16.2): time during which no
+evaluation could happen does not count against ``max_testing_s``, burns no attempt and
+does not trigger the self-freeze.
+
+While the beat is gone a TESTING feature stays at its percent (nothing ramps up without
+an evaluation) and is judged when the beat is back, on the evidence services reported
+meanwhile; see ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.chaos.conftest import chaos_cluster, close_cluster
+from tests.chaos.invariants import check_run, record
+from tests.processes import wait_for
+from workers.core.states import FINAL_RUN_STATUSES, FeatureState, RunStatus
+
+FEATURES = 6
+OUTAGE_S = 14.0
+
+
+def outage_plan() -> dict[str, object]:
+    """Six independent features, 2 ramp steps of 1 s, at most 8 s of testing each."""
+    return {
+        "name": "beat-outage",
+        "max_parallel": FEATURES,
+        "defaults": {
+            "ramp": [50, 100],
+            "dwell_s": 1,
+            "max_testing_s": 8,
+            "health": {"source": "none"},
+            "retry": {"max_attempts": 3, "backoff_base_s": 0.2, "backoff_cap_s": 1},
+        },
+        "features": [{"name": f"o{i}"} for i in range(FEATURES)],
+    }
+
+
+def test_a_beat_outage_longer_than_max_testing_blames_no_feature() -> None:
+    """The beat is killed while six features are TESTING and comes back 14 s later (past
+    their 8 s ``max_testing_s``): no feature times out, no attempt is used, the line is
+    not frozen, and the run SUCCEEDED with each feature's three transitions."""
+    c = chaos_cluster()
+    try:
+        plan = outage_plan()
+        c.worker(concurrency=2)
+        beat = c.beat()
+        run_id = c.manager.start_recovery(plan).run_id
+        wait_for(lambda: len(c.store.testing(run_id)) == FEATURES, 20, what="all TESTING")
+        beat.kill()
+        c.beats.remove(beat)
+        time.sleep(OUTAGE_S)
+        names = [f"o{i}" for i in range(FEATURES)]
+        live = c.store.feature_states(run_id, names)
+        assert all(s is not FeatureState.DISABLED for s in live.values()), live
+        c.beat()
+        status = wait_for(
+            lambda: (st := c.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
+            30,
+            what="the run to finish after the beat came back",
+        )
+        events = c.store.events(run_id)
+        timeouts = [e for e in events if e.reason == "timeout"]
+        assert not timeouts, timeouts
+        assert c.store.frozen() is None
+        assert not [e for e in events if e.kind == "freeze"]
+        recs = c.store.features(run_id, names)
+        assert all(r.attempts == 0 for r in recs.values()), recs
+        assert status is RunStatus.SUCCEEDED
+        res = check_run(c.store, run_id, plan, expect_status=RunStatus.SUCCEEDED)
+        assert res.ok, res.explain() + c.logs()
+        assert res.transitions == 3 * FEATURES
+        record(
+            "beat outage of 14 s past max_testing_s 8 s",
+            runs=1,
+            faults=1,
+            timeouts=len(timeouts),
+            violations=len(res.violations),
+        )
+    finally:
+        close_cluster(c)
