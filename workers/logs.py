@@ -28,6 +28,7 @@ EVENTS: dict[str, str] = {
     "feature_transition": "a feature changed state or ramp percent (to, percent)",
     "rollback_requested": "an evaluation decided a feature must be rolled back",
     "rollback_started": "a rollback task began: dependents first, then the feature",
+    "ready_queue_repaired": "the beat requeued features that had lost their place in the queue",
     "run_counters_repaired": "a run's counters disagreed with its feature records: recounted",
     "command_incomplete": "an abort or manual rollback could not win yet: the task is redone",
     "feature_rolled_back": "one feature was turned off (reason, frm)",

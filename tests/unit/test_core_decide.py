@@ -539,3 +539,25 @@ def test_the_off_cohort_reference_is_carried_into_the_next_step() -> None:
     assert isinstance(adv, Advance) and adv.reference == '{"error_rate":0.03}'
     (en,) = decide.testing(replace(TESTING, step=2, percent=100), MEASURED, v, NOW, T)
     assert isinstance(en, Enable) and en.reference == '{"error_rate":0.03}'
+
+
+# -- reconciliation ----------------------------------------------------------------------------
+def test_stalled_finds_only_startable_features_with_no_place_in_any_queue() -> None:
+    """A DISABLED, free feature with no pending dependency, no operator hold and no
+    backoff that is neither queued nor due has lost its place; every other is left alone."""
+    free = rec(name="lost")
+    records = [
+        free,
+        rec(name="queued"),
+        rec(name="due"),
+        rec(name="testing", state=S.TESTING),
+        rec(name="enabled", state=S.ENABLED),
+        rec(name="quarantined", quarantined=True),
+        rec(name="blocked", blocked=True),
+        rec(name="waiting", pending=1),
+        rec(name="paused", hold=Hold.PAUSED),
+        rec(name="backoff", next_attempt_at=NOW + 5),
+        rec(name="starving", hold=Hold.INSUFFICIENT_TRAFFIC),
+    ]
+    due = [None, None, NOW + 1, None, None, None, None, None, None, None, None]
+    assert decide.stalled(records, {"queued"}, due, NOW) == ("lost", "starving")

@@ -14,7 +14,7 @@ No I/O, no clock, no randomness except through an injected ``rng``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,6 +56,7 @@ __all__ = [
     "promotion",
     "self_freeze",
     "settled_status",
+    "stalled",
     "test_step",
     "testing",
 ]
@@ -428,6 +429,30 @@ def outcome(actions: Sequence[Action]) -> str:
         if isinstance(action, Enable):
             return "promote"
     return "continue"
+
+
+def stalled(
+    records: Sequence[FeatureRecord],
+    queued: Collection[str],
+    due: Sequence[float | None],
+    now: float,
+) -> tuple[str, ...]:
+    """Features that lost their place (a late write, a lost queue entry): DISABLED, not
+    quarantined or blocked, no pending dependency, no operator hold, past any backoff — and
+    in neither the ready queue (``queued``) nor the due queue (``due``, per record). Each
+    must be requeued or the run would stall with it waiting forever."""
+    out = []
+    for rec, at in zip(records, due, strict=True):
+        if rec.state is not FeatureState.DISABLED or rec.quarantined or rec.blocked:
+            continue
+        if rec.pending > 0 or rec.name in queued or at is not None:
+            continue
+        if rec.hold is not None and rec.hold.needs_operator:
+            continue
+        if rec.next_attempt_at > now:
+            continue
+        out.append(rec.name)
+    return tuple(out)
 
 
 def lost_schedules(names: Sequence[str], due: Sequence[float | None]) -> tuple[str, ...]:
