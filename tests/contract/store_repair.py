@@ -79,3 +79,12 @@ def test_a_stopping_run_only_finishes_aborted(store: Store) -> None:
     assert store.run(run_id).status is RunStatus.RUNNING
     assert store.finish_run(run_id, RunStatus.ABORTED, "abort", ["a"], now=T) is True
     assert store.run(run_id).status is RunStatus.ABORTED
+
+
+def test_re_sends_of_one_dispatch_back_off(store: Store) -> None:
+    """A dispatch that did not start is re-sent after the grace, then after twice, four
+    and at most sixteen times the grace (a long broker queue is not flooded with copies);
+    an operator's retry starts afresh."""
+    run_id = make_run(store, features=("a", "c"), max_parallel=1)
+    sends = [t for t in range(0, 400) if store.take_ready(run_id, now=T + t, grace_s=5)]
+    assert sends == [0, 5, 15, 35, 75, 155, 235, 315, 395]

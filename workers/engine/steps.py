@@ -166,6 +166,7 @@ class StepsMixin(EngineBase):
                 "health": FeatureHealth.UNKNOWN.value,
                 "last_eval_at": now,
                 "dispatched_at": "",
+                "dispatches": 0,
             },
         )
 

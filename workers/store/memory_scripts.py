@@ -477,13 +477,17 @@ def dispatch(ks: Keyspace, run_id: str, now: float, grace_s: float) -> list[str]
             at: float | None = float(text)
         except ValueError:
             at = None
-        if at is not None and now - at < grace_s:
+        sent = int(_num(ks.features.get((run_id, name), {}).get("dispatches")))
+        wait = grace_s * min(2 ** max(sent - 1, 0), 16)  # each re-send waits twice as long
+        if at is not None and now - at < wait:
             free -= 1
         else:
             idle.append(name)
     out = idle[: max(free, 0)]
     for name in out:
-        ks.features.setdefault((run_id, name), {})["dispatched_at"] = repr(now)
+        f = ks.features.setdefault((run_id, name), {})
+        f["dispatched_at"] = repr(now)
+        f["dispatches"] = str(int(_num(f.get("dispatches"))) + 1)
     return out
 
 
@@ -530,7 +534,7 @@ def retry(
                 raise refuse(f"RUNACTIVE {owner}")
     stamp = repr(now)
     f.update(quarantined="0", attempts="0", next_attempt_at="0", hold="", awaiting="",
-             reason="retry", dispatched_at="", updated_at=stamp)  # fmt: skip
+             reason="retry", dispatched_at="", dispatches="0", updated_at=stamp)  # fmt: skip
     run["quarantined"] = str(int(_num(run.get("quarantined"))) - 1)
     if f.get("blocked") == "1":
         f["blocked"] = "0"

@@ -40,7 +40,8 @@ if reopen then
 end
 
 redis.call('HSET', KEYS[1], 'quarantined', 0, 'attempts', 0, 'next_attempt_at', 0,
-  'hold', '', 'awaiting', '', 'reason', 'retry', 'dispatched_at', '', 'updated_at', ARGV[4])
+  'hold', '', 'awaiting', '', 'reason', 'retry', 'dispatched_at', '',
+  'dispatches', 0, 'updated_at', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'quarantined', -1)
 if cur[5] == '1' then
   redis.call('HSET', KEYS[1], 'blocked', 0)
