@@ -88,3 +88,11 @@ def test_re_sends_of_one_dispatch_back_off(store: Store) -> None:
     run_id = make_run(store, features=("a", "c"), max_parallel=1)
     sends = [t for t in range(0, 400) if store.take_ready(run_id, now=T + t, grace_s=5)]
     assert sends == [0, 5, 15, 35, 75, 155, 235, 315, 395]
+
+
+def test_size_audit_raises_the_run_s_cap_and_never_lowers_it(store: Store) -> None:
+    """The run's audit cap is raised to a budget, never lowered, and reported."""
+    run_id = make_run(store, features=("a",))
+    assert store.size_audit(run_id, 5000) == 5000
+    assert store.size_audit(run_id, 10) == 5000
+    assert store.size_audit(run_id, 7000) == 7000

@@ -561,3 +561,11 @@ def test_stalled_finds_only_startable_features_with_no_place_in_any_queue() -> N
     ]
     due = [None, None, NOW + 1, None, None, None, None, None, None, None, None]
     assert decide.stalled(records, {"queued"}, due, NOW) == ("lost", "starving")
+
+
+def test_audit_budget_covers_every_attempt_of_every_ramp_step() -> None:
+    """A run's audit budget is, per feature and attempt, its ramp steps plus four (the
+    promotion, a rollback, a retry or quarantine, notes), plus the run's slack."""
+    assert MEASURED.retry.max_attempts == 3 and len(MEASURED.ramp) == 3
+    assert decide.audit_budget([MEASURED, MEASURED]) == decide.AUDIT_SLACK + 2 * 3 * (3 + 4)
+    assert decide.audit_budget([]) == decide.AUDIT_SLACK

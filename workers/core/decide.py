@@ -14,7 +14,7 @@ No I/O, no clock, no randomness except through an injected ``rng``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,8 +40,10 @@ from workers.core.states import FeatureHealth, FeatureState, Hold, Reason, RunSt
 from workers.health.evaluator import Decision
 
 __all__ = [
+    "AUDIT_SLACK",
     "Tuning",
     "Verdict",
+    "audit_budget",
     "completion",
     "enabled",
     "evidence_window",
@@ -453,6 +455,19 @@ def stalled(
             continue
         out.append(rec.name)
     return tuple(out)
+
+
+#: audit events a run may append beyond its features' budgets (operators, freezes, the run)
+AUDIT_SLACK = 1000
+
+
+def audit_budget(features: Iterable[Feature]) -> int:
+    """How many audit events a run of ``features`` may append: per feature and attempt,
+    each ramp step, the promotion, a rollback, a retry or quarantine event and two health
+    or hold notes; plus :data:`AUDIT_SLACK`. The store keeps at least this many of the
+    run's events, so its whole history survives until the run's keys expire."""
+    per_attempt = 4
+    return AUDIT_SLACK + sum(f.retry.max_attempts * (len(f.ramp) + per_attempt) for f in features)
 
 
 def lost_schedules(names: Sequence[str], due: Sequence[float | None]) -> tuple[str, ...]:

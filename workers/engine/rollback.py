@@ -352,18 +352,24 @@ class RollbackMixin(EngineBase):
         """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
         now = self.clock()
         changed = self.store.freeze(reason, by, now=now)
-        for run_id in self.store.active_runs().values():
-            self.store.append_event(
-                run_id, "freeze", now=now, reason="freeze", evidence={"message": reason, "by": by}
-            )
+        if changed:  # audited only when it changed something: a storm cannot flood a run
+            for run_id in self.store.active_runs().values():
+                self.store.append_event(
+                    run_id,
+                    "freeze",
+                    now=now,
+                    reason="freeze",
+                    evidence={"message": reason, "by": by},
+                )
         return changed
 
     def unfreeze(self, *, by: str = "operator") -> bool:
         """Resume automatic transitions and dispatch what became ready meanwhile."""
         changed = self.store.unfreeze()
         for run_id in self.store.active_runs().values():
-            self.store.append_event(
-                run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
-            )
+            if changed:  # audited only when it changed something
+                self.store.append_event(
+                    run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
+                )
             self.dispatch_ready(run_id)
         return changed

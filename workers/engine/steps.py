@@ -64,6 +64,7 @@ class StepsMixin(EngineBase):
             log.info("run_already_active", run_id=rid, plan=plan.name)
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
+        self.store.size_audit(rid, decide.audit_budget(plan.features.values()))
         log.info(
             "run_started", run_id=rid, plan=plan.name, features=len(order), already_enabled=already
         )

@@ -323,6 +323,12 @@ class Store(Protocol):
         or its plan/features now belong to another active run (ConflictError)."""
         ...
 
+    def size_audit(self, run_id: str, events: int) -> int:
+        """Atomically raise the run's audit-stream cap to ``events`` (never lower it); the
+        run's stream is trimmed to the larger of the store's ``events_maxlen`` and this
+        cap. Returns the run's cap now. Raises UnknownRun."""
+        ...
+
     def extend_bake(self, run_id: str, until: float) -> None:
         """Atomically raise the run's ``bake_until`` to ``until`` (never lower it)."""
         ...

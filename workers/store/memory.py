@@ -355,6 +355,16 @@ class MemoryStore:
                 features=features, actor=actor, evidence=evidence, now=now,
             )  # fmt: skip
 
+    def size_audit(self, run_id: str, events: int) -> int:
+        """See :meth:`workers.store.Store.size_audit`."""
+        with self._lock:
+            run = self._ks.runs.get(run_id)
+            if run is None:
+                raise refuse(f"NORUN {run_id}")
+            cap = max(int(run.get("events_max") or 0), int(events))
+            run["events_max"] = str(cap)
+            return cap
+
     def extend_bake(self, run_id: str, until: float) -> None:
         """See :meth:`workers.store.Store.extend_bake`."""
         with self._lock:

@@ -111,12 +111,14 @@ class Keyspace:
         return self.clock
 
     def append(self, run_id: str, fields: dict[str, str]) -> None:
-        """XADD with a trim to ``events_maxlen``; ids grow with the clock, never back."""
+        """XADD with a trim to ``events_maxlen``, or the run's own budget (``events_max``)
+        if larger; ids grow with the clock, never back."""
         ms = max(self.last_id[0], int(self.clock * 1000))
         self.last_id = (ms, self.last_id[1] + 1 if ms == self.last_id[0] else 0)
         stream = self.events.setdefault(run_id, [])
         stream.append((self.last_id, fields))
-        del stream[: max(0, len(stream) - self.events_maxlen)]
+        cap = max(self.events_maxlen, int(self.runs.get(run_id, {}).get("events_max") or 0))
+        del stream[: max(0, len(stream) - cap)]
 
     def holder(self, run_id: str, name: str) -> str | None:
         """The live lease's ``"<token> <worker>"``, or None."""

@@ -408,6 +408,10 @@ class RedisStore:
         res = self._run("retry", call)
         return int(res[0]), bool(int(res[1]))
 
+    def size_audit(self, run_id: str, events: int) -> int:
+        """See :meth:`workers.store.Store.size_audit`."""
+        return int(self._run("audit_budget", scripts.audit_budget(self.keys, run_id, events)))
+
     def extend_bake(self, run_id: str, until: float) -> None:
         """See :meth:`workers.store.Store.extend_bake`."""
         self._run("extend_bake", scripts.extend_bake(self.keys, run_id, until))
@@ -482,9 +486,9 @@ class RedisStore:
             task_id=task_id, state=state, percent=percent, actor=actor,
         )  # fmt: skip
         with translated(self.r):
-            self.r.xadd(
-                self.keys.events(run_id), fields, maxlen=self.events_maxlen, approximate=True
-            )
+            budget = self.r.hget(self.keys.run(run_id), "events_max")
+            cap = max(self.events_maxlen, int(budget or 0))
+            self.r.xadd(self.keys.events(run_id), fields, maxlen=cap, approximate=True)
 
     # -- freeze -----------------------------------------------------------------------
     def freeze(self, reason: str, by: str, *, now: float) -> bool:

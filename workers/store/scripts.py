@@ -21,6 +21,7 @@ __all__ = [
     "LEGAL",
     "NAMES",
     "Call",
+    "audit_budget",
     "claim",
     "create_run",
     "dispatch",
@@ -48,6 +49,7 @@ NAMES = (
     "retry",
     "extend_bake",
     "recount",
+    "audit_budget",
 )
 
 #: the legal transition table as transition.lua reads it: "FROM>TO,FROM>TO,..."
@@ -301,6 +303,11 @@ def dispatch(k: Keys, run_id: str, *, now: float, grace_s: float) -> Call:
     """KEYS/ARGV of ``dispatch.lua``."""
     keys = [k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)]
     return keys, [repr(now), repr(float(grace_s)), k.feature_prefix(run_id)]
+
+
+def audit_budget(k: Keys, run_id: str, events: int) -> Call:
+    """KEYS/ARGV of ``audit_budget.lua``."""
+    return [k.run(run_id)], [int(events)]
 
 
 def recount(k: Keys, run_id: str, names: Sequence[str]) -> Call:

@@ -114,7 +114,9 @@ redis.call('HSET', KEYS[2], ARGV[1], flag)
 redis.call('PUBLISH', ARGV[19], cjson.encode({feature = ARGV[1], state = to,
   percent = tonumber(ARGV[3]), version = fv}))
 
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[18], '*', 'kind', 'transition',
+-- the audit cap: the store's default, or the run's own budget (events_max) if larger
+local cap = math.max(tonumber(ARGV[18]), tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'transition',
   'feature', ARGV[1], 'from', state, 'to', to, 'percent', ARGV[3], 'step', ARGV[4],
   'reason', ARGV[6], 'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9],
   'ts', now, 'version', version, 'token', ARGV[5])
