@@ -70,7 +70,8 @@ def _manager_for(pid: int) -> PartialRecoveryManager:
     s = get_settings()
     store = store_from_settings(s)
     hook = _fault if os.environ.get("RECOVERY_FAULTS") else None
-    return PartialRecoveryManager(store, s, CeleryDispatcher(), fault_hook=hook)
+    # one clock for every worker: Redis's TIME, not this host's (due times, dwell, backoff)
+    return PartialRecoveryManager(store, s, CeleryDispatcher(), fault_hook=hook, clock=store.now)
 
 
 def get_manager() -> PartialRecoveryManager:
@@ -331,7 +332,12 @@ def tick(self: Task, *args: Any, **kwargs: Any) -> dict[str, int] | None:
     if _parse(EmptyPayload, args, kwargs, self) is None:
         return None
     try:
-        return get_manager().tick()
+        manager = get_manager()
+        # ticks carry no expiry (it would be judged by each worker's own clock): one that
+        # waited in the queue behind a tick that already ran is dropped here instead
+        if not manager.store.claim_tick(manager.settings.beat_interval_s / 2):
+            return {"sent": 0}
+        return manager.tick()
     except RecoveryError as exc:
         log.warning("tick_failed", error=str(exc))
         return None

@@ -96,3 +96,12 @@ def test_size_audit_raises_the_run_s_cap_and_never_lowers_it(store: Store) -> No
     assert store.size_audit(run_id, 5000) == 5000
     assert store.size_audit(run_id, 10) == 5000
     assert store.size_audit(run_id, 7000) == 7000
+
+
+def test_the_store_clock_and_the_tick_gate(store: Store) -> None:
+    """The store has a clock (a positive unix time once used), and the beat's tick gate
+    lets one caller through per period: a second tick within it is turned away."""
+    make_run(store, features=("a",))
+    assert store.now() >= T
+    assert store.claim_tick(60) is True
+    assert store.claim_tick(60) is False

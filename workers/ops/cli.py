@@ -282,8 +282,10 @@ def _manager() -> PartialRecoveryManager:
     from workers.tasks import CeleryDispatcher
 
     s = get_settings()
+    store = store_from_settings(s)
+    # one clock: Redis's TIME, whatever this host's clock says
     return PartialRecoveryManager(
-        store_from_settings(s), s, CeleryDispatcher(make_app(s)), worker="cli"
+        store, s, CeleryDispatcher(make_app(s)), worker="cli", clock=store.now
     )
 
 

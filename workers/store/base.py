@@ -93,6 +93,17 @@ class Store(Protocol):
         source is ``redis`` (services' reported counts)."""
         ...
 
+    def now(self) -> float:
+        """The store's clock, unix seconds: Redis's ``TIME`` (one clock for every worker,
+        beat and CLI, whatever their own clocks say); the memory store's latest ``now``."""
+        ...
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """Atomically take the beat's tick for ``ttl_s`` on the store's clock: True for
+        the first caller, False while it is taken (a tick that waited in the queue behind
+        one that already ran, a second beat's tick)."""
+        ...
+
     # -- runs -----------------------------------------------------------------------------
     def create_run(
         self,

@@ -33,6 +33,8 @@ Internal (the store is the only writer):
 ``<ns>:fence``                          string  global fencing-token counter (INCR)
 ``<ns>:freeze``                         string  JSON ``{"reason", "at", "by"}``; present =
                                                 frozen (stop the line)
+``<ns>:tick``                           string  the beat's tick gate (SET NX PX): present =
+                                                a tick ran within the last half interval
 ``<ns>:runs``                           zset    run id -> start time (unix s)
 ``<ns>:active:plans``                   hash    plan name -> active run id
 ``<ns>:active:features``                hash    feature -> active run id (overlap check)
@@ -104,6 +106,10 @@ class Keys:
     @property
     def freeze(self) -> str:
         return f"{self.ns}:freeze"
+
+    @property
+    def tick(self) -> str:
+        return f"{self.ns}:tick"
 
     @property
     def runs(self) -> str:

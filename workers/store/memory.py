@@ -60,6 +60,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._ks = Keyspace(events_maxlen=events_maxlen)
         self._decisions: dict[str, int] = {}
+        self._tick_until = float("-inf")
 
     @property
     def published(self) -> list[dict[str, Any]]:
@@ -77,6 +78,19 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def now(self) -> float:
+        """The store's clock: the latest ``now`` any call passed."""
+        with self._lock:
+            return self._ks.clock
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """The first tick within ``ttl_s`` of the store's clock wins."""
+        with self._lock:
+            if self._tick_until > self._ks.clock:
+                return False
+            self._tick_until = self._ks.clock + ttl_s
+            return True
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads :attr:`metrics` instead of a server."""

@@ -88,6 +88,17 @@ class RedisStore:
         """Close the connection pool."""
         self.r.close()
 
+    def now(self) -> float:
+        """Redis's clock (``TIME``), unix seconds."""
+        with translated(self.r):
+            sec, usec = self.r.time()
+        return float(sec) + float(usec) / 1e6
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """``SET <ns>:tick NX PX``: the first tick within ``ttl_s`` (Redis's clock) wins."""
+        with translated(self.r):
+            return bool(self.r.set(self.keys.tick, "1", nx=True, px=max(1, int(ttl_s * 1000))))
+
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads this store's server and namespace."""
         return make_source(policy, redis_client=self.r, keys=self.keys, tick_s=tick_s)
