@@ -34,6 +34,7 @@ from workers.store.codec import (
     run_from_hash,
 )
 from workers.store.keys import Keys
+from workers.store.plan_cache import PlanCache
 from workers.store.translate import error_of, translated, where
 
 __all__ = ["RedisStore"]
@@ -55,6 +56,7 @@ class RedisStore:
         run_ttl_s: int = 7 * 24 * 3600,
         socket_timeout: float = 5.0,
         client: redis.Redis | None = None,
+        plan_cache_chars: int = 8_000_000,
     ) -> None:
         self.keys = Keys(namespace)
         self.url = redis_url
@@ -71,7 +73,8 @@ class RedisStore:
         self._scripts: dict[str, Script] = {
             name: self.r.register_script(scripts.source(name)) for name in scripts.NAMES
         }
-        self._plan_cache: dict[str, str] = {}
+        # bounded by size: a worker serves many runs over its life
+        self.plan_cache = PlanCache(plan_cache_chars)
 
     # -- plumbing ---------------------------------------------------------------------
     def _run(self, name: str, call: scripts.Call) -> Any:
@@ -139,7 +142,7 @@ class RedisStore:
                 "finish or abort that run first",
                 run_id=str(res[1]),
             )
-        self._plan_cache[run_id] = plan_json
+        self.plan_cache.put(run_id, plan_json)
         return run_id, True, [str(x) for x in res[2:]]
 
     def run_for_request(self, request_id: str) -> str:
@@ -157,14 +160,14 @@ class RedisStore:
 
     def plan_json(self, run_id: str) -> str:
         """The run's stored plan (JSON), cached per process (it never changes)."""
-        cached = self._plan_cache.get(run_id)
+        cached = self.plan_cache.get(run_id)
         if cached is not None:
             return cached
         with translated(self.r):
             text = self.r.get(self.keys.run_plan(run_id))
         if text is None:
             raise UnknownRun(f"no run with id {run_id!r}")
-        self._plan_cache[run_id] = str(text)
+        self.plan_cache.put(run_id, str(text))
         return str(text)
 
     def runs(self, limit: int = 20) -> list[str]:

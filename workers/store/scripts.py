@@ -162,7 +162,7 @@ def finish_run(
     ttl_s: int,
 ) -> Call:
     """KEYS/ARGV of ``finish_run.lua``."""
-    keys = [k.run(run_id), k.active_plans, k.active_features, k.events(run_id)]
+    keys = [k.run(run_id), k.active_plans, k.active_features, k.events(run_id), k.runs]
     args = [
         run_id,
         status,

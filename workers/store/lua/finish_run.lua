@@ -4,6 +4,7 @@
 -- KEYS[2] active plans     <ns>:active:plans
 -- KEYS[3] active features  <ns>:active:features
 -- KEYS[4] events stream    <ns>:run:<id>:events
+-- KEYS[5] runs index       <ns>:runs
 -- ARGV[1] run id   ARGV[2] final status   ARGV[3] now   ARGV[4] reason
 -- ARGV[5] features (JSON list of names)   ARGV[6] events max length
 -- ARGV[7] TTL (s) for the run's keys      ARGV[8] run key prefix <ns>:run:<id>
@@ -35,5 +36,13 @@ for _, suffix in ipairs({'', ':plan', ':events', ':due', ':ready', ':testing'}) 
 end
 for _, f in ipairs(names) do
   redis.call('EXPIRE', prefix .. ':feature:' .. f, ttl)
+end
+-- the runs index is trimmed with the runs: entries (scored by start time) older than the
+-- TTL whose run hash has expired are dropped, at most 100 per finished run
+local ns_run = string.sub(prefix, 1, #prefix - #ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[3]) - tonumber(ttl),
+  'LIMIT', 0, 100)
+for _, id in ipairs(old) do
+  if redis.call('EXISTS', ns_run .. id) == 0 then redis.call('ZREM', KEYS[5], id) end
 end
 return {'FINISHED', ARGV[2]}
