@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[worker,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -56,6 +56,7 @@ bench: install redis
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/rollback_latency.py
 
 demo: install redis
 	$(BIN)/recovery demo

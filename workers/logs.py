@@ -42,7 +42,12 @@ EVENTS: dict[str, str] = {
     "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
     "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
     "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
-    "malformed_message": "a task payload did not validate; the message was dropped",
+    "malformed_message": (
+        "a message or task payload did not validate: a task fails (FAILURE, never "
+        "retried); a broken envelope is dropped (where=broker / broker_fanout)"
+    ),
+    "task_rejected": "the engine rejected a task's input (bad plan, unknown run): FAILURE",
+    "broker_hardening_skipped": "kombu's Redis channel differs from what the guard expects",
     "task_crashed": "a task raised an unexpected exception; it will be retried",
     "redis_unavailable": "a task could not reach Redis; it will be retried",
 }

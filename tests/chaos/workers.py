@@ -10,7 +10,7 @@ __all__ = ["InfoWorker", "SkewedProcess"]
 
 
 class InfoWorker(CeleryProcess):
-    """A ``celery -A workers worker`` logging at INFO, so refusals and drops show in its log."""
+    """A Celery worker logging at INFO, so refusals and drops show in its log."""
 
     def args(self) -> list[str]:
         return [a if a != "WARNING" else "INFO" for a in super().args()]

@@ -41,12 +41,18 @@ class StepsMixin(EngineBase):
     """Starting runs and moving features forward."""
 
     def start_recovery(
-        self, plan: Plan | Mapping[str, Any] | str, *, run_id: str | None = None
+        self,
+        plan: Plan | Mapping[str, Any] | str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
     ) -> StartResult:
         """Validate, persist and start a run; idempotent per plan name.
 
         Starting a plan whose run is still active returns that run's id and starts nothing.
         A plan sharing a feature with another active run raises RunActive naming it.
+        ``request_id`` (idempotency key): a start with a key seen before returns the run
+        that start got, even a finished one (see ``Store.create_run``).
         """
         if not isinstance(plan, Plan):
             plan = parse_plan(plan, max_features=self.settings.max_features)
@@ -59,9 +65,10 @@ class StepsMixin(EngineBase):
             max_parallel=plan.max_parallel,
             run_id=run_id,
             now=self.clock(),
+            request_id=request_id,
         )
         if not created:
-            log.info("run_already_active", run_id=rid, plan=plan.name)
+            log.info("run_already_active", run_id=rid, plan=plan.name, request_id=request_id)
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
         self.store.size_audit(rid, decide.audit_budget(plan.features.values()))

@@ -388,10 +388,19 @@ def start(
 @handles_errors
 def status(
     run: Annotated[str | None, typer.Argument(help="Run id; default: the newest run.")] = None,
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="The run a start with this request id got."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run: its status and every feature's state, percent, health and reason."""
-    doc = _manager().status(run)
+    if run is not None and request is not None:
+        raise InvalidInput("give a run id or --request, not both")
+    manager = _manager()
+    if request is not None:
+        run = manager.store.run_for_request(request)
+    doc = manager.status(run)
     if as_json:
         typer.echo(json.dumps(doc))
     else:

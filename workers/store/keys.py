@@ -52,6 +52,9 @@ Internal (the store is the only writer):
 ``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+``<ns>:request:<request_id>``           string  ``"<run id> <plan name>"``: the run a start
+                                                with this idempotency key got; TTL
+                                                ``run_ttl_s`` from that start
 ``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
                                                 ended in it, over every run: fields
                                                 ``continue``, ``advance``, ``promote``,
@@ -62,14 +65,19 @@ Internal (the store is the only writer):
                                                 ``recovery_decisions_total``)
 ======================================  ======  ==========================================
 
-Run keys get a TTL (``run_ttl_s``) once the run is finished.
+Run keys get a TTL (``run_ttl_s``) once the run is finished. A request id (the
+idempotency key of ``recovery.start``) matches :data:`REQUEST_ID_PATTERN`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["REQUEST_ID_PATTERN", "Keys"]
+
+#: an idempotency key: 1–128 of letters, digits and ``._:@/+=-`` (no spaces or braces, so
+#: a key never changes its hash slot on Redis Cluster)
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,9 @@ class Keys:
 
     def testing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:testing"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.ns}:request:{request_id}"
 
     @property
     def stats_decisions(self) -> str:
