@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.chaos.invariants import check_run, record
 from tests.integration.conftest import Cluster
 from tests.integration.test_races import chain, manager, together
@@ -71,13 +73,10 @@ def assert_aborted_and_off(c: Cluster, run_id: str, plan: dict[str, Any]) -> int
     return len(res.violations)
 
 
-def test_abort_racing_a_cascade_and_lease_stealing_commands_always_wins(cluster: Cluster) -> None:
-    """An abort released together with an automatic rollback cascade and a manual rollback
-    of the same chain, while operator pause/resume commands steal the features' leases
-    about 100 times a second: every trial ends ABORTED with every flag off, and the abort
-    call returns (it retried until it held instead of giving up)."""
+def abort_races(cluster: Cluster, trials: int) -> None:
+    """``trials`` races of an abort against a cascade, a manual rollback and lease theft."""
     violations = 0
-    for trial in range(TRIALS):
+    for trial in range(trials):
         run_id, plan = enabled_chain(cluster, 12, f"abort-race-{trial}")
         stop = threading.Event()
         thief = manager(cluster, worker="operator-storm")
@@ -108,10 +107,24 @@ def test_abort_racing_a_cascade_and_lease_stealing_commands_always_wins(cluster:
         violations += assert_aborted_and_off(cluster, run_id, plan)
     record(
         "abort racing a cascade, a manual rollback and lease-stealing commands",
-        runs=TRIALS,
-        faults=TRIALS * 3,
+        runs=trials,
+        faults=trials * 3,
         violations=violations,
     )
+
+
+def test_abort_racing_a_cascade_and_lease_stealing_commands_always_wins(cluster: Cluster) -> None:
+    """An abort released together with an automatic rollback cascade and a manual rollback
+    of the same chain, while operator pause commands steal the features' leases about
+    1,000 times a second: every trial ends ABORTED with every flag off, and the abort call
+    returns (it retried until it held instead of giving up)."""
+    abort_races(cluster, TRIALS)
+
+
+@pytest.mark.soak
+def test_soak_abort_races(cluster: Cluster) -> None:
+    """Soak: 40 abort races (see the bounded test)."""
+    abort_races(cluster, 40)
 
 
 def test_abort_during_freeze_storm_and_manual_rollbacks_always_wins(cluster: Cluster) -> None:

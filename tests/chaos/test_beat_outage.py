@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.chaos.conftest import chaos_cluster, close_cluster
 from tests.chaos.invariants import check_run, record
 from tests.processes import wait_for
@@ -20,11 +22,11 @@ FEATURES = 6
 OUTAGE_S = 14.0
 
 
-def outage_plan() -> dict[str, object]:
-    """Six independent features, 2 ramp steps of 1 s, at most 8 s of testing each."""
+def outage_plan(features: int = FEATURES) -> dict[str, object]:
+    """Independent features, 2 ramp steps of 1 s, at most 8 s of testing each."""
     return {
         "name": "beat-outage",
-        "max_parallel": FEATURES,
+        "max_parallel": features,
         "defaults": {
             "ramp": [50, 100],
             "dwell_s": 1,
@@ -32,25 +34,23 @@ def outage_plan() -> dict[str, object]:
             "health": {"source": "none"},
             "retry": {"max_attempts": 3, "backoff_base_s": 0.2, "backoff_cap_s": 1},
         },
-        "features": [{"name": f"o{i}"} for i in range(FEATURES)],
+        "features": [{"name": f"o{i}"} for i in range(features)],
     }
 
 
-def test_a_beat_outage_longer_than_max_testing_blames_no_feature() -> None:
-    """The beat is killed while six features are TESTING and comes back 14 s later (past
-    their 8 s ``max_testing_s``): no feature times out, no attempt is used, the line is
-    not frozen, and the run SUCCEEDED with each feature's three transitions."""
+def beat_outage(features: int, outage_s: float) -> None:
+    """Kill the beat while ``features`` are TESTING, bring it back after ``outage_s``."""
     c = chaos_cluster()
     try:
-        plan = outage_plan()
+        plan = outage_plan(features)
         c.worker(concurrency=2)
         beat = c.beat()
         run_id = c.manager.start_recovery(plan).run_id
-        wait_for(lambda: len(c.store.testing(run_id)) == FEATURES, 20, what="all TESTING")
+        wait_for(lambda: len(c.store.testing(run_id)) == features, 20, what="all TESTING")
         beat.kill()
         c.beats.remove(beat)
-        time.sleep(OUTAGE_S)
-        names = [f"o{i}" for i in range(FEATURES)]
+        time.sleep(outage_s)
+        names = [f"o{i}" for i in range(features)]
         live = c.store.feature_states(run_id, names)
         assert all(s is not FeatureState.DISABLED for s in live.values()), live
         c.beat()
@@ -69,9 +69,9 @@ def test_a_beat_outage_longer_than_max_testing_blames_no_feature() -> None:
         assert status is RunStatus.SUCCEEDED
         res = check_run(c.store, run_id, plan, expect_status=RunStatus.SUCCEEDED)
         assert res.ok, res.explain() + c.logs()
-        assert res.transitions == 3 * FEATURES
+        assert res.transitions == 3 * features
         record(
-            "beat outage of 14 s past max_testing_s 8 s",
+            f"beat outage of {outage_s:g} s past max_testing_s 8 s, {features} features",
             runs=1,
             faults=1,
             timeouts=len(timeouts),
@@ -79,3 +79,16 @@ def test_a_beat_outage_longer_than_max_testing_blames_no_feature() -> None:
         )
     finally:
         close_cluster(c)
+
+
+def test_a_beat_outage_longer_than_max_testing_blames_no_feature() -> None:
+    """The beat is killed while six features are TESTING and comes back 14 s later (past
+    their 8 s ``max_testing_s``): no feature times out, no attempt is used, the line is
+    not frozen, and the run SUCCEEDED with each feature's three transitions."""
+    beat_outage(FEATURES, OUTAGE_S)
+
+
+@pytest.mark.soak
+def test_soak_beat_outage_of_a_minute() -> None:
+    """Soak: 20 TESTING features, the beat away for 60 s."""
+    beat_outage(20, 60.0)
