@@ -10,6 +10,8 @@ well below the broker visibility timeout; task events on (Flower). Queues:
 
 - ``recovery`` — forward work (the app's default queue);
 - ``rollback`` — rollbacks and aborts, so a rollback never waits behind forward work;
+- ``notify`` — outbound notifications (:mod:`workers.notify_tasks`), for a worker of their
+  own, so a slow receiver never holds a worker that a rollback needs;
 - ``celery`` — the *intake*: Celery's own default queue, where a plain
   ``Celery(broker=…).send_task("recovery.start", …)`` with no routing lands. Every
   worker that consumes ``recovery`` also consumes ``celery``, even when started with
@@ -18,6 +20,7 @@ well below the broker visibility timeout; task events on (Flower). Queues:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,15 +39,31 @@ if TYPE_CHECKING:
     #: the process's default app, built on first access (see :func:`__getattr__`)
     app: Celery
 
-__all__ = ["DEFAULT_QUEUE", "INTAKE_QUEUE", "ROLLBACK_QUEUE", "app", "make_app"]
+__all__ = ["DEFAULT_QUEUE", "INTAKE_QUEUE", "NOTIFY_QUEUE", "ROLLBACK_QUEUE", "app", "make_app"]
 
 DEFAULT_QUEUE = "recovery"
 ROLLBACK_QUEUE = "rollback"
 #: Celery's default queue name: where senders without routing publish
 INTAKE_QUEUE = "celery"
+#: outbound notifications (workers.notify_tasks), consumed by their own worker
+NOTIFY_QUEUE = "notify"
 
 #: builds the engine a worker's tasks call: ``(settings, app) -> engine``
 EngineFactory = Callable[[Settings, Celery], "Engine"]
+
+
+def _notify_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """The notification scan's beat entry, only where notifications are configured (so a
+    deployment without them queues nothing for a ``notify`` worker it does not run)."""
+    if not os.environ.get("RECOVERY_NOTIFY_FILE"):
+        return {}
+    return {
+        "recovery-notify-scan": {
+            "task": "recovery.notify_scan",
+            "schedule": settings.beat_interval_s,
+            "options": {"queue": NOTIFY_QUEUE, "expires": max(2.0, settings.beat_interval_s * 5)},
+        }
+    }
 
 
 def make_app(
@@ -56,6 +75,7 @@ def make_app(
     tasks call in a worker process (default :func:`workers.tasks.build_engine`; the chaos
     suite passes one that injects faults). Building an app connects to nothing.
     """
+    from workers.notify_tasks import register_notify_tasks
     from workers.tasks import build_engine, register_tasks
 
     settings = settings or get_settings()
@@ -94,6 +114,8 @@ def make_app(
         task_routes={
             "recovery.rollback_feature": {"queue": ROLLBACK_QUEUE},
             "recovery.abort": {"queue": ROLLBACK_QUEUE},
+            "recovery.notify_scan": {"queue": NOTIFY_QUEUE},
+            "recovery.notify_deliver": {"queue": NOTIFY_QUEUE},
         },
         worker_hijack_root_logger=False,
         beat_schedule={
@@ -103,7 +125,8 @@ def make_app(
                 # no "expires": workers would judge it by their own clocks (a beat or a
                 # worker 30 s off dropped every tick); the tick task drops a tick that
                 # waited behind one that already ran, by the store's clock (claim_tick)
-            }
+            },
+            **_notify_schedule(settings),
         },
         # the schedule is one interval, nothing worth persisting: an in-memory scheduler
         # cannot be held back by a stale or foreign schedule file (a clock that was ahead)
@@ -111,6 +134,7 @@ def make_app(
         timezone="UTC",
     )
     register_tasks(celery, settings, engine_factory or build_engine)
+    register_notify_tasks(celery)
     _connect_signals()
     return celery
 

@@ -47,9 +47,9 @@ def test_celery_finds_the_app_as_dash_a_workers_does() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().split(",") == [
         "recovery.abort", "recovery.approve", "recovery.enable_feature", "recovery.evaluate",
-        "recovery.freeze", "recovery.pause", "recovery.promote", "recovery.resume",
-        "recovery.retry", "recovery.rollback_feature", "recovery.start", "recovery.test_feature",
-        "recovery.tick", "recovery.unfreeze",
+        "recovery.freeze", "recovery.notify_deliver", "recovery.notify_scan", "recovery.pause",
+        "recovery.promote", "recovery.resume", "recovery.retry", "recovery.rollback_feature",
+        "recovery.start", "recovery.test_feature", "recovery.tick", "recovery.unfreeze",
     ]  # fmt: skip
 
 

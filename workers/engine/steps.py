@@ -46,13 +46,15 @@ class StepsMixin(EngineBase):
         *,
         run_id: str | None = None,
         request_id: str | None = None,
+        actor: str = "",
     ) -> StartResult:
         """Validate, persist and start a run; idempotent per plan name.
 
         Starting a plan whose run is still active returns that run's id and starts nothing.
         A plan sharing a feature with another active run raises RunActive naming it.
         ``request_id`` (idempotency key): a start with a key seen before returns the run
-        that start got, even a finished one (see ``Store.create_run``).
+        that start got, even a finished one (see ``Store.create_run``). ``actor`` (who
+        asked: a CLI user, an API token) is audited as a ``run_requested`` event.
         """
         if not isinstance(plan, Plan):
             plan = parse_plan(plan, max_features=self.settings.max_features)
@@ -72,6 +74,15 @@ class StepsMixin(EngineBase):
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
         self.store.size_audit(rid, decide.audit_budget(plan.features.values()))
+        if actor:
+            self.store.append_event(
+                rid,
+                "run_requested",
+                reason="started",
+                evidence={"request_id": request_id} if request_id else {},
+                actor=actor,
+                now=self.clock(),
+            )
         log.info(
             "run_started", run_id=rid, plan=plan.name, features=len(order), already_enabled=already
         )

@@ -53,7 +53,9 @@ Internal (the store is the only writer):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
 ``<ns>:request:<request_id>``           string  ``"<run id> <plan name>"``: the run a start
-                                                with this idempotency key got; TTL
+                                                with this idempotency key (a Celery
+                                                ``request_id``, an HTTP
+                                                ``Idempotency-Key``) got; TTL
                                                 ``run_ttl_s`` from that start
 ``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
                                                 ended in it, over every run: fields
@@ -63,6 +65,14 @@ Internal (the store is the only writer):
                                                 evaluation; missing = 0); no TTL, never
                                                 reset (the exporter's
                                                 ``recovery_decisions_total``)
+``<ns>:mark:<kind>:<id>``               string  one-shot mark (``workers.store.marks``):
+                                                a webhook delivery seen (kind
+                                                ``pagerduty``: its event id), so a replay
+                                                is refused; TTL the replay window
+``<ns>:notify:cursor``                  hash    run id -> last audit event id whose
+                                                notifications were enqueued; entries
+                                                of runs gone from ``<ns>:runs`` dropped
+``<ns>:notify:lock``                    string  the notification scan's lock, PX TTL
 ======================================  ======  ==========================================
 
 Run keys get a TTL (``run_ttl_s``) once the run is finished. A request id (the
@@ -168,3 +178,15 @@ class Keys:
     @property
     def stats_decisions(self) -> str:
         return f"{self.ns}:stats:decisions"
+
+    # -- marks and notifications (workers.store.marks) ---------------------------------
+    def mark(self, kind: str, ident: str) -> str:
+        return f"{self.ns}:mark:{kind}:{ident}"
+
+    @property
+    def notify_cursor(self) -> str:
+        return f"{self.ns}:notify:cursor"
+
+    @property
+    def notify_lock(self) -> str:
+        return f"{self.ns}:notify:lock"
