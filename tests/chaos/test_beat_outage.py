@@ -9,7 +9,11 @@ meanwhile; see ``docs/reliability.md``.
 
 from __future__ import annotations
 
+import random
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,6 +23,7 @@ from tests.integration.conftest import Cluster
 from tests.processes import wait_for
 from workers.core.states import FINAL_RUN_STATUSES, FeatureState, RunStatus
 from workers.errors import StoreUnavailable
+from workers.flags import FlagClient
 
 FEATURES = 6
 OUTAGE_S = 14.0
@@ -115,3 +120,72 @@ def _status(c: Cluster, run_id: str) -> RunStatus | None:
 def test_soak_beat_outage_of_a_minute() -> None:
     """Soak: 20 TESTING features, the beat away for 60 s."""
     beat_outage(20, 60.0)
+
+
+@contextmanager
+def healthy_service(c: Cluster, names: list[str]) -> Iterator[None]:
+    """A service sending ~400 requests a second with no errors, recording each feature's
+    outcome for the users it is on for."""
+    stop = threading.Event()
+    rng = random.Random(5)
+
+    def serve() -> None:
+        with FlagClient(c.redis.url, c.namespace, flush_interval_s=0.2) as flags:
+            while not stop.is_set():
+                for _ in range(20):
+                    key = f"user-{rng.randrange(10**9)}"
+                    for n in names:
+                        if flags.is_enabled(n, key):
+                            flags.record(n, True, 0.01)
+                stop.wait(0.05)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_beat_outage_does_not_time_out_measured_features() -> None:
+    """Two features judged on live traffic (SPRT), the beat away 24 s while they test at
+    50 % with ``max_testing_s`` 15: on its return each is judged on the evidence reported
+    meanwhile and promoted — no timeout, no attempt used, SUCCEEDED."""
+    names = ["m0", "m1"]
+    plan = {
+        "name": "measured-outage",
+        "max_parallel": 2,
+        "defaults": {
+            "ramp": [50, 100],
+            "dwell_s": 1,
+            "max_testing_s": 15,
+            "bake_s": 0,
+            "retry": {"max_attempts": 3, "backoff_base_s": 0.2, "backoff_cap_s": 1},
+        },
+        "features": [{"name": n} for n in names],
+    }
+    c = chaos_cluster()
+    try:
+        c.worker(concurrency=2)
+        with healthy_service(c, names):
+            run_id = c.manager.start_recovery(plan).run_id
+            wait_for(lambda: len(c.store.testing(run_id)) == 2, 20, what="both TESTING")
+            # the beat comes up only now: nothing evaluates them for the outage
+            time.sleep(24)
+            c.beat()
+            status = wait_for(
+                lambda: (st := c.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
+                40,
+                what="the measured run to finish",
+            )
+        events = c.store.events(run_id)
+        timeouts = [e for e in events if e.reason == "timeout"]
+        assert not timeouts, timeouts
+        assert status is RunStatus.SUCCEEDED, c.logs()
+        recs = c.store.features(run_id, names)
+        assert all(r.attempts == 0 for r in recs.values()), recs
+        record("beat away 24 s, measured features, max_testing_s 15 s", runs=1, faults=1,
+               timeouts=0, violations=0)  # fmt: skip
+    finally:
+        close_cluster(c)
