@@ -41,11 +41,15 @@ Internal (the store is the only writer):
 ``<ns>:unhealthy``                      zset    "run/feature/ts" -> time it turned
                                                 UNHEALTHY (self-freeze window); trimmed
 ``<ns>:run:<id>``                       hash    run meta: plan, status, started_at,
-                                                finished_at, max_parallel, reason, ...
+                                                finished_at, max_parallel, reason,
+                                                counters, ``events_max`` (the run's
+                                                audit cap), ...
 ``<ns>:run:<id>:plan``                  string  the validated plan, JSON
 ``<ns>:run:<id>:feature:<name>``        hash    per-feature state: state, percent, step,
                                                 health, attempts, quarantined, blocked,
-                                                reason, pending, token, version, ...
+                                                reason, pending, token, version,
+                                                ``dispatched_at``/``dispatches`` (the
+                                                current dispatch and its re-sends), ...
 ``<ns>:run:<id>:lease:<name>``          string  ``"<token> <worker>"``, PX lease TTL
 ``<ns>:run:<id>:events``                stream  audit events, oldest first (capped)
 ``<ns>:run:<id>:due``                   zset    feature -> unix time of next evaluation
