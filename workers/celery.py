@@ -135,11 +135,15 @@ def make_app(
             "recovery-tick": {
                 "task": "recovery.tick",
                 "schedule": settings.beat_interval_s,
-                # a tick that waited longer than a few intervals is useless: drop it
-                "options": {"expires": max(2.0, settings.beat_interval_s * 5)},
+                # no "expires": workers would judge it by their own clocks (a beat or a
+                # worker 30 s off dropped every tick); the tick task drops a tick that
+                # waited behind one that already ran, by the store's clock (claim_tick)
             },
             **_notify_schedule(settings),
         },
+        # the schedule is one interval, nothing worth persisting: an in-memory scheduler
+        # cannot be held back by a stale or foreign schedule file (a clock that was ahead)
+        beat_scheduler="celery.beat:Scheduler",
         timezone="UTC",
     )
     register_tasks(celery, settings, engine_factory or build_engine)

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Retry
 from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -95,6 +96,8 @@ def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) 
     ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
     store = store_from_settings(settings)
     _load_metrics_function(store)
+    # one clock for every worker: Redis's TIME, not this host's (due times, dwell, backoff)
+    engine_options.setdefault("clock", store.now)
     return Engine(store, settings, CeleryDispatcher(celery_app), **engine_options)
 
 
@@ -262,6 +265,8 @@ def _guarded(task: Task, fn: Callable[[], R], *, refusal_fails: bool = False) ->
     (or fails the task, with ``refusal_fails``); Redis outages and crashes are retried."""
     try:
         return fn()
+    except Retry:
+        raise
     except InvalidInput as exc:
         log.error("task_rejected", task=task.name, error=str(exc))
         raise
@@ -320,26 +325,51 @@ def enable_feature(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     )
 
 
+#: how many times an operator's abort or manual rollback task is redone after it could not win
+MUST_WIN_RETRIES = 10
+
+
+def _must_win(task: RecoveryTask, what: str, fn: Callable[[], R]) -> Callable[[], R]:
+    """``fn`` for an operator's command that must win (abort, manual rollback): when it
+    could not win against concurrent steps (ConflictError after the engine's own retries),
+    the task is redone (``command_incomplete``, up to ``MUST_WIN_RETRIES`` times) and then
+    fails with that error — the caller sees the failure, it is never dropped silently."""
+
+    def go() -> R:
+        try:
+            return fn()
+        except ConflictError as exc:
+            log.warning("command_incomplete", task=task.name, what=what, error=str(exc))
+            raise task.retry(exc=exc, countdown=1.0, max_retries=MUST_WIN_RETRIES) from None
+
+    return go
+
+
 def rollback_feature(self: RecoveryTask, *args: Any, **kwargs: Any) -> list[str] | None:
     """Roll back a feature, its dependents first (runs on the rollback queue)."""
     p = _parse(RollbackPayload, args, kwargs, self)
-    return _guarded(
-        self,
-        lambda: self.engine().rollback_feature(
+
+    def roll() -> list[str]:
+        return self.engine().rollback_feature(
             p.run_id,
             p.feature,
             p.reason,
             evidence=p.evidence,
             automatic=p.automatic,
             task_id=self.request.id or "",
-        ),
-    )
+        )
+
+    if p.automatic:
+        return _guarded(self, roll)
+    return _guarded(self, _must_win(self, "rollback", roll), refusal_fails=True)
 
 
 def abort(self: RecoveryTask, *args: Any, **kwargs: Any) -> list[str] | None:
-    """Roll back everything the run enabled, in reverse order, and end it ABORTED."""
+    """Roll back everything the run enabled, in reverse order, and end it ABORTED; redone
+    until it holds, and failed (not dropped) if it never could."""
     p = _parse(RunPayload, args, kwargs, self)
-    return _guarded(self, lambda: self.engine().abort(p.run_id))
+    go = _must_win(self, "abort", lambda: self.engine().abort(p.run_id))
+    return _guarded(self, go, refusal_fails=True)
 
 
 def freeze(self: RecoveryTask, *args: Any, **kwargs: Any) -> bool | None:
@@ -358,7 +388,12 @@ def tick(self: RecoveryTask, *args: Any, **kwargs: Any) -> dict[str, int] | None
     """The beat: enqueue due evaluations, reconcile lost work, finish settled runs."""
     _parse(EmptyPayload, args, kwargs, self)
     try:
-        return self.engine().tick()
+        engine = self.engine()
+        # ticks carry no expiry (it would be judged by each worker's own clock): one that
+        # waited in the queue behind a tick that already ran is dropped here instead
+        if not engine.store.claim_tick(engine.settings.beat_interval_s / 2):
+            return {"sent": 0}
+        return engine.tick()
     except RecoveryError as exc:
         log.warning("tick_failed", error=str(exc))
         return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from tests.processes import CeleryProcess
+from pathlib import Path
 
-__all__ = ["InfoWorker"]
+from tests.processes import CeleryProcess, need_binary
+
+__all__ = ["InfoWorker", "SkewedProcess"]
 
 
 class InfoWorker(CeleryProcess):
@@ -19,3 +21,28 @@ class InfoWorker(CeleryProcess):
             return self.logfile.read_text(errors="replace").splitlines()
         except OSError:
             return []
+
+
+class SkewedProcess(CeleryProcess):
+    """A worker or beat whose clock is off by ``offset`` (Debian's ``faketime``, e.g.
+    ``"+30s"``); a beat may be given the ``schedule`` file to use (``-s``)."""
+
+    def __init__(
+        self,
+        kind: str,
+        env: dict[str, str],
+        name: str,
+        *,
+        offset: str,
+        schedule: Path | None = None,
+        concurrency: int = 2,
+    ) -> None:
+        super().__init__(kind, env, name, concurrency=concurrency)
+        self.offset = offset
+        self.schedule = schedule
+
+    def args(self) -> list[str]:
+        args = super().args()
+        if self.schedule is not None and "-s" in args:
+            args[args.index("-s") + 1] = str(self.schedule)
+        return [need_binary("faketime"), "-f", self.offset, *args]

@@ -39,11 +39,14 @@ PICKLE = "application/x-python-serialize"
 
 
 def keyspace(r: redis.Redis) -> dict[str, bytes]:
-    """Every non-broker key with its serialized value (DUMP), to compare before/after."""
+    """Every non-broker key with its serialized value (DUMP), to compare before/after
+    (not the beat's tick gate ``<ns>:tick``: a tick sets it for half a beat interval)."""
     out: dict[str, bytes] = {}
     for key in r.scan_iter(count=1000):
         name = key.decode() if isinstance(key, bytes) else str(key)
         if name in BROKER_KEYS or name.startswith(BROKER_KEY_PREFIXES):
+            continue
+        if name.endswith(":tick"):
             continue
         out[name] = r.dump(key) or b""
     return out

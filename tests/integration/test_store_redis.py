@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from tests.contract.store_control import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_helpers import Published, Report, S, T, make_run, move
+from tests.contract.store_repair import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from tests.processes import RedisServer
@@ -308,3 +309,51 @@ def test_memory_and_redis_stores_agree_on_random_operations(
         assert _state(memory) == _state(redis_store)
     finally:
         redis_store.close()
+
+
+def test_take_ready_drops_a_queued_feature_that_cannot_start(store: RedisStore) -> None:
+    """A ready entry written behind the scripts' back (an older worker's late write) for a
+    feature that is ENABLED is dropped by the dispatch, holds no slot, and is not sent."""
+    run_id = make_run(store, features=("a", "c", "d"), max_parallel=1)
+    move(store, run_id, "a", S.TESTING)
+    move(store, run_id, "a", S.ENABLED)
+    store.r.zadd(store.keys.ready(run_id), {"a": 0})
+    assert store.take_ready(run_id, now=T, grace_s=5) == ["c"]
+    assert store.ready(run_id, 10) == ["c", "d"]
+
+
+def test_the_plan_cache_is_bounded_by_size(redis_url: str, namespace: str) -> None:
+    """A worker that serves many runs keeps at most ``plan_cache_chars`` of plans in
+    memory, least recently used out first; an evicted plan is read again, unchanged."""
+    s = RedisStore(redis_url, namespace, plan_cache_chars=50_000)
+    try:
+        plans = {}
+        for i in range(30):
+            text = json.dumps({"name": f"big{i}", "pad": "x" * 5000})
+            run_id, _, _ = s.create_run(
+                plan_name=f"big{i}", plan_json=text, features=[(f"g{i}", 0, [])],
+                max_parallel=1, now=T + i,
+            )  # fmt: skip
+            plans[run_id] = text
+        for run_id, text in plans.items():
+            assert s.plan_json(run_id) == text
+        assert s.plan_cache.chars <= 50_000 and len(s.plan_cache) < 30
+    finally:
+        s.close()
+
+
+def test_the_runs_index_is_trimmed_with_the_runs(redis_url: str, namespace: str) -> None:
+    """Once a finished run's keys have expired, the next run to finish drops it from the
+    runs index: ``runs()`` lists no run that is gone."""
+    s = RedisStore(redis_url, namespace, run_ttl_s=1)
+    try:
+        start = time.time()
+        old = make_run(s, plan="old", features=("a",), now=start)
+        assert s.finish_run(old, RunStatus.SUCCEEDED, "done", ["a"], now=start)
+        time.sleep(2.2)  # the old run's keys expire (TTL 1 s)
+        assert not s.r.exists(s.keys.run(old))
+        new = make_run(s, plan="new", features=("b",), now=time.time())
+        assert s.finish_run(new, RunStatus.SUCCEEDED, "done", ["b"], now=time.time())
+        assert s.runs() == [new]
+    finally:
+        s.close()

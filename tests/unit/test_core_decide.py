@@ -226,7 +226,53 @@ def test_testing_actions_carry_the_values_the_store_needs() -> None:
     assert isinstance(rb, RequestRollback) and rb.reason is Reason.TIMEOUT
     assert rb.evidence["testing_s"] == 61.0 and rb.recheck_at == NOW + 30.0
     (wait,) = decide.testing(replace(TESTING, step_since=NOW - 1), UNMEASURED, None, NOW, T)
-    assert wait == Continue(H.HEALTHY, NOW + 4.0)
+    assert wait == Continue(H.HEALTHY, NOW + 4.0, None, NOW)
+
+
+# -- an outage of the beat or of Redis -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("record", "feature", "expected"),
+    [
+        # measured: evidence read up to 3 s ago is the normal rhythm (lag + 2 ticks + slack)
+        (replace(TESTING, last_eval_at=NOW - 3), MEASURED, 0.0),
+        (replace(TESTING, last_eval_at=NOW - 34), MEASURED, 0.0),
+        (replace(TESTING, last_eval_at=NOW - 200), MEASURED, 200 - 3 - 31),
+        # never evaluated yet: nothing to measure a gap from
+        (replace(TESTING, last_eval_at=0), MEASURED, 0.0),
+        # unmeasured: the look is due when the dwell ends (step began 6 s ago, dwell 5)
+        (replace(TESTING, last_eval_at=NOW - 6), UNMEASURED, 0.0),
+        (replace(TESTING, step_since=NOW - 100, last_eval_at=NOW - 100), UNMEASURED, 95 - 31),
+        # ... or after its last look, if later
+        (replace(TESTING, step_since=NOW - 100, last_eval_at=NOW - 0.05), UNMEASURED, 0.0),
+    ],
+)
+def test_outage_is_the_gap_beyond_the_normal_evaluation_interval(
+    record: FeatureRecord, feature: Feature, expected: float
+) -> None:
+    """The time no evaluation could use is the gap since the last look beyond the longest
+    normal interval (lag and two ticks, or the dwell end, plus a beat and a lease TTL)."""
+    assert decide.outage(record, feature, NOW, T) == pytest.approx(expected)
+
+
+def test_an_outage_does_not_time_a_feature_out() -> None:
+    """A measured feature not evaluated for 200 s (the beat was away) whose test clock
+    would otherwise be past ``max_testing_s`` continues, its clock shifted by the outage;
+    the same lateness without an outage times it out."""
+    away = replace(TESTING, testing_since=NOW - 205, last_eval_at=NOW - 200)
+    (cont,) = decide.testing(away, MEASURED, verdict(D.CONTINUE), NOW, T)
+    assert isinstance(cont, Continue), cont
+    assert cont.testing_since == pytest.approx(NOW - 205 + 166)
+    late = replace(TESTING, testing_since=NOW - 205, last_eval_at=NOW - 2)
+    (rb,) = decide.testing(late, MEASURED, verdict(D.CONTINUE), NOW, T)
+    assert isinstance(rb, RequestRollback) and rb.reason is Reason.TIMEOUT
+
+
+def test_an_outage_carries_the_shifted_clock_into_the_next_step() -> None:
+    """An unmeasured feature whose dwell ended during an outage advances on return (no
+    timeout), and its Advance carries the test clock shifted by the outage."""
+    away = replace(TESTING, step_since=NOW - 100, testing_since=NOW - 100, last_eval_at=NOW - 100)
+    (adv,) = decide.testing(away, UNMEASURED, None, NOW, T)
+    assert isinstance(adv, Advance) and adv.testing_since == pytest.approx(NOW - 100 + 64)
 
 
 # -- ENABLED -------------------------------------------------------------------------------
@@ -493,3 +539,33 @@ def test_the_off_cohort_reference_is_carried_into_the_next_step() -> None:
     assert isinstance(adv, Advance) and adv.reference == '{"error_rate":0.03}'
     (en,) = decide.testing(replace(TESTING, step=2, percent=100), MEASURED, v, NOW, T)
     assert isinstance(en, Enable) and en.reference == '{"error_rate":0.03}'
+
+
+# -- reconciliation ----------------------------------------------------------------------------
+def test_stalled_finds_only_startable_features_with_no_place_in_any_queue() -> None:
+    """A DISABLED, free feature with no pending dependency, no operator hold and no
+    backoff that is neither queued nor due has lost its place; every other is left alone."""
+    free = rec(name="lost")
+    records = [
+        free,
+        rec(name="queued"),
+        rec(name="due"),
+        rec(name="testing", state=S.TESTING),
+        rec(name="enabled", state=S.ENABLED),
+        rec(name="quarantined", quarantined=True),
+        rec(name="blocked", blocked=True),
+        rec(name="waiting", pending=1),
+        rec(name="paused", hold=Hold.PAUSED),
+        rec(name="backoff", next_attempt_at=NOW + 5),
+        rec(name="starving", hold=Hold.INSUFFICIENT_TRAFFIC),
+    ]
+    due = [None, None, NOW + 1, None, None, None, None, None, None, None, None]
+    assert decide.stalled(records, {"queued"}, due, NOW) == ("lost", "starving")
+
+
+def test_audit_budget_covers_every_attempt_of_every_ramp_step() -> None:
+    """A run's audit budget is, per feature and attempt, its ramp steps plus four (the
+    promotion, a rollback, a retry or quarantine, notes), plus the run's slack."""
+    assert MEASURED.retry.max_attempts == 3 and len(MEASURED.ramp) == 3
+    assert decide.audit_budget([MEASURED, MEASURED]) == decide.AUDIT_SLACK + 2 * 3 * (3 + 4)
+    assert decide.audit_budget([]) == decide.AUDIT_SLACK

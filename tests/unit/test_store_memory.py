@@ -8,6 +8,7 @@ import pytest
 
 from tests.contract.store_control import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_helpers import Published, Report, S, T, make_run, move
+from tests.contract.store_repair import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_transitions import *  # noqa: F403  # the shared contract suite
 from workers.errors import ConflictError, InvalidInput

@@ -82,6 +82,8 @@ class Advance:
     due_at: float
     #: ``baseline: control``: the off-cohort rates the next step starts from (JSON)
     reference: str = ""
+    #: the test clock's new start, when an outage must not count against the feature
+    testing_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

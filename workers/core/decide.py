@@ -14,7 +14,7 @@ No I/O, no clock, no randomness except through an injected ``rng``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,8 +40,10 @@ from workers.core.states import FeatureHealth, FeatureState, Hold, Reason, RunSt
 from workers.health.evaluator import Decision
 
 __all__ = [
+    "AUDIT_SLACK",
     "Tuning",
     "Verdict",
+    "audit_budget",
     "completion",
     "enabled",
     "evidence_window",
@@ -51,10 +53,12 @@ __all__ = [
     "idle",
     "lost_schedules",
     "measured",
+    "outage",
     "outcome",
     "promotion",
     "self_freeze",
     "settled_status",
+    "stalled",
     "test_step",
     "testing",
 ]
@@ -160,6 +164,28 @@ def evidence_window(last: float, now: float, tuning: Tuning) -> tuple[float, flo
     return last, until
 
 
+def outage(rec: FeatureRecord, spec: Feature, now: float, tuning: Tuning) -> float:
+    """Seconds since the feature was last looked at that no evaluation could have used:
+    the beat (or Redis) was away. It is the gap beyond the longest normal interval
+    between two evaluations — the flush lag and two metric ticks after the evidence end
+    (measured), or the end of the dwell (unmeasured), plus a beat interval and a lease TTL
+    of queueing slack — and 0 in normal operation. Such time never counts against the
+    feature: its ``max_testing_s`` clock is shifted by it (no timeout, no attempt burned,
+    no self-freeze from an infrastructure outage)."""
+    if measured(spec):
+        last = rec.last_eval_at
+        expected = tuning.metrics_lag_s + 2 * tuning.metrics_tick_s
+    else:
+        # unmeasured: the next look is due when the dwell ends; ``last_eval_at`` is the
+        # last look (see :func:`testing`)
+        last = max(rec.step_since + spec.dwell_s, rec.last_eval_at)
+        expected = 0.0
+    if last <= 0:
+        return 0.0
+    slack = tuning.beat_interval_s + tuning.lease_ttl_s
+    return max(0.0, now - last - expected - slack)
+
+
 # -- the test step ----------------------------------------------------------------------------
 def test_step(rec: FeatureRecord, spec: Feature, now: float, tuning: Tuning) -> tuple[Action, ...]:
     """A claimed feature's test step: start its ramp, or skip.
@@ -245,12 +271,17 @@ def testing(
        clock — no request at all never times out; the hold lifts by itself;
     3. an operator hold (paused, awaiting approval, unhealthy hold) keeps it where it is,
        still evaluated, its clock stopped;
-    4. the ``max_testing_s`` timeout asks for a rollback;
+    4. the ``max_testing_s`` timeout asks for a rollback — not counting an :func:`outage`
+       (no evaluation could happen: the beat or Redis was away), by which the test clock
+       is shifted;
     5. a PROMOTE verdict once the step's dwell has passed moves to the next ramp percent
        or to ENABLED — unless that percent is an approval gate not yet approved;
     6. else wait a tick (unmeasured: until the dwell ends).
     """
     step_elapsed = now - rec.step_since
+    away = outage(rec, spec, now, tuning)
+    if away > 0:
+        rec = replace(rec, testing_since=rec.testing_since + away)
     actions: list[Action] = []
     if not measured(spec) or verdict is None:
         verdict = Verdict(FeatureHealth.HEALTHY, Decision.PROMOTE, {"rule": "dwell"})
@@ -262,7 +293,10 @@ def testing(
         due = now + tuning.evaluate_interval_s
         stay = Continue(verdict.health, due, verdict.eval_state, verdict.until)
     else:
-        stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
+        # ``evidence_until`` of an unmeasured feature is its last look (for :func:`outage`)
+        stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05), None, now)
+    if away > 0:
+        stay = replace(stay, testing_since=rec.testing_since)
     stopped_clock = replace(stay, testing_since=rec.testing_since + verdict.read_s)
     hold = rec.hold
     if verdict.decision is Decision.ROLLBACK:
@@ -293,6 +327,7 @@ def testing(
             **verdict.evidence,
             "testing_s": round(testing_elapsed, 3),
             "max_testing_s": spec.max_testing_s,
+            **({"outage_s": round(away, 3)} if away > 0 else {}),
         }
         return (*actions, RequestRollback(Reason.TIMEOUT, evidence, now + tuning.lease_ttl_s))
     if verdict.decision is Decision.PROMOTE and step_elapsed >= spec.dwell_s:
@@ -305,7 +340,9 @@ def testing(
         if not last:
             due = now + first_delay(spec, tuning)
             ref = verdict.reference
-            return (*actions, Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref))
+            shifted = rec.testing_since if away > 0 else None
+            advance = Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref, shifted)
+            return (*actions, advance)
         return (*actions, promotion(spec, len(spec.ramp), evidence, now, verdict.reference))
     return (*actions, stay)
 
@@ -367,8 +404,9 @@ def self_freeze(run: RunRecord, unhealthy: int, tuning: Tuning) -> Freeze | None
 def completion(run: RunRecord, now: float) -> Finish | None:
     """The run's final status once every feature is enabled, quarantined or blocked and
     every promoted feature's bake has ended: SUCCEEDED (all enabled), FAILED (none
-    enabled) or PARTIAL. None while work remains."""
-    if run.status is not RunStatus.RUNNING or run.settled < run.total:
+    enabled) or PARTIAL. None while work remains, or while an abort is under way (the
+    abort ends the run)."""
+    if run.status is not RunStatus.RUNNING or run.stopping or run.settled < run.total:
         return None
     if now < run.bake_until:
         return None
@@ -399,6 +437,43 @@ def outcome(actions: Sequence[Action]) -> str:
         if isinstance(action, Enable):
             return "promote"
     return "continue"
+
+
+def stalled(
+    records: Sequence[FeatureRecord],
+    queued: Collection[str],
+    due: Sequence[float | None],
+    now: float,
+) -> tuple[str, ...]:
+    """Features that lost their place (a late write, a lost queue entry): DISABLED, not
+    quarantined or blocked, no pending dependency, no operator hold, past any backoff — and
+    in neither the ready queue (``queued``) nor the due queue (``due``, per record). Each
+    must be requeued or the run would stall with it waiting forever."""
+    out = []
+    for rec, at in zip(records, due, strict=True):
+        if rec.state is not FeatureState.DISABLED or rec.quarantined or rec.blocked:
+            continue
+        if rec.pending > 0 or rec.name in queued or at is not None:
+            continue
+        if rec.hold is not None and rec.hold.needs_operator:
+            continue
+        if rec.next_attempt_at > now:
+            continue
+        out.append(rec.name)
+    return tuple(out)
+
+
+#: audit events a run may append beyond its features' budgets (operators, freezes, the run)
+AUDIT_SLACK = 1000
+
+
+def audit_budget(features: Iterable[Feature]) -> int:
+    """How many audit events a run of ``features`` may append: per feature and attempt,
+    each ramp step, the promotion, a rollback, a retry or quarantine event and two health
+    or hold notes; plus :data:`AUDIT_SLACK`. The store keeps at least this many of the
+    run's events, so its whole history survives until the run's keys expire."""
+    per_attempt = 4
+    return AUDIT_SLACK + sum(f.retry.max_attempts * (len(f.ramp) + per_attempt) for f in features)
 
 
 def lost_schedules(names: Sequence[str], due: Sequence[float | None]) -> tuple[str, ...]:

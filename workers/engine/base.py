@@ -83,6 +83,8 @@ class EngineBase:
         # test suites only: called as ``fault_hook(point, feature)`` at named points
         self.fault_hook = fault_hook
         self._contexts = ContextCache()
+        # the beat's last look for stalled features, per run (monotonic seconds)
+        self._stall_checks: dict[str, float] = {}
 
     # -- contexts ---------------------------------------------------------------------------
     def context(self, run_id: str) -> RunContext:
@@ -158,7 +160,16 @@ class EngineBase:
                 self.store.update(run_id, name, token=token, remove_due=True)
                 return "unscheduled"
             case Requeue(rank=rank):
-                self.store.update(run_id, name, token=None, remove_due=True, ready_rank=rank)
+                # unleased, so fenced by the version read (a transition since refuses it)
+                # and by the store (only a feature that can start is queued)
+                self.store.update(
+                    run_id,
+                    name,
+                    token=None,
+                    remove_due=True,
+                    ready_rank=rank,
+                    expect_version=rec.version,
+                )
                 self.dispatch_ready(run_id)
                 return "requeued"
             case SetHold():
@@ -201,6 +212,11 @@ class EngineBase:
                         "hold": "",
                         "awaiting": "",
                         **({"ref": action.reference} if action.reference else {}),
+                        **(
+                            {}
+                            if action.testing_since is None
+                            else {"testing_since": action.testing_since}
+                        ),
                     },
                     now=now,
                 )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from workers.core import control
+from workers.core import control, decide
 from workers.core.actions import Action, SetHold, Unquarantine
 from workers.core.records import FeatureRecord, RunRecord
 from workers.core.states import FeatureState
@@ -171,6 +171,9 @@ class ControlMixin(EngineBase):
         actor: str,
         now: float,
     ) -> None:
+        # another round of attempts: room for its events in the audit
+        run_budget = decide.audit_budget(ctx.plan.features.values())
+        extra = decide.audit_budget([ctx.spec(action.feature)]) - decide.AUDIT_SLACK
         unblocked, reopened = self.store.retry_feature(
             run_id,
             action.feature,
@@ -182,6 +185,7 @@ class ControlMixin(EngineBase):
             evidence=action.evidence,
             now=now,
         )
+        self.store.size_audit(run_id, max(self.store.size_audit(run_id, 0), run_budget) + extra)
         log.warning(
             "feature_retried",
             run_id=run_id,

@@ -38,7 +38,13 @@ class EvaluationMixin(EngineBase):
         if actions is None and self.store.frozen() is not None:
             actions = decide.frozen(now, self.tuning)
         if actions is not None:
-            return self.carry_out(run_id, ctx, rec, actions, token=None, task_id=task_id, now=now)
+            try:
+                return self.carry_out(
+                    run_id, ctx, rec, actions, token=None, task_id=task_id, now=now
+                )
+            except ConflictError as exc:  # the record moved since it was read: a late write
+                log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
+                return "refused"
         try:
             token = self.store.claim(
                 run_id, feature, self.worker, self.settings.lease_ttl_s, now=now

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +22,16 @@ __all__ = ["RollbackMixin"]
 log = structlog.get_logger("workers.engine")
 S = FeatureState
 
-#: how many times a cascade is re-planned when a dependent came up meanwhile
+#: how many times an automatic cascade is re-planned when a dependent came up meanwhile
 _CASCADE_ROUNDS = 5
+#: how long an operator's abort or manual rollback keeps redoing steps that lost a race
+#: (a lease taken by force, a version moved) before it tells the caller it could not win
+WIN_WITHIN_S = 30.0
+
+
+def _backoff(round_: int) -> None:
+    """A short jittered pause before redoing a step that lost a race (1-20 ms)."""
+    time.sleep(random.uniform(0.001, min(0.02, 0.002 * (round_ + 1))))
 
 
 class RollbackMixin(EngineBase):
@@ -52,7 +62,9 @@ class RollbackMixin(EngineBase):
             "rollback_started", run_id=run_id, feature=feature, reason=reason, dependents=dependents
         )
         done: list[str] = []
-        for _ in range(_CASCADE_ROUNDS):
+        deadline = time.monotonic() + WIN_WITHIN_S
+        rounds = 0
+        while True:
             states = self._states(run_id, dependents)
             for dep in plan.cascade(dependents, states):
                 why = {"because": feature}
@@ -67,6 +79,15 @@ class RollbackMixin(EngineBase):
                 if result:
                     done.append(feature)
                 break
+            rounds += 1
+            if automatic and rounds >= _CASCADE_ROUNDS:
+                break  # the feature is still judged: its next evaluation asks again
+            if not automatic and time.monotonic() > deadline:
+                raise ConflictError(
+                    f"rollback of {feature} kept losing races with concurrent steps for "
+                    f"{WIN_WITHIN_S:g}s; rolled back so far: {done or 'nothing'}; try again"
+                )
+            _backoff(rounds)
         self.dispatch_ready(run_id)
         self.check_completion(run_id)
         if done and not automatic:
@@ -305,15 +326,24 @@ class RollbackMixin(EngineBase):
         self.store.mark_stopping(run_id)
         order = ctx.graph.order()
         done: list[str] = []
-        for _ in range(3):
-            live = plan.abort_order(order, self._states(run_id, order))
-            if not live:
-                break
+        deadline = time.monotonic() + WIN_WITHIN_S
+        rounds = 0
+        while live := plan.abort_order(order, self._states(run_id, order)):
+            # stopping refuses every automatic move, so only operators' commands can still
+            # take a lease or move a version under us: redo what lost, until it holds
+            if time.monotonic() > deadline:
+                raise ConflictError(
+                    f"abort of run {run_id} could not turn off {', '.join(live)} within "
+                    f"{WIN_WITHIN_S:g}s (concurrent operator commands); the run is stopping "
+                    "and nothing automatic moves: run the abort again"
+                )
             for name in live:
                 if self._rollback_one(
                     run_id, ctx, name, Reason.ABORTED, {"note": reason}, False, False, ""
                 ):
                     done.append(name)
+            rounds += 1
+            _backoff(rounds)
         self.store.finish_run(run_id, RunStatus.ABORTED, reason, order, now=self.clock())
         log.warning("run_aborted", run_id=run_id, rolled_back=done)
         return done
@@ -322,18 +352,24 @@ class RollbackMixin(EngineBase):
         """Stop every automatic transition (stop-the-line) until :meth:`unfreeze`."""
         now = self.clock()
         changed = self.store.freeze(reason, by, now=now)
-        for run_id in self.store.active_runs().values():
-            self.store.append_event(
-                run_id, "freeze", now=now, reason="freeze", evidence={"message": reason, "by": by}
-            )
+        if changed:  # audited only when it changed something: a storm cannot flood a run
+            for run_id in self.store.active_runs().values():
+                self.store.append_event(
+                    run_id,
+                    "freeze",
+                    now=now,
+                    reason="freeze",
+                    evidence={"message": reason, "by": by},
+                )
         return changed
 
     def unfreeze(self, *, by: str = "operator") -> bool:
         """Resume automatic transitions and dispatch what became ready meanwhile."""
         changed = self.store.unfreeze()
         for run_id in self.store.active_runs().values():
-            self.store.append_event(
-                run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
-            )
+            if changed:  # audited only when it changed something
+                self.store.append_event(
+                    run_id, "unfreeze", now=self.clock(), reason="unfreeze", evidence={"by": by}
+                )
             self.dispatch_ready(run_id)
         return changed

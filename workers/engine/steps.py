@@ -73,6 +73,7 @@ class StepsMixin(EngineBase):
             log.info("run_already_active", run_id=rid, plan=plan.name, request_id=request_id)
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
+        self.store.size_audit(rid, decide.audit_budget(plan.features.values()))
         if actor:
             self.store.append_event(
                 rid,
@@ -184,6 +185,7 @@ class StepsMixin(EngineBase):
                 "health": FeatureHealth.UNKNOWN.value,
                 "last_eval_at": now,
                 "dispatched_at": "",
+                "dispatches": 0,
             },
         )
 

@@ -273,8 +273,10 @@ def _manager() -> PartialRecoveryManager:
     from workers.tasks import CeleryDispatcher
 
     s = get_settings()
+    store = store_from_settings(s)
+    # one clock: Redis's TIME, whatever this host's clock says
     return PartialRecoveryManager(
-        store_from_settings(s), s, CeleryDispatcher(make_app(s)), worker="cli"
+        store, s, CeleryDispatcher(make_app(s)), worker="cli", clock=store.now
     )
 
 
@@ -484,4 +486,8 @@ from workers.ops.api.cli import api_app as _api_app  # noqa: E402  (`recovery ap
 app.add_typer(_api_app, name="api")
 
 if __name__ == "__main__":
-    main()
+    # run as a script this module is ``__main__``; the commands registered themselves on
+    # the importable ``workers.ops.cli``'s app, so run that one
+    from workers.ops.cli import main as _main
+
+    _main()

@@ -6,6 +6,8 @@
 :mod:`.memory`            ``MemoryStore``: the same semantics under one lock (tests)
 :mod:`.memory_scripts`    the memory keyspace and its twins of the Lua scripts
 :mod:`.memory_metrics`    in-memory per-tick counts and the metric source reading them
+:mod:`.memory_repair`     the memory twin of the repair script (``recount.lua``)
+:mod:`.plan_cache`        the Redis store's plan cache, bounded by size
 :mod:`.factory`           ``store_from_settings``: the production store, built once
 :mod:`.keys`              every Redis key and channel (the schema)
 :mod:`.codec`             stored fields <-> typed records, shared by both stores

@@ -93,6 +93,17 @@ class Store(Protocol):
         source is ``redis`` (services' reported counts)."""
         ...
 
+    def now(self) -> float:
+        """The store's clock, unix seconds: Redis's ``TIME`` (one clock for every worker,
+        beat and CLI, whatever their own clocks say); the memory store's latest ``now``."""
+        ...
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """Atomically take the beat's tick for ``ttl_s`` on the store's clock: True for
+        the first caller, False while it is taken (a tick that waited in the queue behind
+        one that already ran, a second beat's tick)."""
+        ...
+
     # -- runs -----------------------------------------------------------------------------
     def create_run(
         self,
@@ -156,7 +167,15 @@ class Store(Protocol):
         now: float,
     ) -> bool:
         """Give the run its final status once, freeing its plan name and ``features``;
-        False if it had one already. Raises UnknownRun."""
+        False if it had one already, or if an abort is under way (``stopping``) and
+        ``status`` is not ABORTED. Raises UnknownRun."""
+        ...
+
+    def recount(self, run_id: str, names: Sequence[str]) -> bool:
+        """Atomically set the run's ``enabled``/``quarantined``/``blocked`` counters from the
+        records of its features ``names`` (ENABLED; DISABLED and quarantined; DISABLED,
+        blocked and not quarantined — a TESTING feature counts in none) and tell whether
+        they had drifted. Raises UnknownRun."""
         ...
 
     # -- features -------------------------------------------------------------------------
@@ -269,7 +288,9 @@ class Store(Protocol):
         expect_version: int | None = None,
     ) -> int:
         """Fenced write of bookkeeping fields (and due/ready membership); returns the
-        feature's version. ``token`` None skips the fence. Raises UnknownFeature,
+        feature's version. ``token`` None skips the fence. ``ready_rank`` queues the
+        feature only if it can start (DISABLED, not quarantined or blocked, no pending
+        dependency); otherwise it leaves the ready queue. Raises UnknownFeature,
         StaleToken, ConflictError (changed version)."""
         ...
 
@@ -286,7 +307,7 @@ class Store(Protocol):
         task_id: str = "",
         evidence: Mapping[str, Any] | None = None,
     ) -> int:
-        """Quarantine the feature and block those of ``blocked`` not ENABLED, off the ready
+        """Quarantine the feature and block those of ``blocked`` that are DISABLED, off the ready
         and due queues; return how many were newly blocked, or -1 if it was quarantined
         already. Raises StaleToken, UnknownFeature."""
         ...
@@ -313,6 +334,12 @@ class Store(Protocol):
         or its plan/features now belong to another active run (ConflictError)."""
         ...
 
+    def size_audit(self, run_id: str, events: int) -> int:
+        """Atomically raise the run's audit-stream cap to ``events`` (never lower it); the
+        run's stream is trimmed to the larger of the store's ``events_maxlen`` and this
+        cap. Returns the run's cap now. Raises UnknownRun."""
+        ...
+
     def extend_bake(self, run_id: str, until: float) -> None:
         """Atomically raise the run's ``bake_until`` to ``until`` (never lower it)."""
         ...
@@ -329,7 +356,8 @@ class Store(Protocol):
     def take_ready(self, run_id: str, *, now: float, grace_s: float) -> list[str]:
         """Atomically pick the ready features that fit the free TESTING slots and mark them
         dispatched at ``now``; one dispatched less than ``grace_s`` ago holds a slot.
-        Nothing while frozen or once the run is not RUNNING or stopping."""
+        Nothing while frozen or once the run is not RUNNING or stopping. A queued feature
+        that cannot start (see :meth:`update`) is dropped from the queue, not sent."""
         ...
 
     def testing(self, run_id: str) -> set[str]:

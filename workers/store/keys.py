@@ -44,17 +44,23 @@ Internal (the store is the only writer):
 ``<ns>:fence``                          string  global fencing-token counter (INCR)
 ``<ns>:freeze``                         string  JSON ``{"reason", "at", "by"}``; present =
                                                 frozen (stop the line)
+``<ns>:tick``                           string  the beat's tick gate (SET NX PX): present =
+                                                a tick ran within the last half interval
 ``<ns>:runs``                           zset    run id -> start time (unix s)
 ``<ns>:active:plans``                   hash    plan name -> active run id
 ``<ns>:active:features``                hash    feature -> active run id (overlap check)
 ``<ns>:unhealthy``                      zset    "run/feature/ts" -> time it turned
                                                 UNHEALTHY (self-freeze window); trimmed
 ``<ns>:run:<id>``                       hash    run meta: plan, status, started_at,
-                                                finished_at, max_parallel, reason, ...
+                                                finished_at, max_parallel, reason,
+                                                counters, ``events_max`` (the run's
+                                                audit cap), ...
 ``<ns>:run:<id>:plan``                  string  the validated plan, JSON
 ``<ns>:run:<id>:feature:<name>``        hash    per-feature state: state, percent, step,
                                                 health, attempts, quarantined, blocked,
-                                                reason, pending, token, version, ...
+                                                reason, pending, token, version,
+                                                ``dispatched_at``/``dispatches`` (the
+                                                current dispatch and its re-sends), ...
 ``<ns>:run:<id>:lease:<name>``          string  ``"<token> <worker>"``, PX lease TTL
 ``<ns>:run:<id>:events``                stream  audit events, oldest first (capped)
 ``<ns>:run:<id>:due``                   zset    feature -> unix time of next evaluation
@@ -141,6 +147,10 @@ class Keys:
     @property
     def freeze(self) -> str:
         return f"{self.ns}:freeze"
+
+    @property
+    def tick(self) -> str:
+        return f"{self.ns}:tick"
 
     @property
     def runs(self) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from workers.core.records import Event, FeatureRecord, RunRecord
 from workers.core.states import FeatureState, RunStatus
 from workers.errors import RecoveryError
+from workers.store import memory_repair
 from workers.store import memory_scripts as scripts
 from workers.store.base import NewFeature, Step, TransitionResult
 from workers.store.codec import (
@@ -59,6 +60,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._ks = Keyspace(events_maxlen=events_maxlen)
         self._decisions: dict[str, int] = {}
+        self._tick_until = float("-inf")
 
     @property
     def published(self) -> list[dict[str, Any]]:
@@ -76,6 +78,19 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def now(self) -> float:
+        """The store's clock: the latest ``now`` any call passed."""
+        with self._lock:
+            return self._ks.clock
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """The first tick within ``ttl_s`` of the store's clock wins."""
+        with self._lock:
+            if self._tick_until > self._ks.clock:
+                return False
+            self._tick_until = self._ks.clock + ttl_s
+            return True
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads :attr:`metrics` instead of a server."""
@@ -162,6 +177,11 @@ class MemoryStore:
         with self._lock:
             self._ks.tick(now)
             return scripts.finish_run(self._ks, run_id, status, reason, list(features), now)
+
+    def recount(self, run_id: str, names: Sequence[str]) -> bool:
+        """See :meth:`workers.store.Store.recount`."""
+        with self._lock:
+            return memory_repair.recount(self._ks, run_id, names)
 
     # -- features ---------------------------------------------------------------------
     def feature(self, run_id: str, name: str) -> FeatureRecord:
@@ -348,6 +368,16 @@ class MemoryStore:
                 self._ks, run_id, name, token=token, rank=rank, unblock=unblock,
                 features=features, actor=actor, evidence=evidence, now=now,
             )  # fmt: skip
+
+    def size_audit(self, run_id: str, events: int) -> int:
+        """See :meth:`workers.store.Store.size_audit`."""
+        with self._lock:
+            run = self._ks.runs.get(run_id)
+            if run is None:
+                raise refuse(f"NORUN {run_id}")
+            cap = max(int(run.get("events_max") or 0), int(events))
+            run["events_max"] = str(cap)
+            return cap
 
     def extend_bake(self, run_id: str, until: float) -> None:
         """See :meth:`workers.store.Store.extend_bake`."""

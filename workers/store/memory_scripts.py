@@ -111,12 +111,14 @@ class Keyspace:
         return self.clock
 
     def append(self, run_id: str, fields: dict[str, str]) -> None:
-        """XADD with a trim to ``events_maxlen``; ids grow with the clock, never back."""
+        """XADD with a trim to ``events_maxlen``, or the run's own budget (``events_max``)
+        if larger; ids grow with the clock, never back."""
         ms = max(self.last_id[0], int(self.clock * 1000))
         self.last_id = (ms, self.last_id[1] + 1 if ms == self.last_id[0] else 0)
         stream = self.events.setdefault(run_id, [])
         stream.append((self.last_id, fields))
-        del stream[: max(0, len(stream) - self.events_maxlen)]
+        cap = max(self.events_maxlen, int(self.runs.get(run_id, {}).get("events_max") or 0))
+        del stream[: max(0, len(stream) - cap)]
 
     def holder(self, run_id: str, name: str) -> str | None:
         """The live lease's ``"<token> <worker>"``, or None."""
@@ -231,6 +233,8 @@ def finish_run(
         raise refuse(f"NORUN {run_id}")
     if old not in (_RUNNING, RunStatus.PENDING.value):
         return False
+    if status is not RunStatus.ABORTED and run.get("stopping") == "1":
+        return False  # an abort is under way: only ABORTED ends the run
     run.update(status=status.value, finished_at=repr(now), reason=reason)
     if ks.active_plans.get(run.get("plan", "")) == run_id:
         del ks.active_plans[run["plan"]]
@@ -385,11 +389,22 @@ def update(
     elif due_at is not None:
         due[name] = float(due_at)
     ready = ks.ready.setdefault(run_id, {})
-    if remove_ready:
-        ready.pop(name, None)
+    if remove_ready or (ready_rank is not None and not startable(f)):
+        ready.pop(name, None)  # a late requeue never queues what a test step would skip
     elif ready_rank is not None:
         ready[name] = float(ready_rank)
     return version
+
+
+def startable(f: Mapping[str, str]) -> bool:
+    """Whether a feature may sit in the ready queue: DISABLED, not quarantined, not
+    blocked, no pending dependency."""
+    return (
+        f.get("state") == _D
+        and f.get("quarantined") != "1"
+        and f.get("blocked") != "1"
+        and _num(f.get("pending")) == 0
+    )
 
 
 def quarantine(
@@ -425,7 +440,7 @@ def quarantine(
     count = 0
     for dep in blocked:
         d = ks.features.get((run_id, dep))
-        if d is None or "state" not in d or d["state"] == _E:
+        if d is None or d.get("state") != _D:
             continue
         if d.get("blocked") == "1" or d.get("quarantined") == "1":
             continue
@@ -454,19 +469,27 @@ def dispatch(ks: Keyspace, run_id: str, now: float, grace_s: float) -> list[str]
     if free <= 0:
         return []
     idle = []
-    for name in _pairs(ks.ready.get(run_id, {}))[: free + limit]:
+    ready = ks.ready.get(run_id, {})
+    for name in _pairs(ready)[: free + limit]:
+        if not startable(ks.features.get((run_id, name), {})):
+            ready.pop(name, None)  # a late write queued it: it would only be skipped
+            continue
         text = ks.features.get((run_id, name), {}).get("dispatched_at", "")
         try:
             at: float | None = float(text)
         except ValueError:
             at = None
-        if at is not None and now - at < grace_s:
+        sent = int(_num(ks.features.get((run_id, name), {}).get("dispatches")))
+        wait = grace_s * min(2 ** max(sent - 1, 0), 16)  # each re-send waits twice as long
+        if at is not None and now - at < wait:
             free -= 1
         else:
             idle.append(name)
     out = idle[: max(free, 0)]
     for name in out:
-        ks.features.setdefault((run_id, name), {})["dispatched_at"] = repr(now)
+        f = ks.features.setdefault((run_id, name), {})
+        f["dispatched_at"] = repr(now)
+        f["dispatches"] = str(int(_num(f.get("dispatches"))) + 1)
     return out
 
 
@@ -513,7 +536,7 @@ def retry(
                 raise refuse(f"RUNACTIVE {owner}")
     stamp = repr(now)
     f.update(quarantined="0", attempts="0", next_attempt_at="0", hold="", awaiting="",
-             reason="retry", dispatched_at="", updated_at=stamp)  # fmt: skip
+             reason="retry", dispatched_at="", dispatches="0", updated_at=stamp)  # fmt: skip
     run["quarantined"] = str(int(_num(run.get("quarantined"))) - 1)
     if f.get("blocked") == "1":
         f["blocked"] = "0"

@@ -36,6 +36,7 @@ from workers.store.codec import (
     run_from_hash,
 )
 from workers.store.keys import REQUEST_ID_PATTERN, Keys
+from workers.store.plan_cache import PlanCache
 from workers.store.translate import error_of, translated, where
 
 __all__ = ["RedisStore"]
@@ -64,6 +65,7 @@ class RedisStore:
         client: redis.Redis | None = None,
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 1000,
+        plan_cache_chars: int = 8_000_000,
     ) -> None:
         self.keys = Keys(namespace)
         self.url = redis_url
@@ -84,7 +86,8 @@ class RedisStore:
         self._scripts: dict[str, Script] = {
             name: self.r.register_script(scripts.source(name)) for name in scripts.NAMES
         }
-        self._plan_cache: dict[str, str] = {}
+        # bounded by size: a worker serves many runs over its life
+        self.plan_cache = PlanCache(plan_cache_chars)
 
     # -- plumbing ---------------------------------------------------------------------
     def _run(self, name: str, call: scripts.Call) -> Any:
@@ -133,6 +136,17 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool."""
         self.r.close()
+
+    def now(self) -> float:
+        """Redis's clock (``TIME``), unix seconds."""
+        with translated(self.r):
+            sec, usec = self.r.time()
+        return float(sec) + float(usec) / 1e6
+
+    def claim_tick(self, ttl_s: float) -> bool:
+        """``SET <ns>:tick NX PX``: the first tick within ``ttl_s`` (Redis's clock) wins."""
+        with translated(self.r):
+            return bool(self.r.set(self.keys.tick, "1", nx=True, px=max(1, int(ttl_s * 1000))))
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads this store's server and namespace."""
@@ -188,7 +202,7 @@ class RedisStore:
                 "finish or abort that run first",
                 run_id=str(res[1]),
             )
-        self._plan_cache[run_id] = plan_json
+        self.plan_cache.put(run_id, plan_json)
         return run_id, True, [str(x) for x in res[2:]]
 
     def run_for_request(self, request_id: str) -> str:
@@ -212,14 +226,14 @@ class RedisStore:
 
     def plan_json(self, run_id: str) -> str:
         """The run's stored plan (JSON), cached per process (it never changes)."""
-        cached = self._plan_cache.get(run_id)
+        cached = self.plan_cache.get(run_id)
         if cached is not None:
             return cached
         with translated(self.r):
             text = self.r.get(self.keys.run_plan(run_id))
         if text is None:
             raise UnknownRun(f"no run with id {run_id!r}")
-        self._plan_cache[run_id] = str(text)
+        self.plan_cache.put(run_id, str(text))
         return str(text)
 
     def runs(self, limit: int = 20) -> list[str]:
@@ -263,6 +277,10 @@ class RedisStore:
             ttl_s=self.run_ttl_s,
         )
         return bool(self._run("finish_run", call)[0] == "FINISHED")
+
+    def recount(self, run_id: str, names: Sequence[str]) -> bool:
+        """See :meth:`workers.store.Store.recount`."""
+        return bool(self._run("recount", scripts.recount(self.keys, run_id, names))[3])
 
     # -- features ---------------------------------------------------------------------
     def feature(self, run_id: str, name: str) -> FeatureRecord:
@@ -469,6 +487,10 @@ class RedisStore:
         res = self._run("retry", call)
         return int(res[0]), bool(int(res[1]))
 
+    def size_audit(self, run_id: str, events: int) -> int:
+        """See :meth:`workers.store.Store.size_audit`."""
+        return int(self._run("audit_budget", scripts.audit_budget(self.keys, run_id, events)))
+
     def extend_bake(self, run_id: str, until: float) -> None:
         """See :meth:`workers.store.Store.extend_bake`."""
         self._run("extend_bake", scripts.extend_bake(self.keys, run_id, until))
@@ -542,7 +564,10 @@ class RedisStore:
             task_id=task_id, state=state, percent=percent, actor=actor,
         )  # fmt: skip
         key = self.keys.events(run_id)
-        self._write(lambda p: p.xadd(key, fields, maxlen=self.events_maxlen, approximate=True))
+        with translated(self.r):
+            budget = self.r.hget(self.keys.run(run_id), "events_max")
+        cap = max(self.events_maxlen, int(budget or 0))
+        self._write(lambda p: p.xadd(key, fields, maxlen=cap, approximate=True))
 
     # -- freeze -----------------------------------------------------------------------
     def freeze(self, reason: str, by: str, *, now: float) -> bool:

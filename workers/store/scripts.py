@@ -21,12 +21,14 @@ __all__ = [
     "LEGAL",
     "NAMES",
     "Call",
+    "audit_budget",
     "claim",
     "create_run",
     "dispatch",
     "finish_run",
     "pop_due",
     "quarantine",
+    "recount",
     "release",
     "source",
     "transition",
@@ -46,6 +48,8 @@ NAMES = (
     "dispatch",
     "retry",
     "extend_bake",
+    "recount",
+    "audit_budget",
 )
 
 #: the legal transition table as transition.lua reads it: "FROM>TO,FROM>TO,..."
@@ -163,7 +167,7 @@ def finish_run(
     ttl_s: int,
 ) -> Call:
     """KEYS/ARGV of ``finish_run.lua``."""
-    keys = [k.run(run_id), k.active_plans, k.active_features, k.events(run_id)]
+    keys = [k.run(run_id), k.active_plans, k.active_features, k.events(run_id), k.runs]
     args = [
         run_id,
         status,
@@ -305,6 +309,16 @@ def dispatch(k: Keys, run_id: str, *, now: float, grace_s: float) -> Call:
     """KEYS/ARGV of ``dispatch.lua``."""
     keys = [k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)]
     return keys, [repr(now), repr(float(grace_s)), k.feature_prefix(run_id)]
+
+
+def audit_budget(k: Keys, run_id: str, events: int) -> Call:
+    """KEYS/ARGV of ``audit_budget.lua``."""
+    return [k.run(run_id)], [int(events)]
+
+
+def recount(k: Keys, run_id: str, names: Sequence[str]) -> Call:
+    """KEYS/ARGV of ``recount.lua``."""
+    return [k.run(run_id)], [k.feature_prefix(run_id), json.dumps(list(names))]
 
 
 def pop_due(k: Keys, run_id: str, *, now: float, grace_s: float, limit: int) -> Call:

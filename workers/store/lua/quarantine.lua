@@ -29,7 +29,7 @@ local blocked = 0
 for _, d in ipairs(cjson.decode(ARGV[6])) do
   local dkey = ARGV[5] .. d
   local ds = redis.call('HMGET', dkey, 'state', 'blocked', 'quarantined')
-  if ds[1] and ds[1] ~= 'ENABLED' and ds[2] ~= '1' and ds[3] ~= '1' then
+  if ds[1] == 'DISABLED' and ds[2] ~= '1' and ds[3] ~= '1' then
     redis.call('HSET', dkey, 'blocked', 1, 'reason', 'blocked_by:' .. ARGV[2])
     redis.call('ZREM', KEYS[4], d)
     redis.call('ZREM', KEYS[5], d)
@@ -37,7 +37,9 @@ for _, d in ipairs(cjson.decode(ARGV[6])) do
   end
 end
 redis.call('HINCRBY', KEYS[2], 'blocked', blocked)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'kind', 'quarantined',
+-- the audit cap: the store's default, or the run's own budget (events_max) if larger
+local cap = math.max(tonumber(ARGV[10]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'kind', 'quarantined',
   'feature', ARGV[2], 'from', cur[1], 'to', cur[1], 'percent', '', 'reason', ARGV[3],
   'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9], 'ts', ARGV[4])
 return {blocked}

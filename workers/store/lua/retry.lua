@@ -40,7 +40,8 @@ if reopen then
 end
 
 redis.call('HSET', KEYS[1], 'quarantined', 0, 'attempts', 0, 'next_attempt_at', 0,
-  'hold', '', 'awaiting', '', 'reason', 'retry', 'dispatched_at', '', 'updated_at', ARGV[4])
+  'hold', '', 'awaiting', '', 'reason', 'retry', 'dispatched_at', '',
+  'dispatches', 0, 'updated_at', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'quarantined', -1)
 if cur[5] == '1' then
   redis.call('HSET', KEYS[1], 'blocked', 0)
@@ -70,7 +71,9 @@ if reopen then
     redis.call('PERSIST', ARGV[5] .. f)
   end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*', 'kind', 'retry',
+-- the audit cap: the store's default, or the run's own budget (events_max) if larger
+local cap = math.max(tonumber(ARGV[12]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'kind', 'retry',
   'feature', ARGV[2], 'from', cur[1], 'to', cur[1], 'percent', '', 'reason', 'retry',
   'worker', '', 'task_id', '', 'evidence', ARGV[11], 'ts', ARGV[4], 'actor', ARGV[10])
 return {unblocked, reopen and 1 or 0}

@@ -126,7 +126,9 @@ if type(logged) == 'table' and logged.err then
   redis.call('XADD', clog, 'MAXLEN', '~', ARGV[20] or '1000', fv .. '-0', 'change', change)
 end
 
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[18], '*', 'kind', 'transition',
+-- the audit cap: the store's default, or the run's own budget (events_max) if larger
+local cap = math.max(tonumber(ARGV[18]), tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'transition',
   'feature', ARGV[1], 'from', state, 'to', to, 'percent', ARGV[3], 'step', ARGV[4],
   'reason', ARGV[6], 'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9],
   'ts', now, 'version', version, 'token', ARGV[5])
