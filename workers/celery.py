@@ -62,7 +62,9 @@ def _notify_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         "recovery-notify-scan": {
             "task": "recovery.notify_scan",
             "schedule": settings.beat_interval_s,
-            "options": {"queue": NOTIFY_QUEUE, "expires": max(2.0, settings.beat_interval_s * 5)},
+            # no "expires" (workers would judge it by their own clocks, see the tick): a scan
+            # that waited is cheap, it reads from the shared cursor under the scan lock
+            "options": {"queue": NOTIFY_QUEUE},
         }
     }
 
