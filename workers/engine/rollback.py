@@ -317,8 +317,11 @@ class RollbackMixin(EngineBase):
             task_id=task_id,
         )
 
-    def abort(self, run_id: str, *, reason: str = "aborted by operator") -> list[str]:
-        """Roll back everything the run turned on, in reverse dispatch order; end ABORTED."""
+    def abort(
+        self, run_id: str, *, reason: str = "aborted by operator", actor: str = ""
+    ) -> list[str]:
+        """Roll back everything the run turned on, in reverse dispatch order; end ABORTED.
+        Every rollback it makes is audited with ``actor`` (who aborted)."""
         ctx = self.context(run_id)
         run = self.store.run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.PENDING):
@@ -338,9 +341,8 @@ class RollbackMixin(EngineBase):
                     "and nothing automatic moves: run the abort again"
                 )
             for name in live:
-                if self._rollback_one(
-                    run_id, ctx, name, Reason.ABORTED, {"note": reason}, False, False, ""
-                ):
+                why = {"note": reason, **({"by": actor} if actor else {})}
+                if self._rollback_one(run_id, ctx, name, Reason.ABORTED, why, False, False, ""):
                     done.append(name)
             rounds += 1
             _backoff(rounds)

@@ -63,9 +63,9 @@ def rollback(
 
 @app.command()
 @handles_errors
-def abort(run: RunArg) -> None:
+def abort(run: RunArg, actor: ActorOpt = None) -> None:
     """Abort a run: roll back everything it turned on, in reverse order; ends ABORTED."""
-    done = _manager().abort(run)
+    done = _manager().abort(run, actor=actor_of(actor))
     typer.echo(f"run {run} aborted; rolled back {', '.join(done) if done else 'nothing'}")
 
 

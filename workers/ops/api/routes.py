@@ -195,7 +195,7 @@ def abort_run(
     engine = _engine(request)
     engine.store.run(run_id)  # 404 before anything happens
     reason = (body.reason if body and body.reason else "aborted") + f" (by {who.name})"
-    done = engine.abort(run_id, reason=reason)
+    done = engine.abort(run_id, reason=reason, actor=who.name)
     log.warning("api_action", action="abort", run_id=run_id, actor=who.name)
     return {"run_id": run_id, "rolled_back": done, "status": engine.status(run_id)}
 
