@@ -15,14 +15,13 @@ from typing import Any
 
 import celery
 import pytest
-import redis
 
 from tests.integration.conftest import Cluster, make_cluster
+from tests.integration.traffic import Traffic
 from tests.processes import wait_for
 from workers.core.states import FeatureState, RunStatus
 from workers.errors import ConflictError
 from workers.flags import FlagClient
-from workers.health.sources.redis import record_counts
 
 
 @pytest.fixture
@@ -33,36 +32,6 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
-
-
-class Traffic:
-    """Reports 50 requests per tick for each listed feature that is on, at a settable
-    error rate (change ``rates`` while it runs)."""
-
-    def __init__(self, c: Cluster, rates: dict[str, float]) -> None:
-        self.c = c
-        self.rates = dict(rates)
-        self.r = redis.Redis.from_url(c.redis.url)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-
-    def loop(self) -> None:
-        deadline = time.monotonic() + 150
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            flags = self.c.store.flags()
-            tick = int(time.time())
-            for name, rate in list(self.rates.items()):
-                if flags.get(name, {}).get("state") in ("TESTING", "ENABLED"):
-                    record_counts(self.r, self.c.store.keys, name, tick, 50, int(50 * rate))
-            self.stop.wait(0.5)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
 
 
 def measured_plan(name: str, features: list[dict[str, Any]], **defaults: Any) -> dict[str, Any]:
@@ -121,7 +90,7 @@ def test_regression_during_bake_rolls_back_dependents_first_and_run_waits_for_ba
     plan = measured_plan(
         "bake", [{"name": "a", "priority": 9}, {"name": "b", "depends_on": ["a"]}], bake_s=12
     )
-    with Traffic(cluster, {"a": 0.0, "b": 0.0}) as traffic:
+    with Traffic(cluster, {"a": 0.0, "b": 0.0}, period_s=0.5) as traffic:
         run_id = cluster.manager.start_recovery(plan).run_id
         wait_for(
             lambda: cluster.store.feature(run_id, "b").state is FeatureState.ENABLED,
@@ -156,7 +125,7 @@ def test_run_succeeds_within_a_tick_of_the_last_bake(cluster: Cluster) -> None:
     cluster.worker()
     cluster.beat()
     plan = measured_plan("bake-ok", [{"name": "a"}], bake_s=4)
-    with Traffic(cluster, {"a": 0.0}):
+    with Traffic(cluster, {"a": 0.0}, period_s=0.5):
         run_id = cluster.manager.start_recovery(plan).run_id
         run = wait_for(
             lambda: (s := cluster.store.run(run_id)).status is not RunStatus.RUNNING and s,

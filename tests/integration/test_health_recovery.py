@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
-import redis
-
 from tests.integration.conftest import Cluster
+from tests.integration.traffic import Traffic
 from tests.processes import wait_for
 from workers.core.states import RunStatus
-from workers.health.sources.redis import record_counts
 
 ERROR_RATE = {"good": 0.0, "bad": 0.2}
 
@@ -32,41 +28,12 @@ def health_plan() -> dict[str, Any]:
     }
 
 
-class Traffic:
-    """Reports 50 requests per tick for every feature that is on, at its error rate."""
-
-    def __init__(self, c: Cluster, rates: dict[str, float] | None = None) -> None:
-        self.c = c
-        self.rates = rates or ERROR_RATE
-        self.r = redis.Redis.from_url(c.redis.url)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-
-    def loop(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            flags = self.c.store.flags()
-            tick = int(time.time())
-            for name, rate in self.rates.items():
-                if flags.get(name, {}).get("state") in ("TESTING", "ENABLED"):
-                    record_counts(self.r, self.c.store.keys, name, tick, 50, int(50 * rate))
-            self.stop.wait(1.0)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-
 def test_bad_feature_rolled_back_quarantined_and_good_one_promoted(cluster: Cluster) -> None:
     """On real counts, the 20%-error feature is rolled back within a few ticks each attempt
     and quarantined after two; the healthy one is promoted; the run ends PARTIAL."""
     cluster.worker()
     cluster.beat()
-    with Traffic(cluster):
+    with Traffic(cluster, ERROR_RATE):
         run_id = cluster.manager.start_recovery(health_plan()).run_id
         status = wait_for(
             lambda: (s := cluster.store.run(run_id).status) not in (RunStatus.RUNNING,) and s,

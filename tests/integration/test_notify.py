@@ -13,7 +13,8 @@ import pytest
 
 from tests.api_processes import NotifyWorker, Receiver
 from tests.integration.conftest import Cluster, make_cluster
-from tests.integration.test_health_recovery import Traffic, health_plan
+from tests.integration.test_health_recovery import health_plan
+from tests.integration.traffic import Traffic
 from tests.processes import wait_for
 from workers.core.states import RunStatus
 
