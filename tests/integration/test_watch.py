@@ -132,7 +132,8 @@ def test_watch_under_tmux_shows_the_problem_row(
     finally:
         subprocess.run([*base, "kill-server"], capture_output=True, timeout=20)
     lines = out.rstrip("\n").split("\n")
-    assert done.read_text().strip() == "0"  # it had SUCCEEDED before the rollback
+    # it had SUCCEEDED; the manual rollback made it PARTIAL, so watch exits 1
+    assert done.read_text().strip() == "1"
     assert lines[0].split()[0] in (run_id, "run"), out  # the header was not scrolled away
     row = next(line for line in lines if line.startswith("feature-25"))
     assert "QUARANTINED" in row and "TESTI…" not in out and "..." not in out

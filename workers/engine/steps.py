@@ -134,6 +134,9 @@ class StepsMixin(EngineBase):
             )
             if walk:
                 last = results[-1]
+                for move, res in zip(action.walk, results[1:], strict=False):
+                    if res.applied:  # each walked step is a decision of its own
+                        self.store.count_decision(decide.outcome((move,)))
                 if len(results) < len(steps) or not last.applied:
                     return "testing"  # refused midway: the beat's reconciliation goes on
                 self.after_enable(run_id, feature, taken, last)
