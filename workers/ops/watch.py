@@ -12,7 +12,9 @@ bar in magenta (yellow for low traffic, which lifts by itself); a promoted featu
 under its post-promotion watch shows ``BAKING`` in cyan with the time its bake has left.
 Under the table, one ``needs an operator`` line per awaited decision names the command
 that decides it (``recovery approve RUN FEATURE --reason …``; see
-:mod:`workers.ops.awaited`); plain output prints each such line once, when it appears.
+:mod:`workers.ops.awaited`) — or, on a terminal too small for one line each, one compact
+line naming each feature's verb and ``recovery status RUN`` for the full commands; plain
+output prints each such line once, when it appears.
 
 The live table fits the terminal (:func:`render_view` with ``width``/``height``):
 
