@@ -13,7 +13,8 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY workers ./workers
-RUN /opt/venv/bin/pip install .
+# the [worker] extra: celery, flower, the CLI and the exporter (services need only the base)
+RUN /opt/venv/bin/pip install '.[worker]'
 
 # -- runtime: the virtualenv and the example config, nothing else -------------------------
 FROM ${PYTHON_IMAGE} AS runtime

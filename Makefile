@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install redis prometheus test lint typecheck unit integration chaos soak bench demo clean
+.PHONY: install redis prometheus tools test lint typecheck unit integration chaos soak bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[worker,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,18 @@ prometheus:
 	    (apt-get update -qq && apt-get install -y -qq prometheus) >/dev/null; \
 	  else echo "prometheus is missing: install it (Debian: sudo apt-get install prometheus)"; fi; }
 
+# The other programs the tests drive as a user would (Debian packages): promtool comes with
+# prometheus; chromium renders the report and the dashboard; tmux hosts `recovery watch`;
+# faketime skews one process's clock; redis-sentinel runs the failover test.
+TOOLS := chromium:chromium tmux:tmux faketime:faketime redis-sentinel:redis-sentinel
+tools:
+	@missing=""; for pair in $(TOOLS); do bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  else echo "missing:$$missing (Debian: sudo apt-get install$$missing); their tests skip"; fi; fi
+
 lint: install
 	$(BIN)/ruff check workers tests bench
 	$(BIN)/ruff format --check workers tests bench
@@ -36,7 +48,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install redis prometheus lint typecheck
+test: install redis prometheus tools lint typecheck
 	$(BIN)/pytest -q -m "not soak" tests
 
 unit: install
@@ -56,6 +68,8 @@ bench: install redis
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/rollback_latency.py
+	$(BIN)/python bench/api.py
 
 demo: install redis
 	$(BIN)/recovery demo

@@ -112,11 +112,17 @@ def celery_bin() -> str:
 
 
 class CeleryProcess:
-    """A real ``celery -A workers`` worker or beat process, with its own environment."""
+    """A real ``celery -A <app>`` worker or beat process, with its own environment.
+
+    ``app`` is the production one (``workers``) unless a test runs its own (the chaos
+    suite's fault-injecting ``tests.chaos.app``).
+    """
 
     def __init__(self, kind: str, env: dict[str, str], name: str = "w1", *, concurrency: int = 4,
-                 pool: str = "threads", logfile: Path | None = None) -> None:  # fmt: skip
+                 pool: str = "threads", logfile: Path | None = None,
+                 app: str = "workers") -> None:  # fmt: skip
         self.kind = kind
+        self.app = app
         self.name = name
         self.env = {**os.environ, **env}
         self.concurrency = concurrency
@@ -128,12 +134,12 @@ class CeleryProcess:
     def args(self) -> list[str]:
         if self.kind == "worker":
             return [
-                celery_bin(), "-A", "workers", "worker", "-P", self.pool,
+                celery_bin(), "-A", self.app, "worker", "-P", self.pool,
                 "-c", str(self.concurrency), "-n", f"{self.name}@%h", "-Q", "recovery,rollback",
                 "--without-gossip", "--without-mingle", "-l", "WARNING",
             ]  # fmt: skip
         return [
-            celery_bin(), "-A", "workers", "beat", "-l", "WARNING",
+            celery_bin(), "-A", self.app, "beat", "-l", "WARNING",
             "-s", str(self.tmp / "beat-schedule"), "--pidfile", str(self.tmp / "beat.pid"),
         ]  # fmt: skip
 

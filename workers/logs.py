@@ -39,9 +39,34 @@ EVENTS: dict[str, str] = {
     "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
     "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
     "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
-    "malformed_message": "a task payload did not validate; the message was dropped",
+    "malformed_message": (
+        "a message or task payload did not validate: a task fails (FAILURE, never "
+        "retried); a broken envelope is dropped (where=broker / broker_fanout)"
+    ),
+    "task_rejected": "the engine rejected a task's input (bad plan, unknown run): FAILURE",
+    "broker_hardening_skipped": "kombu's Redis channel differs from what the guard expects",
     "task_crashed": "a task raised an unexpected exception; it will be retried",
     "redis_unavailable": "a task could not reach Redis; it will be retried",
+    # the HTTP API (workers.ops.api)
+    "api_listening": "`recovery api` is serving (host, port)",
+    "api_run_start": "a start through the API or a webhook (run_id, created, actor, key)",
+    "api_action": "an API action was carried out (action, run_id, feature, actor)",
+    "api_unauthenticated": "a request without a valid bearer token was refused (why, path)",
+    "api_forbidden": "a token lacked the scope a request needs; refused (actor, needs)",
+    "api_body_too_large": "a request body over the limit was refused before parsing",
+    "api_store_unavailable": "Redis was unreachable for a request; answered 503",
+    "api_internal_error": "a request failed unexpectedly; answered 500 (a bug)",
+    "webhook_refused": "an inbound webhook was refused: unmapped, unsigned, stale, replayed",
+    "webhook_action": "an inbound webhook's mapped action was carried out (source, rule)",
+    # outbound notifications (workers.ops.notify, workers.notify_tasks)
+    "notifications_enqueued": "the scan enqueued deliveries of new audit events (count)",
+    "notification_delivered": "a receiver accepted a notification (channel, id, status)",
+    "notification_retry": "a delivery failed and will be retried (attempt, retry_in_s)",
+    "notification_dropped": "a delivery failed its last attempt or cannot be made; dropped",
+    "notification_malformed": "a delivery task without a valid notification; dropped",
+    "notify_scan_failed": "the notification scan could not read Redis; the next one retries",
+    "notify_config_missing": "RECOVERY_NOTIFY_FILE names a file that cannot be read",
+    "notify_config_invalid": "the notification config does not validate (last good kept)",
 }
 
 _HANDLER_NAME = "workers.logs"

@@ -17,8 +17,19 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    #: a Celery result backend URL; set, the verbs senders call (start, abort, freeze,
+    #: unfreeze, rollback_feature) store their result or failure there for a day
+    result_backend: str | None = None
     namespace: str = Field(default="recovery", pattern=r"^[A-Za-z0-9_.:{}-]{1,64}$")
-    beat_interval_s: float = Field(default=1.0, gt=0)
+    #: the beat's period: due evaluations are sent within this much of their time
+    beat_interval_s: float = Field(default=0.25, gt=0)
+    #: how often a live, measured feature is evaluated; each evaluation also checks the
+    #: counts of the tick in progress for a rollback, so a plainly bad feature is turned
+    #: off within about this much after its evidence arrives
+    evaluate_interval_s: float = Field(default=0.25, gt=0)
+    #: look at the counts of the tick in progress for a rollback (off: whole ticks only,
+    #: after the flush lag — the pre-0.2 behaviour, kept as the benchmark's baseline)
+    early_rollback: bool = True
     lease_ttl_s: float = Field(default=30.0, gt=0)
     metrics_tick_s: int = Field(default=1, ge=1)
     metrics_ttl_s: int = Field(default=3600, ge=10)

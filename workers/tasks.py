@@ -1,18 +1,34 @@
-"""Celery tasks: thin wrappers that validate the JSON payload, call the manager, log.
+"""Celery tasks: thin wrappers that validate the JSON payload, call the engine, log.
 
 Task names are ``recovery.<verb>``; payloads are keyword arguments validated by pydantic,
-so incident tooling can ``send_task("recovery.start", kwargs={"plan": {...}})``. A
-malformed message is logged (``malformed_message``) and dropped, never retried. A task
-that keeps crashing is retried a bounded number of times, then its feature is failed with
-reason ``task_failed`` and the run goes on.
+so incident tooling can ``send_task("recovery.start", kwargs={"plan": {...}})``.
+
+- A payload that does not validate, or that the engine rejects as bad input (an invalid
+  plan, an unknown run), is logged (``malformed_message`` / ``task_rejected``) and the
+  task **fails** with the validation message as its error — a FAILURE in Flower and in a
+  result backend — and is never retried.
+- A request the current state refuses (a stale token, an illegal transition: normal races
+  between workers) is logged as ``task_refused`` and dropped; for ``recovery.start`` and
+  the operator commands (pause, resume, promote, retry, approve) — a caller waits on
+  them — the refusal is a FAILURE too.
+- A Redis outage is retried with a short delay; a task that keeps crashing is retried a
+  bounded number of times (``RECOVERY_TASK_MAX_RETRIES``), then its feature is failed
+  with reason ``task_failed`` and the run goes on.
+- With a result backend (``RECOVERY_RESULT_BACKEND``) the verbs outside senders call
+  (start, abort, freeze, unfreeze, rollback_feature and the operator commands) store
+  their result — the run id for
+  ``recovery.start`` — or their failure; the internal steps never store one.
+
+Nothing here runs at import: :func:`register_tasks` puts the tasks on an app (called by
+:func:`workers.celery.make_app`), with options from that app's settings.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import threading
+import warnings
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import structlog
@@ -20,13 +36,28 @@ from celery import Celery, Task
 from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workers.celery import ROLLBACK_QUEUE, app
-from workers.engine import PartialRecoveryManager
-from workers.errors import InvalidInput, PayloadError, RecoveryError, StoreUnavailable
-from workers.settings import get_settings
+from workers.celery import ROLLBACK_QUEUE
+from workers.engine import Engine
+from workers.errors import (
+    ConflictError,
+    InvalidInput,
+    PayloadError,
+    RecoveryError,
+    StoreUnavailable,
+)
+from workers.settings import Settings
 from workers.store import store_from_settings
+from workers.store.keys import REQUEST_ID_PATTERN
 
-__all__ = ["CeleryDispatcher", "get_manager"]
+__all__ = [
+    "TASKS",
+    "CeleryDispatcher",
+    "EngineProvider",
+    "RecoveryTask",
+    "build_engine",
+    "get_manager",
+    "register_tasks",
+]
 
 log = structlog.get_logger("workers.tasks")
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -34,10 +65,10 @@ RUN_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 class CeleryDispatcher:
-    """Sends the manager's follow-up work as Celery tasks by name (through ``celery_app``)."""
+    """Sends the engine's follow-up work as Celery tasks by name, through ``celery_app``."""
 
-    def __init__(self, celery_app: Celery | None = None) -> None:
-        self.app = celery_app or app
+    def __init__(self, celery_app: Celery) -> None:
+        self.app = celery_app
 
     def test_feature(self, run_id: str, feature: str) -> None:
         self.app.send_task("recovery.test_feature", kwargs={"run_id": run_id, "feature": feature})
@@ -55,20 +86,62 @@ class CeleryDispatcher:
                 "evidence": dict(evidence),
             },
             queue=ROLLBACK_QUEUE,
+            ignore_result=True,  # nobody waits for an automatic rollback's result
         )
 
 
-@lru_cache(maxsize=1)
-def _manager_for(pid: int) -> PartialRecoveryManager:
-    s = get_settings()
-    store = store_from_settings(s)
-    hook = _fault if os.environ.get("RECOVERY_FAULTS") else None
-    return PartialRecoveryManager(store, s, CeleryDispatcher(), fault_hook=hook)
+def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) -> Engine:
+    """The production engine: the Redis store of ``settings``, follow-ups sent by the app;
+    ``engine_options`` go to the engine's constructor (the chaos suite's fault hook)."""
+    return Engine(
+        store_from_settings(settings), settings, CeleryDispatcher(celery_app), **engine_options
+    )
 
 
-def get_manager() -> PartialRecoveryManager:
-    """The process's manager (one per process: a forked child builds its own)."""
-    return _manager_for(os.getpid())
+def get_manager() -> Engine:
+    """Deprecated (removed in 0.3): the default app's engine in this process. Tasks reach
+    their app's engine as ``self.engine()``; build one with :func:`build_engine`."""
+    warnings.warn(
+        "workers.tasks.get_manager is deprecated; use RecoveryTask.engine() or "
+        "workers.tasks.build_engine(settings, app); removed in 0.3",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from workers.celery import default_app
+
+    task: RecoveryTask = default_app().tasks["recovery.start"]
+    return task.engine()
+
+
+class EngineProvider:
+    """One app's engine in this process, built on first use (a forked child builds its own).
+
+    Thread-safe: a ``-P threads`` worker's first tasks may ask at once.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[Settings, Celery], Engine],
+        settings: Settings,
+        celery_app: Celery,
+    ) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.app = celery_app
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._pid = 0
+
+    def get(self) -> Engine:
+        pid = os.getpid()
+        engine = self._engine
+        if engine is not None and self._pid == pid:
+            return engine
+        with self._lock:
+            if self._engine is None or self._pid != pid:
+                self._engine = self.factory(self.settings, self.app)
+                self._pid = pid
+            return self._engine
 
 
 # -- payloads ------------------------------------------------------------------------------
@@ -104,6 +177,8 @@ class RunPayload(_Payload):
 
 class StartPayload(_Payload):
     plan: dict[str, Any]
+    #: idempotency key: a retried send with the same key returns the same run
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
 
 
 class FreezePayload(_Payload):
@@ -117,30 +192,38 @@ class EmptyPayload(_Payload):
 P = TypeVar("P", bound=_Payload)
 
 
-def _parse(model: type[P], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task) -> P | None:
+def _parse(model: type[P], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task) -> P:
+    """The validated payload; raises PayloadError (logged ``malformed_message``)."""
     try:
         if args:
             raise PayloadError(f"positional arguments are not accepted: {args!r:.200}")
         return model.model_validate(kwargs)
     except (ValidationError, PayloadError) as exc:
-        log.error(
-            "malformed_message",
-            task=task.name,
-            task_id=task.request.id,
-            error=str(exc).replace("\n", "; ")[:1000],
-        )
-        return None
+        message = f"invalid {task.name} payload: " + str(exc).replace("\n", "; ")[:1000]
+        log.error("malformed_message", task=task.name, task_id=task.request.id, error=message)
+        raise PayloadError(message) from None
 
 
 class RecoveryTask(Task):  # type: ignore[misc]
-    """Base task: bounded retries for crashes; Redis outages retried with a short delay."""
+    """Base task: bad input fails at once; Redis outages and crashes are retried, bounded.
 
-    max_retries = get_settings().task_max_retries
+    ``engines`` (the app's :class:`EngineProvider`) and ``max_retries`` are set per app by
+    :func:`register_tasks`, from that app's settings — nothing is read at import.
+    """
+
+    engines: EngineProvider
     typing = False  # we validate the payload ourselves, so a bad one is logged, not raised
+    #: expected failures: the task state is FAILURE, logged without a traceback
+    throws = (InvalidInput, ConflictError)
+
+    def engine(self) -> Engine:
+        return self.engines.get()
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        if isinstance(exc, RecoveryError) and not isinstance(exc, StoreUnavailable):
+            return  # rejected or refused: nothing ran, nothing to fail
         # the last retry failed: fail the feature so the run goes on
         run_id, feature = kwargs.get("run_id"), kwargs.get("feature")
         if (
@@ -149,23 +232,32 @@ class RecoveryTask(Task):  # type: ignore[misc]
             and feature
         ):
             try:
-                get_manager().fail_feature(
+                self.engine().fail_feature(
                     str(run_id), str(feature), f"{type(exc).__name__}: {exc}", task_id=task_id
                 )
             except RecoveryError as err:
                 log.error("fail_feature_failed", run_id=run_id, feature=feature, error=str(err))
 
 
-def _guarded(task: Task, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; user errors are logged and dropped, Redis outages and crashes retried."""
+R = TypeVar("R")
+
+
+def _guarded(task: Task, fn: Callable[[], R], *, refusal_fails: bool = False) -> R | None:
+    """Run ``fn``. Bad input fails the task (never retried); a refusal is logged and dropped
+    (or fails the task, with ``refusal_fails``); Redis outages and crashes are retried."""
     try:
         return fn()
     except InvalidInput as exc:
         log.error("task_rejected", task=task.name, error=str(exc))
-        return None
+        raise
     except StoreUnavailable as exc:
         log.warning("redis_unavailable", task=task.name, error=str(exc))
         raise task.retry(exc=exc, countdown=1.0, max_retries=30) from None
+    except ConflictError as exc:
+        log.info("task_refused", task=task.name, error=str(exc))
+        if refusal_fails:
+            raise
+        return None
     except RecoveryError as exc:
         log.info("task_refused", task=task.name, error=str(exc))
         return None
@@ -174,89 +266,51 @@ def _guarded(task: Task, fn: Callable[[], Any]) -> Any:
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
 
 
-def _fault(name: str, feature: str) -> None:
-    """Fault injection for chaos tests, from ``RECOVERY_FAULTS`` (comma-separated).
-
-    ``crash:<point>:<feature>`` raises (a poison task); ``sleep:<point>:<feature>:<seconds>``
-    stalls there, so a test can pause the worker mid-step. Points are task names
-    (``test_feature``, ``evaluate``: before any Redis access) and the manager's hook points
-    (``test_feature.claimed``: the lease and fencing token are held, nothing written yet).
-    """
-    faults = os.environ.get("RECOVERY_FAULTS", "")
-    if not faults:
-        return
-    for fault in faults.split(","):
-        kind, _, rest = fault.partition(":")
-        if kind == "crash" and rest == f"{name}:{feature}":
-            raise RuntimeError(f"injected fault: crash in {name} for {feature}")
-        if kind == "sleep" and rest.startswith(f"{name}:{feature}:"):
-            try:
-                seconds = float(rest.rsplit(":", 1)[1])
-            except ValueError:
-                continue
-            log.warning("fault_sleep", point=name, feature=feature, seconds=seconds)
-            time.sleep(seconds)
-
-
-# -- tasks -----------------------------------------------------------------------------------
-@app.task(name="recovery.start", bind=True, base=RecoveryTask)
-def start(self: Task, *args: Any, **kwargs: Any) -> str | None:
-    """Validate a plan and start (or return the active) run; returns the run id."""
+# -- tasks (registered by register_tasks) ----------------------------------------------------
+def start(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Validate a plan and start a run (or return the plan's active run, or the run an
+    earlier send with the same ``request_id`` got); returns the run id."""
     p = _parse(StartPayload, args, kwargs, self)
-    if p is None:
-        return None
-    return _guarded(self, lambda: get_manager().start_recovery(p.plan).run_id)
-
-
-@app.task(name="recovery.test_feature", bind=True, base=RecoveryTask)
-def test_feature(self: Task, *args: Any, **kwargs: Any) -> str | None:
-    """Move a ready feature to TESTING at its first ramp percent."""
-    p = _parse(FeaturePayload, args, kwargs, self)
-    if p is None:
-        return None
-
-    def run() -> str:
-        _fault("test_feature", p.feature)
-        return get_manager().test_feature(p.run_id, p.feature, task_id=self.request.id or "")
-
-    return _guarded(self, run)
-
-
-@app.task(name="recovery.evaluate", bind=True, base=RecoveryTask)
-def evaluate(self: Task, *args: Any, **kwargs: Any) -> str | None:
-    """One evaluation tick of a feature: continue, advance, enable or request a rollback."""
-    p = _parse(FeaturePayload, args, kwargs, self)
-    if p is None:
-        return None
-
-    def run() -> str:
-        _fault("evaluate", p.feature)
-        return get_manager().evaluate(p.run_id, p.feature, task_id=self.request.id or "")
-
-    return _guarded(self, run)
-
-
-@app.task(name="recovery.enable_feature", bind=True, base=RecoveryTask)
-def enable_feature(self: Task, *args: Any, **kwargs: Any) -> str | None:
-    """Promote a TESTING feature to ENABLED now."""
-    p = _parse(FeaturePayload, args, kwargs, self)
-    if p is None:
-        return None
     return _guarded(
         self,
-        lambda: get_manager().enable_feature(p.run_id, p.feature, task_id=self.request.id or ""),
+        lambda: self.engine().start_recovery(p.plan, request_id=p.request_id).run_id,
+        refusal_fails=True,
     )
 
 
-@app.task(name="recovery.rollback_feature", bind=True, base=RecoveryTask)
-def rollback_feature(self: Task, *args: Any, **kwargs: Any) -> list[str] | None:
-    """Roll back a feature, its dependents first (runs on the rollback queue)."""
-    p = _parse(RollbackPayload, args, kwargs, self)
-    if p is None:
-        return None
+def test_feature(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Move a ready feature to TESTING at its first ramp percent."""
+    p = _parse(FeaturePayload, args, kwargs, self)
     return _guarded(
         self,
-        lambda: get_manager().rollback_feature(
+        lambda: self.engine().test_feature(p.run_id, p.feature, task_id=self.request.id or ""),
+    )
+
+
+def evaluate(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """One evaluation tick of a feature: continue, advance, enable or request a rollback."""
+    p = _parse(FeaturePayload, args, kwargs, self)
+    return _guarded(
+        self,
+        lambda: self.engine().evaluate(p.run_id, p.feature, task_id=self.request.id or ""),
+    )
+
+
+def enable_feature(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
+    """Promote a TESTING feature to ENABLED now."""
+    p = _parse(FeaturePayload, args, kwargs, self)
+    return _guarded(
+        self,
+        lambda: self.engine().enable_feature(p.run_id, p.feature, task_id=self.request.id or ""),
+    )
+
+
+def rollback_feature(self: RecoveryTask, *args: Any, **kwargs: Any) -> list[str] | None:
+    """Roll back a feature, its dependents first (runs on the rollback queue)."""
+    p = _parse(RollbackPayload, args, kwargs, self)
+    return _guarded(
+        self,
+        lambda: self.engine().rollback_feature(
             p.run_id,
             p.feature,
             p.reason,
@@ -267,88 +321,118 @@ def rollback_feature(self: Task, *args: Any, **kwargs: Any) -> list[str] | None:
     )
 
 
-@app.task(name="recovery.abort", bind=True, base=RecoveryTask)
-def abort(self: Task, *args: Any, **kwargs: Any) -> list[str] | None:
+def abort(self: RecoveryTask, *args: Any, **kwargs: Any) -> list[str] | None:
     """Roll back everything the run enabled, in reverse order, and end it ABORTED."""
     p = _parse(RunPayload, args, kwargs, self)
-    if p is None:
-        return None
-    return _guarded(self, lambda: get_manager().abort(p.run_id))
+    return _guarded(self, lambda: self.engine().abort(p.run_id))
 
 
-@app.task(name="recovery.freeze", bind=True, base=RecoveryTask)
-def freeze(self: Task, *args: Any, **kwargs: Any) -> bool | None:
+def freeze(self: RecoveryTask, *args: Any, **kwargs: Any) -> bool | None:
     """Stop every automatic transition."""
     p = _parse(FreezePayload, args, kwargs, self)
-    if p is None:
-        return None
-    return _guarded(self, lambda: get_manager().freeze(p.reason, by="task"))
+    return _guarded(self, lambda: self.engine().freeze(p.reason, by="task"))
 
 
-@app.task(name="recovery.unfreeze", bind=True, base=RecoveryTask)
-def unfreeze(self: Task, *args: Any, **kwargs: Any) -> bool | None:
+def unfreeze(self: RecoveryTask, *args: Any, **kwargs: Any) -> bool | None:
     """Resume automatic transitions."""
-    if _parse(EmptyPayload, args, kwargs, self) is None:
-        return None
-    return _guarded(self, lambda: get_manager().unfreeze(by="task"))
+    _parse(EmptyPayload, args, kwargs, self)
+    return _guarded(self, lambda: self.engine().unfreeze(by="task"))
 
 
-@app.task(name="recovery.tick", bind=True, base=RecoveryTask, max_retries=0)
-def tick(self: Task, *args: Any, **kwargs: Any) -> dict[str, int] | None:
+def tick(self: RecoveryTask, *args: Any, **kwargs: Any) -> dict[str, int] | None:
     """The beat: enqueue due evaluations, reconcile lost work, finish settled runs."""
-    if _parse(EmptyPayload, args, kwargs, self) is None:
-        return None
+    _parse(EmptyPayload, args, kwargs, self)
     try:
-        return get_manager().tick()
+        return self.engine().tick()
     except RecoveryError as exc:
         log.warning("tick_failed", error=str(exc))
         return None
 
 
-def _command(self: Task, verb: str, model: type[CommandPayload], kwargs: dict[str, Any],
-             args: tuple[Any, ...]) -> str | None:  # fmt: skip
+def _command(
+    self: RecoveryTask, verb: str, model: type[CommandPayload], args: Any, kwargs: Any
+) -> str | None:
     p = _parse(model, args, kwargs, self)
-    if p is None:
-        return None
-    engine = get_manager()
     extra = {"full": p.full} if isinstance(p, PromotePayload) else {}
     return _guarded(
         self,
-        lambda: getattr(engine, verb)(p.run_id, p.feature, reason=p.reason, actor=p.actor, **extra),
+        lambda: getattr(self.engine(), verb)(
+            p.run_id, p.feature, reason=p.reason, actor=p.actor, **extra
+        ),
+        refusal_fails=True,
     )
 
 
-@app.task(name="recovery.pause", bind=True, base=RecoveryTask)
-def pause(self: Task, *args: Any, **kwargs: Any) -> str | None:
+def pause(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     """Hold a feature at its current step (still judged)."""
-    return _command(self, "pause", CommandPayload, kwargs, args)
+    return _command(self, "pause", CommandPayload, args, kwargs)
 
 
-@app.task(name="recovery.resume", bind=True, base=RecoveryTask)
-def resume(self: Task, *args: Any, **kwargs: Any) -> str | None:
+def resume(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     """Lift a pause."""
-    return _command(self, "resume", CommandPayload, kwargs, args)
+    return _command(self, "resume", CommandPayload, args, kwargs)
 
 
-@app.task(name="recovery.promote", bind=True, base=RecoveryTask)
-def promote(self: Task, *args: Any, **kwargs: Any) -> str | None:
+def promote(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     """Skip the rest of a feature's step (``full``: to ENABLED)."""
-    return _command(self, "promote", PromotePayload, kwargs, args)
+    return _command(self, "promote", PromotePayload, args, kwargs)
 
 
-@app.task(name="recovery.retry", bind=True, base=RecoveryTask)
-def retry(self: Task, *args: Any, **kwargs: Any) -> str | None:
+def retry(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     """Give a quarantined feature another go in its run."""
-    return _command(self, "retry", CommandPayload, kwargs, args)
+    return _command(self, "retry", CommandPayload, args, kwargs)
 
 
-@app.task(name="recovery.approve", bind=True, base=RecoveryTask)
-def approve(self: Task, *args: Any, **kwargs: Any) -> str | None:
+def approve(self: RecoveryTask, *args: Any, **kwargs: Any) -> str | None:
     """Approve a feature's next step at its approval gate."""
-    return _command(self, "approve", CommandPayload, kwargs, args)
+    return _command(self, "approve", CommandPayload, args, kwargs)
 
 
-@task_prerun.connect
+#: the verbs outside senders call keep their result (with a result backend configured)
+_SENDER_FACING = {"ignore_result": False}
+
+#: task name -> (function, options beyond the defaults)
+TASKS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "recovery.start": (start, _SENDER_FACING),
+    "recovery.test_feature": (test_feature, {}),
+    "recovery.evaluate": (evaluate, {}),
+    "recovery.enable_feature": (enable_feature, {}),
+    "recovery.rollback_feature": (rollback_feature, _SENDER_FACING),
+    "recovery.abort": (abort, _SENDER_FACING),
+    "recovery.freeze": (freeze, _SENDER_FACING),
+    "recovery.unfreeze": (unfreeze, _SENDER_FACING),
+    "recovery.tick": (tick, {"max_retries": 0}),
+    "recovery.pause": (pause, _SENDER_FACING),
+    "recovery.resume": (resume, _SENDER_FACING),
+    "recovery.promote": (promote, _SENDER_FACING),
+    "recovery.retry": (retry, _SENDER_FACING),
+    "recovery.approve": (approve, _SENDER_FACING),
+}
+
+
+def register_tasks(
+    celery_app: Celery,
+    settings: Settings,
+    engine_factory: Callable[[Settings, Celery], Engine] = build_engine,
+) -> None:
+    """Register every ``recovery.*`` task on ``celery_app`` (only there: not shared with
+    other apps), with ``max_retries`` from ``settings`` and engines from ``engine_factory``."""
+    engines = EngineProvider(engine_factory, settings, celery_app)
+    for name, (fn, extra) in TASKS.items():
+        options: dict[str, Any] = {"max_retries": settings.task_max_retries, **extra}
+        celery_app.task(
+            name=name,
+            bind=True,
+            base=RecoveryTask,
+            shared=False,
+            lazy=False,
+            engines=engines,
+            **options,
+        )(fn)
+    task_prerun.connect(_bind_context)
+    task_postrun.connect(_unbind_context)
+
+
 def _bind_context(
     task_id: str | None = None,
     task: Task | None = None,
@@ -360,10 +444,9 @@ def _bind_context(
     structlog.contextvars.bind_contextvars(
         task_id=task_id,
         task=getattr(task, "name", None),
-        **{k: kw[k] for k in ("run_id", "feature") if isinstance(kw.get(k), str)},
+        **{k: kw[k] for k in ("run_id", "feature", "request_id") if isinstance(kw.get(k), str)},
     )
 
 
-@task_postrun.connect
 def _unbind_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()

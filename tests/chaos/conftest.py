@@ -2,8 +2,9 @@
 
 Workers and beats are started by each test; :func:`chaos_cluster` builds the same
 :class:`tests.integration.conftest.Cluster` the orchestration tests use, with chaos
-settings. The session ends with a table of every scenario's figures (see
-:func:`tests.chaos.invariants.record`).
+settings, running the suite's own app (``celery -A tests.chaos.app``, which injects the
+faults of ``RECOVERY_FAULTS``; see :mod:`tests.chaos.faults`). The session ends with a
+table of every scenario's figures (see :func:`tests.chaos.invariants.record`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from workers.engine import PartialRecoveryManager
 from workers.settings import Settings
 from workers.store import RedisStore
 from workers.tasks import CeleryDispatcher
+
+#: the suite's own Celery app (``tests/chaos/app.py``): production tasks plus the faults
+#: that ``RECOVERY_FAULTS`` names
+CHAOS_APP = "tests.chaos.app"
 
 CHAOS_SETTINGS: dict[str, Any] = {
     "beat_interval_s": 0.25,
@@ -49,7 +54,7 @@ def chaos_cluster(*, appendonly: bool = True, faults: str = "", **overrides: Any
     s = Settings(redis_url=server.url, namespace=ns, **values)
     store = RedisStore(server.url, ns, socket_timeout=3.0)
     manager = PartialRecoveryManager(store, s, CeleryDispatcher(make_app(s)), worker="pytest")
-    return Cluster(server, ns, env, s, store, manager)
+    return Cluster(server, ns, env, s, store, manager, app=CHAOS_APP)
 
 
 def close_cluster(c: Cluster) -> None:

@@ -193,7 +193,7 @@ def test_paused_worker_late_write_is_refused_by_the_fencing_token() -> None:
     target = "f000"
     c = chaos_cluster(appendonly=False, faults=f"sleep:test_feature.claimed:{target}:1.5")
     try:
-        paused = InfoWorker("worker", c.env, "paused", concurrency=1)
+        paused = InfoWorker("worker", c.env, "paused", concurrency=1, app=c.app)
         c.workers.append(paused.start())
         wait_for(lambda: " ready." in paused.log_tail(200), 30, 0.2, what="the worker up")
         t0 = time.monotonic()
@@ -205,7 +205,7 @@ def test_paused_worker_late_write_is_refused_by_the_fencing_token() -> None:
         old_token = int(holder.split(" ", 1)[0])
         paused.signal(signal.SIGSTOP)
         try:
-            other = CeleryProcess("worker", {**c.env, "RECOVERY_FAULTS": ""}, "other")
+            other = CeleryProcess("worker", {**c.env, "RECOVERY_FAULTS": ""}, "other", app=c.app)
             c.workers.append(other.start())
             c.beat()
             # after the lease TTL the beat re-dispatches; the other worker claims and goes on

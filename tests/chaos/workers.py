@@ -8,7 +8,7 @@ __all__ = ["InfoWorker"]
 
 
 class InfoWorker(CeleryProcess):
-    """A ``celery -A workers worker`` logging at INFO, so refusals and drops show in its log."""
+    """A Celery worker logging at INFO, so refusals and drops show in its log."""
 
     def args(self) -> list[str]:
         return [a if a != "WARNING" else "INFO" for a in super().args()]

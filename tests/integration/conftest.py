@@ -31,14 +31,17 @@ class Cluster:
     manager: PartialRecoveryManager
     workers: list[CeleryProcess] = field(default_factory=list)
     beats: list[CeleryProcess] = field(default_factory=list)
+    #: the Celery app its processes run (``-A``)
+    app: str = "workers"
 
     def worker(self, name: str | None = None, **kw: object) -> CeleryProcess:
-        w = CeleryProcess("worker", self.env, name or f"w{len(self.workers) + 1}", **kw)  # type: ignore[arg-type]
+        name = name or f"w{len(self.workers) + 1}"
+        w = CeleryProcess("worker", self.env, name, app=self.app, **kw)  # type: ignore[arg-type]
         self.workers.append(w.start())
         return w
 
     def beat(self) -> CeleryProcess:
-        b = CeleryProcess("beat", self.env, f"b{len(self.beats) + 1}")
+        b = CeleryProcess("beat", self.env, f"b{len(self.beats) + 1}", app=self.app)
         self.beats.append(b.start())
         return b
 

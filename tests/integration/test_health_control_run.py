@@ -57,6 +57,7 @@ def test_shared_degradation_promotes_the_innocent_and_rolls_back_only_the_guilty
             "ramp": [50],
             "dwell_s": 1,
             "max_testing_s": 90,
+            "bake_s": 0,
             "health": {"baseline": "control", "slow_rate": None},
             "retry": {"max_attempts": 1},
         },

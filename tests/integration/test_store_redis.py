@@ -17,7 +17,6 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.contract import store_runs
 from tests.contract.store_control import *  # noqa: F403  # the shared contract suite
 from tests.contract.store_helpers import Published, Report, S, T, make_run, move
 from tests.contract.store_runs import *  # noqa: F403  # the shared contract suite
@@ -27,14 +26,6 @@ from workers.core.states import FeatureState, RunStatus
 from workers.errors import ConflictError, RecoveryError, StoreUnavailable
 from workers.health.sources.redis import record_counts
 from workers.store import MemoryStore, RedisStore, Step, Store
-
-
-# create_run.lua has no request-id map yet: it lands with the celery-edge branch, which
-# then removes this mark (strict, so the test fails once the Redis store supports it)
-@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="arrives with celery-edge")
-def test_request_id_already_mapped_returns_that_run(store: RedisStore) -> None:
-    """A request id seen before returns its run with created False (contract, pending)."""
-    store_runs.test_request_id_already_mapped_returns_that_run(store)
 
 
 @pytest.fixture

@@ -79,12 +79,12 @@ def verdict(decision: D, health: H = H.HEALTHY) -> Verdict:
         (
             rec(),
             MEASURED,
-            (StartTest(10, Reason.STARTED, {"attempt": 1, "dependencies": ["a"]}, NOW + 1.0, ()),),
+            (StartTest(10, Reason.STARTED, {"attempt": 1, "dependencies": ["a"]}, NOW + 0.25, ()),),
         ),
         (
             rec(attempts=1, next_attempt_at=NOW),
             MEASURED,
-            (StartTest(10, Reason.RAMP, {"attempt": 2, "dependencies": ["a"]}, NOW + 1.0, ()),),
+            (StartTest(10, Reason.RAMP, {"attempt": 2, "dependencies": ["a"]}, NOW + 0.25, ()),),
         ),
         (
             rec(),
@@ -217,10 +217,10 @@ def test_testing_actions_carry_the_values_the_store_needs() -> None:
     evaluator state and the end of the evidence read; a timeout says how long it tested."""
     (adv,) = decide.testing(TESTING, MEASURED, verdict(D.PROMOTE), NOW, T)
     assert adv == Advance(
-        1, 50, {"reason": "x", "dwell_s": 5.0, "step_s": 6.0}, H.HEALTHY, NOW + 1.0
+        1, 50, {"reason": "x", "dwell_s": 5.0, "step_s": 6.0}, H.HEALTHY, NOW + 0.25
     )
     (cont,) = decide.testing(TESTING, MEASURED, verdict(D.CONTINUE, H.UNKNOWN), NOW, T)
-    assert cont == Continue(H.UNKNOWN, NOW + 1.0, "{}", NOW - 1)
+    assert cont == Continue(H.UNKNOWN, NOW + 0.25, "{}", NOW - 1)
     late = replace(TESTING, testing_since=NOW - 61)
     (rb,) = decide.testing(late, MEASURED, verdict(D.CONTINUE), NOW, T)
     assert isinstance(rb, RequestRollback) and rb.reason is Reason.TIMEOUT
@@ -243,14 +243,14 @@ ENABLED = rec(state=S.ENABLED, step=3, percent=100, health=H.HEALTHY)
             verdict(D.ROLLBACK, H.UNHEALTHY),
             (RequestRollback(Reason.REGRESSION, {"reason": "x"}, NOW + 30.0),),
         ),
-        (ENABLED, MEASURED, verdict(D.CONTINUE), (Continue(H.HEALTHY, NOW + 1.0, "{}", NOW - 1),)),
+        (ENABLED, MEASURED, verdict(D.CONTINUE), (Continue(H.HEALTHY, NOW + 0.25, "{}", NOW - 1),)),
         (
             ENABLED,
             MEASURED,
             verdict(D.CONTINUE, H.DEGRADED),
             (
                 NoteHealth(H.DEGRADED, {"reason": "x"}),
-                Continue(H.DEGRADED, NOW + 1.0, "{}", NOW - 1),
+                Continue(H.DEGRADED, NOW + 0.25, "{}", NOW - 1),
             ),
         ),
     ],
@@ -343,7 +343,7 @@ APPROVAL = {"awaiting": 10, "message": "approval needed before 10%"}
         (
             rec(approved=10),
             GATED,
-            (StartTest(10, Reason.STARTED, {"attempt": 1, "dependencies": ["a"]}, NOW + 1.0, ()),),
+            (StartTest(10, Reason.STARTED, {"attempt": 1, "dependencies": ["a"]}, NOW + 0.25, ()),),
         ),
     ],
     ids=["paused-does-not-start", "gate-before-first-percent", "approved-starts"],

@@ -24,3 +24,5 @@ def test_the_wheel_carries_the_lua_scripts_the_demo_plan_and_py_typed(tmp_path: 
     assert scripts and {f"workers/store/lua/{n}" for n in scripts} <= names
     assert "workers/demo/demo.yaml" in names
     assert "workers/py.typed" in names
+    # the API's pages (`recovery api` serves them from the package)
+    assert {"workers/ops/api/dashboard.html", "workers/ops/api/runs.html"} <= names

@@ -67,6 +67,9 @@ class Tuning:
     """The process settings the decisions depend on (see :class:`workers.settings.Settings`)."""
 
     metrics_tick_s: float = 1.0
+    #: how often a live, measured feature is evaluated (each evaluation also looks at the
+    #: counts arriving in the current tick for a rollback: see ``Verdict.early``)
+    evaluate_interval_s: float = 0.25
     metrics_lag_s: float = 1.0
     lease_ttl_s: float = 30.0
     beat_interval_s: float = 1.0
@@ -82,6 +85,7 @@ class Tuning:
         the same attribute names)."""
         return cls(
             metrics_tick_s=float(settings.metrics_tick_s),
+            evaluate_interval_s=float(settings.evaluate_interval_s),
             metrics_lag_s=float(settings.metrics_lag_s),
             lease_ttl_s=float(settings.lease_ttl_s),
             beat_interval_s=float(settings.beat_interval_s),
@@ -137,12 +141,13 @@ def measured(spec: Feature) -> bool:
 def first_delay(spec: Feature, tuning: Tuning) -> float:
     """Seconds from entering a ramp step to its first evaluation.
 
-    Unmeasured: the dwell itself. Measured: one metrics tick, or the dwell if shorter.
+    Unmeasured: the dwell itself. Measured: one evaluation interval (its users are
+    exposed from the first moment), or the dwell if shorter.
     """
     if not measured(spec):
         return spec.dwell_s
-    tick = tuning.metrics_tick_s
-    return min(tick, max(spec.dwell_s, 0.0)) or tick
+    every = tuning.evaluate_interval_s
+    return min(every, max(spec.dwell_s, 0.0)) or every
 
 
 def evidence_window(last: float, now: float, tuning: Tuning) -> tuple[float, float] | None:
@@ -253,9 +258,9 @@ def testing(
         note = health_note(rec, verdict)
         if note is not None:
             actions.append(note)
-    tick = tuning.metrics_tick_s
     if measured(spec):
-        stay = Continue(verdict.health, now + tick, verdict.eval_state, verdict.until)
+        due = now + tuning.evaluate_interval_s
+        stay = Continue(verdict.health, due, verdict.eval_state, verdict.until)
     else:
         stay = Continue(verdict.health, now + max(spec.dwell_s - step_elapsed, 0.05))
     stopped_clock = replace(stay, testing_since=rec.testing_since + verdict.read_s)
@@ -335,7 +340,8 @@ def enabled(
     note = health_note(rec, verdict)
     if note is not None:
         actions.append(note)
-    cont = Continue(verdict.health, now + tuning.metrics_tick_s, verdict.eval_state, verdict.until)
+    due = now + tuning.evaluate_interval_s
+    cont = Continue(verdict.health, due, verdict.eval_state, verdict.until)
     return (*actions, cont)
 
 

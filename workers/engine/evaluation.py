@@ -13,7 +13,7 @@ from workers.core.records import FeatureRecord
 from workers.core.states import FeatureState
 from workers.engine.base import EngineBase
 from workers.errors import ConflictError, InvalidInput, LeaseHeld
-from workers.health import Evaluator
+from workers.health import Decision, Evaluator, MetricSource
 
 __all__ = ["EvaluationMixin"]
 
@@ -76,10 +76,13 @@ class EvaluationMixin(EngineBase):
         last = rec.last_eval_at or start
         window = decide.evidence_window(last, now, self.tuning)
         until = last
+        source = self.store.metrics_source(spec.health, self.settings.metrics_tick_s)
         if window is not None:
-            source = self.store.metrics_source(spec.health, self.settings.metrics_tick_s)
             ev.observe_sample(source.collect(spec.name, *window))
             until = window[1]
+        early = self._early_rollback(spec, ev, source, until, now)
+        if early is not None:
+            return early
         return Verdict(
             health=ev.health,
             decision=ev.decision,
@@ -92,6 +95,38 @@ class EvaluationMixin(EngineBase):
             shared=ev.shared_degradation,
             control=spec.health.baseline == "control",
             reference=json.dumps(ev.reference, separators=(",", ":")) if ev.reference else "",
+        )
+
+    def _early_rollback(
+        self, spec: Feature, ev: Evaluator, source: MetricSource, until: float, now: float
+    ) -> Verdict | None:
+        """A ROLLBACK verdict from the counts already in for the ticks not yet complete,
+        or None. They are looked at, not consumed (the evaluator's state is not changed),
+        so ticks stay disjoint; only a rollback is taken from them: a sequential test may
+        stop at any look, and a plainly broken feature need not wait for its tick to end
+        and the flush lag to pass. Redis-reported counts only (other sources are polled
+        per tick)."""
+        if not self.settings.early_rollback:
+            return None
+        if spec.health.source != "redis" or ev.decision is Decision.ROLLBACK:
+            return None
+        tick = float(self.settings.metrics_tick_s)
+        end = (now // tick + 1) * tick
+        if end <= until:
+            return None
+        peek = Evaluator.from_state(spec.health, ev.to_state())
+        peek.observe_sample(source.collect(spec.name, until, end))
+        if peek.decision is not Decision.ROLLBACK:
+            return None
+        return Verdict(
+            health=peek.health,
+            decision=Decision.ROLLBACK,
+            evidence={**peek.explain(), "early": True},
+            eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
+            until=until,
+            requests=peek.requests,
+            control=spec.health.baseline == "control",
+            shared=peek.shared_degradation,
         )
 
     @staticmethod

@@ -41,12 +41,20 @@ class StepsMixin(EngineBase):
     """Starting runs and moving features forward."""
 
     def start_recovery(
-        self, plan: Plan | Mapping[str, Any] | str, *, run_id: str | None = None
+        self,
+        plan: Plan | Mapping[str, Any] | str,
+        *,
+        run_id: str | None = None,
+        request_id: str | None = None,
+        actor: str = "",
     ) -> StartResult:
         """Validate, persist and start a run; idempotent per plan name.
 
         Starting a plan whose run is still active returns that run's id and starts nothing.
         A plan sharing a feature with another active run raises RunActive naming it.
+        ``request_id`` (idempotency key): a start with a key seen before returns the run
+        that start got, even a finished one (see ``Store.create_run``). ``actor`` (who
+        asked: a CLI user, an API token) is audited as a ``run_requested`` event.
         """
         if not isinstance(plan, Plan):
             plan = parse_plan(plan, max_features=self.settings.max_features)
@@ -59,11 +67,21 @@ class StepsMixin(EngineBase):
             max_parallel=plan.max_parallel,
             run_id=run_id,
             now=self.clock(),
+            request_id=request_id,
         )
         if not created:
-            log.info("run_already_active", run_id=rid, plan=plan.name)
+            log.info("run_already_active", run_id=rid, plan=plan.name, request_id=request_id)
             return StartResult(rid, False)
         self._contexts.put(rid, ctx)
+        if actor:
+            self.store.append_event(
+                rid,
+                "run_requested",
+                reason="started",
+                evidence={"request_id": request_id} if request_id else {},
+                actor=actor,
+                now=self.clock(),
+            )
         log.info(
             "run_started", run_id=rid, plan=plan.name, features=len(order), already_enabled=already
         )

@@ -10,7 +10,6 @@ never a traceback for a user's mistake.
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import os
 import sys
@@ -27,18 +26,17 @@ from rich.table import Table
 from rich.text import Text
 
 from workers.core.graph import Graph
-from workers.core.plan import MAX_PLAN_BYTES, NAME_PATTERN, Plan, load_plan, parse_plan
+from workers.core.plan import MAX_PLAN_BYTES, Plan, load_plan, parse_plan
 from workers.engine import PartialRecoveryManager
 from workers.errors import (
     ConflictError,
     InvalidInput,
     PlanError,
     StoreUnavailable,
-    UnknownFeature,
 )
 from workers.ops.awaited import awaited_from_status
 from workers.settings import get_settings
-from workers.store import RedisStore, store_from_settings
+from workers.store import store_from_settings
 from workers.store.keys import Keys
 
 __all__ = ["app", "handles_errors", "main", "read_plan", "user_errors"]
@@ -248,33 +246,13 @@ def plan_(
 # -- run commands (need Redis) ---------------------------------------------------------------
 RunArg = Annotated[str, typer.Argument(help="Run id (see `recovery status`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-FeatureArg = Annotated[str, typer.Argument(help="Feature of the run.")]
-ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit trail).")]
-ActorOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--actor", help="Who is acting (audit trail). Default: $RECOVERY_ACTOR, else your user."
-    ),
-]
 
 
-def actor_of(option: str | None) -> str:
-    """The actor for the audit trail: ``--actor``, else ``$RECOVERY_ACTOR``, else the OS
-    user. Never raises."""
-    if option:
-        return option
-    env = os.environ.get("RECOVERY_ACTOR", "").strip()
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
+def _actor() -> str:
+    """The CLI's actor for the audit trail: ``$RECOVERY_ACTOR``, else the OS user."""
+    from workers.ops.steer import actor_of
 
-
-def _check_feature(feature: str) -> None:
-    if not NAME_PATTERN.fullmatch(feature):
-        raise UnknownFeature(f"{feature!r} is not a valid feature name")
+    return actor_of(None)
 
 
 def _manager() -> PartialRecoveryManager:
@@ -342,7 +320,7 @@ def start(
     """
     parsed = read_plan(plan)
     manager = _manager()
-    res = manager.start_recovery(parsed)
+    res = manager.start_recovery(parsed, actor=_actor())
     if as_json and not wait:
         typer.echo(json.dumps({"run_id": res.run_id, "created": res.created}))
     elif not as_json:
@@ -368,10 +346,19 @@ def start(
 @handles_errors
 def status(
     run: Annotated[str | None, typer.Argument(help="Run id; default: the newest run.")] = None,
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="The run a start with this request id got."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run: its status and every feature's state, percent, health and reason."""
-    doc = _manager().status(run)
+    if run is not None and request is not None:
+        raise InvalidInput("give a run id or --request, not both")
+    manager = _manager()
+    if request is not None:
+        run = manager.store.run_for_request(request)
+    doc = manager.status(run)
     if as_json:
         typer.echo(json.dumps(doc))
     else:
@@ -432,100 +419,6 @@ def flags(as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
-@app.command()
-@handles_errors
-def rollback(
-    feature: Annotated[str, typer.Argument(help="Feature to roll back.")],
-    reason: ReasonOpt,
-    actor: ActorOpt = None,
-) -> None:
-    """Roll back FEATURE now (its dependents first) and hold it until an operator acts."""
-    _check_feature(feature)
-    run_id, done = _manager().rollback_by_name(feature, reason, by=actor_of(actor))
-    typer.echo(f"run {run_id}: rolled back {', '.join(done) if done else 'nothing (already off)'}")
-
-
-@app.command()
-@handles_errors
-def abort(run: RunArg) -> None:
-    """Abort a run: roll back everything it turned on, in reverse order; ends ABORTED."""
-    done = _manager().abort(run)
-    typer.echo(f"run {run} aborted; rolled back {', '.join(done) if done else 'nothing'}")
-
-
-@app.command()
-@handles_errors
-def freeze(
-    reason: Annotated[
-        str, typer.Option("--reason", help="Why the line is stopped.")
-    ] = "frozen by operator",
-    actor: ActorOpt = None,
-) -> None:
-    """Stop every automatic transition (stop-the-line) until `recovery unfreeze`."""
-    changed = _manager().freeze(reason, by=actor_of(actor))
-    typer.echo("frozen" if changed else "already frozen")
-
-
-@app.command()
-@handles_errors
-def unfreeze(actor: ActorOpt = None) -> None:
-    """Resume automatic transitions."""
-    changed = _manager().unfreeze(by=actor_of(actor))
-    typer.echo("unfrozen" if changed else "was not frozen")
-
-
-# -- steering one feature of a live run ------------------------------------------------------
-@app.command()
-@handles_errors
-def pause(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
-    """Hold FEATURE at its current step (still judged: a bad one is still rolled back)."""
-    _check_feature(feature)
-    _manager().pause(run, feature, reason=reason, actor=actor_of(actor))
-    typer.echo(f"{feature}: paused")
-
-
-@app.command()
-@handles_errors
-def resume(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
-    """Lift a pause of FEATURE."""
-    _check_feature(feature)
-    _manager().resume(run, feature, reason=reason, actor=actor_of(actor))
-    typer.echo(f"{feature}: resumed")
-
-
-@app.command()
-@handles_errors
-def promote(
-    run: RunArg,
-    feature: FeatureArg,
-    reason: ReasonOpt,
-    full: Annotated[bool, typer.Option("--full", help="Straight to ENABLED.")] = False,
-    actor: ActorOpt = None,
-) -> None:
-    """Skip the rest of FEATURE's current step (--full: enable it now)."""
-    _check_feature(feature)
-    _manager().promote(run, feature, full=full, reason=reason, actor=actor_of(actor))
-    typer.echo(f"{feature}: promoted{' to ENABLED' if full else ''}")
-
-
-@app.command()
-@handles_errors
-def retry(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
-    """Give a quarantined FEATURE (and what it blocks) another go in the same run."""
-    _check_feature(feature)
-    _manager().retry(run, feature, reason=reason, actor=actor_of(actor))
-    typer.echo(f"{feature}: retrying")
-
-
-@app.command()
-@handles_errors
-def approve(run: RunArg, feature: FeatureArg, reason: ReasonOpt, actor: ActorOpt = None) -> None:
-    """Approve FEATURE's next step at its approval gate."""
-    _check_feature(feature)
-    _manager().approve(run, feature, reason=reason, actor=actor_of(actor))
-    typer.echo(f"{feature}: approved")
-
-
 def _flag_key(read: Callable[[], R], key: str, expected: str) -> R:
     """Read one flags key; a key of the wrong type or content is bad data, not an outage:
     say which key holds what (exit 2) instead of "cannot reach Redis"."""
@@ -543,145 +436,21 @@ def _flag_key(read: Callable[[], R], key: str, expected: str) -> R:
     )
 
 
-# -- operator experience: watch, report, demo, exporter (issue #6) ---------------------------
-def _store() -> RedisStore:
-    return store_from_settings(get_settings())
-
-
-@app.command()
-@handles_errors
-def watch(
-    run: RunArg,
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 0.5,
-    timeout: Annotated[float | None, typer.Option(help="Give up after S seconds.")] = None,
-    plain: Annotated[bool, typer.Option("--plain", help="Plain lines even on a terminal.")] = False,
-) -> None:
-    """Live view of a run until it finishes (plain lines when not on a terminal).
-
-    Per feature: state, ramp percent, health, attempts and the latest reason; the run's
-    progress and ETA on top. Exit 0 when the run SUCCEEDED, 1 when it ended otherwise
-    (or the timeout passed).
-    """
-    from workers.ops.watch import watch as watch_run
-
-    view = watch_run(
-        _store(), run, interval_s=interval, timeout_s=timeout, live=False if plain else None
-    )
-    raise typer.Exit(0 if view.status == "SUCCEEDED" else 1)
-
-
-@app.command()
-@handles_errors
-def report(
-    run: RunArg,
-    output: Annotated[str, typer.Option("--output", "-o", help="File to write (.html or .svg).")],
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="html or svg (default: from the suffix).")
-    ] = None,
-) -> None:
-    """Write a self-contained HTML or SVG timeline of a run.
-
-    One lane per feature over time, rollbacks marked with their reasons and evidence,
-    the dependencies each feature waited for.
-    """
-    from pathlib import Path
-
-    from workers.ops.report import build_timeline, render
-
-    chosen = (fmt or ("svg" if output.lower().endswith(".svg") else "html")).lower()
-    if chosen not in ("html", "svg"):
-        raise InvalidInput(f"--format must be html or svg, not {chosen!r}")
-    manager = _manager()
-    doc = manager.status(run)
-    plan = manager.context(run).plan
-    events = [e.to_json() for e in manager.store.events(run)]
-    text = render(build_timeline(plan, doc, events), chosen)
-    try:
-        Path(output).write_text(text, "utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {output}: {exc.strerror or exc}") from None
-    typer.echo(f"wrote {output} ({chosen}, {len(plan.features)} features, {len(events)} events)")
-
-
-@app.command()
-def demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Leave Redis, workers and Flower up until Ctrl-C.")
-    ] = False,
-    flower: Annotated[bool, typer.Option(help="Start Flower (basic auth).")] = True,
-    output_dir: Annotated[
-        str, typer.Option(help="Where the report, events and logs go.")
-    ] = "demo-output",
-    timeout: Annotated[float, typer.Option(min=10, help="Give up after S seconds.")] = 270,
-    shared_error_rate: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Degrade a dependency every request shares: each request fails with this "
-            "probability (e.g. 0.04); features are judged against their control cohort.",
-        ),
-    ] = 0.0,
-) -> None:
-    """Run the demo: a realistic recovery with one bad feature, start to finish.
-
-    Starts a private Redis, 2 workers, beat, Flower and a simulated service fleet; shows
-    the live view, writes the HTML timeline, stops everything. Exit 0 when the recovery
-    went as designed (PARTIAL, the bad feature quarantined), 1 otherwise.
-    """
-    from pathlib import Path
-
-    from workers.demo import DemoConfig, run_demo
-
-    cfg = DemoConfig(
-        flower=flower,
-        output_dir=Path(output_dir),
-        timeout_s=timeout,
-        keep=keep,
-        shared_error_rate=shared_error_rate,
-    )
-    try:
-        with user_errors(redis_url="the demo's private redis-server"):
-            result = run_demo(cfg)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: every process the demo started was stopped", err=True)
-        raise typer.Exit(130) from None
-    raise typer.Exit(0 if result.ok else 1)
-
-
-@app.command()
-@handles_errors
-def exporter(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 9808,
-    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    recent: Annotated[int, typer.Option(min=1, help="Finished runs to report.")] = 10,
-) -> None:
-    """Serve Prometheus metrics on /metrics (read from Redis at each scrape)."""
-    from workers.ops.exporter import serve
-
-    store = _store()
-    store.ping()
-    try:
-        serve(store, port, address, recent)
-    except OSError as exc:
-        raise InvalidInput(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from None
-    typer.echo(f"serving http://{address}:{port}/metrics (Ctrl-C stops)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-
-
 def main() -> None:
     """Console-script entry point: ``recovery …``."""
-    import os
 
     from workers.logs import configure_logging
 
     configure_logging(level=os.environ.get("RECOVERY_LOG_LEVEL", "WARNING"))
     app()
 
+
+# the steering commands register themselves on ``app`` (kept in their own module)
+from workers.ops import steer as _steer  # noqa: E402, F401  (registers commands on app)
+from workers.ops import tools as _tools  # noqa: E402, F401  (registers commands on app)
+from workers.ops.api.cli import api_app as _api_app  # noqa: E402  (`recovery api …`)
+
+app.add_typer(_api_app, name="api")
 
 if __name__ == "__main__":
     main()

@@ -50,6 +50,11 @@ Internal (the store is the only writer):
 ``<ns>:run:<id>:ready``                 zset    feature -> dispatch rank (lower first):
                                                 dependencies ENABLED, waiting for a slot
 ``<ns>:run:<id>:testing``               set     features now in TESTING (max_parallel)
+``<ns>:request:<request_id>``           string  ``"<run id> <plan name>"``: the run a start
+                                                with this idempotency key (a Celery
+                                                ``request_id``, an HTTP
+                                                ``Idempotency-Key``) got; TTL
+                                                ``run_ttl_s`` from that start
 ``<ns>:stats:decisions``                hash    outcome -> count of evaluations that
                                                 ended in it, over every run: fields
                                                 ``continue``, ``advance``, ``promote``,
@@ -58,16 +63,29 @@ Internal (the store is the only writer):
                                                 evaluation; missing = 0); no TTL, never
                                                 reset (the exporter's
                                                 ``recovery_decisions_total``)
+``<ns>:mark:<kind>:<id>``               string  one-shot mark (``workers.store.marks``):
+                                                a webhook delivery seen (kind
+                                                ``pagerduty``: its event id), so a replay
+                                                is refused; TTL the replay window
+``<ns>:notify:cursor``                  hash    run id -> last audit event id whose
+                                                notifications were enqueued; entries
+                                                of runs gone from ``<ns>:runs`` dropped
+``<ns>:notify:lock``                    string  the notification scan's lock, PX TTL
 ======================================  ======  ==========================================
 
-Run keys get a TTL (``run_ttl_s``) once the run is finished.
+Run keys get a TTL (``run_ttl_s``) once the run is finished. A request id (the
+idempotency key of ``recovery.start``) matches :data:`REQUEST_ID_PATTERN`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["REQUEST_ID_PATTERN", "Keys"]
+
+#: an idempotency key: 1–128 of letters, digits and ``._:@/+=-`` (no spaces or braces, so
+#: a key never changes its hash slot on Redis Cluster)
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +166,21 @@ class Keys:
     def testing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:testing"
 
+    def request(self, request_id: str) -> str:
+        return f"{self.ns}:request:{request_id}"
+
     @property
     def stats_decisions(self) -> str:
         return f"{self.ns}:stats:decisions"
+
+    # -- marks and notifications (workers.store.marks) ---------------------------------
+    def mark(self, kind: str, ident: str) -> str:
+        return f"{self.ns}:mark:{kind}:{ident}"
+
+    @property
+    def notify_cursor(self) -> str:
+        return f"{self.ns}:notify:cursor"
+
+    @property
+    def notify_lock(self) -> str:
+        return f"{self.ns}:notify:lock"

@@ -11,6 +11,7 @@ Driver errors never leave this module (:mod:`workers.store.translate`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from redis.commands.core import Script
 
 from workers.core.records import Event, FeatureRecord, RunRecord
 from workers.core.states import FeatureState, RunStatus
-from workers.errors import RunActive, UnknownFeature, UnknownRun
+from workers.errors import ConflictError, InvalidInput, RunActive, UnknownFeature, UnknownRun
 from workers.health.policy import HealthPolicy
 from workers.health.sources import MetricSource, make_source
 from workers.store import scripts
@@ -33,7 +34,7 @@ from workers.store.codec import (
     new_run_id,
     run_from_hash,
 )
-from workers.store.keys import Keys
+from workers.store.keys import REQUEST_ID_PATTERN, Keys
 from workers.store.translate import error_of, translated, where
 
 __all__ = ["RedisStore"]
@@ -104,10 +105,14 @@ class RedisStore:
         run_id: str | None = None,
         request_id: str | None = None,
     ) -> tuple[str, bool, list[str]]:
-        """See :meth:`workers.store.Store.create_run`."""
-        if request_id is not None:
-            # the request map lands with create_run.lua's request-id support (celery-edge)
-            raise NotImplementedError("RedisStore.create_run does not take request_id yet")
+        """See :meth:`workers.store.Store.create_run`. A malformed ``request_id`` (not
+        :data:`~workers.store.keys.REQUEST_ID_PATTERN`) raises InvalidInput before any
+        write; the request map is kept ``run_ttl_s`` from the start."""
+        if request_id is not None and not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+            raise InvalidInput(
+                f"invalid request id {request_id[:200]!r}: expected 1-128 of letters, "
+                "digits and ._:@/+=-"
+            )
         run_id = run_id or new_run_id(now)
         call = scripts.create_run(
             self.keys,
@@ -118,10 +123,20 @@ class RedisStore:
             max_parallel=max_parallel,
             now=now,
             events_maxlen=self.events_maxlen,
+            request_id=request_id,
+            request_ttl_s=self.run_ttl_s,
         )
         res = self._run("create_run", call)
         if res[0] == "EXISTS":
             return str(res[1]), False, []
+        if res[0] == "REQUEST":
+            known, _, known_plan = str(res[1]).partition(" ")
+            if known_plan != plan_name:
+                raise ConflictError(
+                    f"request id {request_id!r} already started run {known} of plan "
+                    f"{known_plan!r}, not {plan_name!r}; use a new request id"
+                )
+            return known, False, []
         if res[0] == "OVERLAP":
             raise RunActive(
                 f"feature {res[2]!r} belongs to active run {res[1]}; "
@@ -132,9 +147,15 @@ class RedisStore:
         return run_id, True, [str(x) for x in res[2:]]
 
     def run_for_request(self, request_id: str) -> str:
-        """The run a start with this request id got (lands with create_run.lua's request
-        map, celery-edge)."""
-        raise NotImplementedError("RedisStore.run_for_request arrives with celery-edge")
+        """The id of the run a start with this request id got. Raises UnknownRun (also for
+        a malformed or expired request id)."""
+        if not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+            raise UnknownRun(f"no run was started with request id {request_id[:200]!r}")
+        with translated(self.r):
+            value = self.r.get(self.keys.request(request_id))
+        if not value:
+            raise UnknownRun(f"no run was started with request id {request_id!r}")
+        return str(value).partition(" ")[0]
 
     def run(self, run_id: str) -> RunRecord:
         """The run's record. Raises UnknownRun."""

@@ -74,8 +74,10 @@ def create_run(
     max_parallel: int,
     now: float,
     events_maxlen: int,
+    request_id: str | None = None,
+    request_ttl_s: int = 0,
 ) -> Call:
-    """KEYS/ARGV of ``create_run.lua``."""
+    """KEYS/ARGV of ``create_run.lua`` (the request key and its TTL only with a request id)."""
     keys = [
         k.run(run_id),
         k.run_plan(run_id),
@@ -98,6 +100,9 @@ def create_run(
         events_maxlen,
         k.flags_channel,
     ]
+    if request_id is not None:
+        keys.append(k.request(request_id))
+        args.append(request_ttl_s)
     return keys, args
 
 

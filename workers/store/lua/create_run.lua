@@ -9,18 +9,33 @@
 -- KEYS[7] ready zset        <ns>:run:<id>:ready
 -- KEYS[8] flags hash        <ns>:flags
 -- KEYS[9] flags version     <ns>:flags:version
+-- KEYS[10] request id       <ns>:request:<request id>   "<run id> <plan name>"
+--                           (optional: absent = no request id)
 -- ARGV[1] run id   ARGV[2] plan name   ARGV[3] now   ARGV[4] plan (JSON)
 -- ARGV[5] features (JSON [[name, rank, [dependency, ...]], ...] in dispatch order)
 -- ARGV[6] max_parallel   ARGV[7] feature key prefix   ARGV[8] events max length
 -- ARGV[9] flags channel <ns>:flags
+-- ARGV[10] request id TTL (s), with KEYS[10]
 --
 -- Returns {"CREATED", run id, already enabled feature...} | {"EXISTS", active run id}
+--       | {"REQUEST", "<run id> <plan name>" an earlier start with this request id got}
 --       | {"OVERLAP", other run id, feature}.
 -- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
 -- A feature with no published flag is published DISABLED now, atomically with the run,
 -- so a service whose coded default is "on" never turns it on while it waits.
+-- With a request id: a known one returns its run and changes nothing (even when that run
+-- has finished); otherwise the run this start returns (created or already active) is
+-- recorded under it.
+local request = KEYS[10]
+if request then
+  local known = redis.call('GET', request)
+  if known then return {'REQUEST', known} end
+end
 local existing = redis.call('HGET', KEYS[4], ARGV[2])
-if existing then return {'EXISTS', existing} end
+if existing then
+  if request then redis.call('SET', request, existing .. ' ' .. ARGV[2], 'EX', ARGV[10]) end
+  return {'EXISTS', existing}
+end
 local feats = cjson.decode(ARGV[5])
 for _, f in ipairs(feats) do
   local other = redis.call('HGET', KEYS[5], f[1])
@@ -67,6 +82,7 @@ for _, f in ipairs(feats) do
   redis.call('HSET', KEYS[5], f[1], ARGV[1])
   if pending == 0 and not enabled[f[1]] then redis.call('ZADD', KEYS[7], f[2], f[1]) end
 end
+if request then redis.call('SET', request, ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[10]) end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'run_started',
   'feature', '', 'from', '', 'to', 'RUNNING', 'percent', '', 'reason', 'started',
   'worker', '', 'task_id', '', 'evidence', cjson.encode({plan = ARGV[2], features = #feats,
