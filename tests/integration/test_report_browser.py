@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_report import EVENTS, RUN
+from tests.unit.test_report import EVENTS, HELD_EVENTS, HELD_PLAN, HELD_RUN, RUN
 from workers.core.plan import parse_plan
 from workers.ops.report import build_timeline, render_html, render_svg
 
@@ -101,13 +101,20 @@ def documents() -> dict[str, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="prm-report-"))
     (tmp / "report.html").write_text(render_html(timeline))
     (tmp / "report.svg").write_text(render_svg(timeline))
-    return {"html": tmp / "report.html", "svg": tmp / "report.svg"}
+    held = build_timeline(HELD_PLAN, HELD_RUN, HELD_EVENTS, now=110.0)
+    (tmp / "held.html").write_text(render_html(held))
+    (tmp / "held.svg").write_text(render_svg(held))
+    return {kind: tmp / f"{kind.replace('-', '.')}" for kind in ("held-html", "held-svg")} | {
+        "html": tmp / "report.html",
+        "svg": tmp / "report.svg",
+    }
 
 
-@pytest.mark.parametrize("kind", ["html", "svg"])
+@pytest.mark.parametrize("kind", ["html", "svg", "held-html", "held-svg"])
 def test_no_text_overlaps_text_or_lanes(documents: dict[str, Path], kind: str) -> None:
-    """In the rendered page and the standalone SVG, no two texts overlap, no label or
-    final state overlaps a lane, and every text lies inside the picture."""
+    """In the rendered page and the standalone SVG (also of a run with holds, bakes and
+    awaited commands), no two texts overlap, no label or final state overlaps a lane, and
+    every text lies inside the picture."""
     boxes = measure(documents[kind])
     texts, svg = boxes["texts"], boxes["svg"]
     assert len(texts) > 20
@@ -127,7 +134,7 @@ def test_standalone_svg_carries_title_status_legend_and_rollbacks(
     """Opened on its own, the SVG shows (as text, not tooltips) the title, the status
     badge, the legend, every feature and dependency, and the rollback table."""
     boxes = measure(documents["svg"])
-    visible = {t["cls"]: [] for t in boxes["texts"]}
+    visible: dict[str, list[str]] = {t["cls"]: [] for t in boxes["texts"]}
     for t in boxes["texts"]:
         visible[t["cls"]].append(t["text"])
     assert visible["title"] == [f"Recovery timeline: {PLAN.name}"]

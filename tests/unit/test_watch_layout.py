@@ -118,3 +118,63 @@ def test_unmeasured_feature_shows_not_measured() -> None:
     lines = screen(rows, 200, 50)
     assert "not measured" in next(line for line in lines if "feature-01" in line)
     assert "HEALTHY" in next(line for line in lines if "feature-02" in line)
+
+
+def held_rows() -> tuple[FeatureRow, ...]:
+    """thirty() plus one feature per hold, and one baking."""
+    return (
+        *thirty(),
+        row(30, "TESTING", percent=50, held="paused", note="paused by alice — vendor"),
+        row(31, "TESTING", percent=50, held="awaiting_approval", awaiting=100, note="gate"),
+        row(32, "TESTING", percent=10, held="insufficient_traffic", note="0.5 requests/s"),
+        row(33, "TESTING", percent=50, held="unhealthy_hold", health="UNHEALTHY", note="held"),
+        row(34, "ENABLED", percent=100, held="baking", bake_left_s=75.0, note="ENABLED (promoted)"),
+    )
+
+
+def test_holds_and_bakes_have_their_own_labels() -> None:
+    """A held row shows why it holds instead of its state, a baking row BAKING with its
+    bake's time left; only the holds that wait for an operator (and the quarantine) get a
+    `needs an operator` line, each naming its command."""
+    lines = screen(held_rows(), 200, 60)
+    labels = {line.split()[0]: line.split()[1] for line in lines if line.startswith("feature-3")}
+    assert labels == {"feature-30": "PAUSED", "feature-31": "AWAITING", "feature-32": "LOW",
+                      "feature-33": "HELD", "feature-34": "BAKING"}  # fmt: skip
+    assert "bake ends in 1:15 · ENABLED (promoted)" in next(
+        line for line in lines if line.startswith("feature-34")
+    )
+    needs = [line for line in lines if line.startswith("needs an operator")]
+    rid = "20261130-181247-0581ca"
+    assert needs == [
+        "needs an operator: feature-27 is quarantined — recovery retry "
+        f"{rid} feature-27 --reason '<why>'",
+        f"needs an operator: feature-30 is paused — recovery resume {rid} feature-30 --reason "
+        "'<why>'",
+        "needs an operator: feature-31 awaits approval before 100% — recovery approve "
+        f"{rid} feature-31 --reason '<why>'",
+        "needs an operator: feature-33 is held unhealthy at 50% — recovery retry|promote "
+        f"{rid} feature-33 --reason '<why>', or recovery rollback feature-33 --reason '<why>'",
+    ]
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (60, 20)])
+def test_operator_lines_fit_and_baking_rows_give_way(width: int, height: int) -> None:
+    """On a small terminal the view still fits and every held row shows; the operator
+    lines are wrapped (never cut) while they fit, else one compact line names each
+    feature's command verb and where the full commands are; a hidden baking row is
+    counted like any other."""
+    lines = screen(held_rows(), width, height)
+    assert len(lines) <= height and all(len(line) <= width for line in lines), lines
+    text = " ".join(" ".join(lines).split())
+    for name in ("feature-30", "feature-31", "feature-32", "feature-33"):
+        assert any(line.startswith(name) for line in lines), name
+    rid = "20261130-181247-0581ca"
+    if height >= 24:
+        assert text.count("needs an operator:") == 4
+        assert f"recovery approve {rid} feature-31 --reason '<why>'" in text
+    else:
+        assert text.count("needs an operator:") == 1
+        assert "feature-31 (approve), feature-33 (retry|promote)" in text
+        assert f"the commands: recovery status {rid}" in text
+    if not any(line.startswith("feature-34") for line in lines):
+        assert "more BAKING" in text

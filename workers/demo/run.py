@@ -4,8 +4,12 @@ It starts, as child processes it owns: a private ``redis-server`` on a free loop
 (data in a temporary directory; no ACL users, for simplicity — production uses
 ``config/redis.conf``), two Celery workers, the beat, Flower (basic auth), and a simulated
 service fleet (:mod:`workers.demo.fleet`) that reads the flags with the flag client and reports
-outcomes for every feature of ``demo.yaml`` (package data). One feature (``pricing``) is bad: it
-passes its ramp, then regresses under sustained full traffic. The demo starts the
+each request's overall outcome (``record_request``: both cohorts of every TESTING feature of
+``demo.yaml``, package data, which judges features against their control cohort) and each
+ENABLED feature's own calls. One feature (``pricing``) is bad: it passes its ramp, then
+regresses under sustained full traffic. ``shared_error_rate`` (``recovery demo
+--shared-error-rate P``) also degrades a dependency every request shares: the designed
+outcome stays the same, because both cohorts of each feature suffer alike. The demo starts the
 recovery, shows the live view, writes the HTML timeline, prints what happened and why,
 and stops every process it started — on success, on error and on Ctrl-C.
 
@@ -78,6 +82,8 @@ class DemoConfig:
     beat_interval_s: float = 0.5
     namespace: str = "demo"
     fleet_rate: float = 200.0
+    #: a degraded shared dependency: every request fails with this probability
+    shared_error_rate: float = 0.0
     live: bool | None = None
 
 
@@ -159,7 +165,8 @@ class ProcessGroup:
 
 def load_demo_plan(cfg: DemoConfig) -> Plan:
     """The demo plan, with ``cfg.dwell_s`` and ``cfg.bake_s`` applied (through the one
-    plan loader). Raises PlanError/InvalidInput."""
+    plan loader). Raises PlanError/InvalidInput (also for a shared error rate outside
+    [0, 1])."""
 
     def compress(doc: dict[str, Any]) -> None:
         defaults = doc.setdefault("defaults", {})
@@ -172,6 +179,10 @@ def load_demo_plan(cfg: DemoConfig) -> Plan:
                 if isinstance(f, dict):
                     f.pop(key, None)
 
+    if not 0 <= cfg.shared_error_rate <= 1:
+        raise InvalidInput(
+            f"the shared error rate must be within [0, 1], got {cfg.shared_error_rate}"
+        )
     plan = load_plan(cfg.plan, overrides=compress)
     if cfg.bad not in plan.features:
         raise InvalidInput(f"the bad feature {cfg.bad!r} is not in {cfg.plan}")
@@ -261,6 +272,13 @@ def _header(console: Console, plan: Plan, cfg: DemoConfig) -> None:
             f"ramping, then starts failing ~{cfg.leak_after_s:g}s after taking all traffic. "
             f"Expect it to be rolled back (its dependents first), retried once, quarantined, "
             "and the run to end PARTIAL."
+            + (
+                f" A dependency every request shares is degraded: {cfg.shared_error_rate:.1%} "
+                "of all requests fail whatever is on; features are judged against the users "
+                "without them, so this alone condemns none."
+                if cfg.shared_error_rate
+                else ""
+            )
         ),
         soft_wrap=False,
     )
@@ -406,7 +424,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
             "fleet",
             [sys.executable, "-m", "workers.demo.fleet", str(cfg.plan), "--bad", cfg.bad,
              "--leak-after", str(cfg.leak_after_s), "--rate", str(cfg.fleet_rate),
-             "--lifetime", str(cfg.timeout_s + 60)],
+             "--lifetime", str(cfg.timeout_s + 60),
+             "--shared-error-rate", str(cfg.shared_error_rate)],
             env,
         )  # fmt: skip
         console.print(

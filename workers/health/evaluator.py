@@ -353,7 +353,11 @@ class Evaluator:
         m.off[1] += cs
         c = self.policy.control
         m.cllr += conditional_llr(n, s, cn, cs, c.healthy, c.unhealthy)
-        self._ref[spec.name] = reference_rate(m.off[0], m.off[1])
+        # a reference carried from earlier ticks or steps is replaced only by an off-cohort
+        # of at least min_requests: a few stray off-cohort requests around a step change
+        # ((0 + 1)/(1 + 1) = 50 %) must not become the rate the feature is held to
+        if self._ref[spec.name] is None or m.off[0] >= self.policy.min_requests:
+            self._ref[spec.name] = reference_rate(m.off[0], m.off[1])
 
     def _guard(self, requests: float, errors: float) -> bool:
         """Tumbling guard window: True (and ROLLBACK) when plainly broken."""

@@ -34,6 +34,7 @@ from workers.errors import (
     PlanError,
     StoreUnavailable,
 )
+from workers.ops.awaited import awaited_from_status
 from workers.sentinel import is_sentinel_url, redacted_url
 from workers.settings import get_settings
 from workers.store import store_from_settings
@@ -302,8 +303,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         note = "quarantined" if f["quarantined"] else ("blocked" if f["blocked"] else "")
         if hold:
             note = f"{note} {hold}".strip()
-        if f.get("needs_operator"):
-            waiting.append(_operator_line(doc["run_id"], name, f))
+        decision = awaited_from_status(doc["run_id"], name, f)
+        if decision is not None:
+            waiting.append(decision.line)
         table.add_row(
             name,
             Text(f["state"], style=_STATE_STYLE.get(f["state"], "")),
@@ -316,26 +318,6 @@ def _print_status(doc: dict[str, Any]) -> None:
     console.print(table)
     for line in waiting:
         console.print(f"[bold yellow]needs an operator[/]: {line}", highlight=False)
-
-
-def _operator_line(run_id: str, name: str, f: dict[str, Any]) -> str:
-    """What a human must decide for one feature, and the command that decides it."""
-    hold = f.get("hold")
-    if f.get("quarantined"):
-        return (
-            f"{name} is quarantined ({f['reason']}) — recovery retry {run_id} {name} --reason '...'"
-        )
-    if hold == "awaiting_approval":
-        return (
-            f"{name} awaits approval before {f.get('awaiting')}% — "
-            f"recovery approve {run_id} {name} --reason '...'"
-        )
-    if hold == "paused":
-        return f"{name} is paused — recovery resume {run_id} {name} --reason '...'"
-    return (
-        f"{name} is held unhealthy at {f['percent']}% — recovery retry|promote {run_id} {name}"
-        f" --reason '...', or recovery rollback {name} --reason '...'"
-    )
 
 
 @app.command()

@@ -61,6 +61,13 @@ def evidence_text(evidence: Mapping[str, Any]) -> str:
             )
         elif "message" in evidence:
             parts.append(str(evidence["message"]))
+        elif "min_traffic_rps" in evidence:
+            parts.append(
+                f"{_fmt(_num(evidence.get('traffic_rps')))} requests/s observed, below the "
+                f"minimum {_fmt(_num(evidence.get('min_traffic_rps')))}"
+            )
+        elif "traffic_rps" in evidence:
+            parts.append(f"traffic back at {_fmt(_num(evidence.get('traffic_rps')))} requests/s")
         elif "note" in evidence:
             parts.append(str(evidence["note"]))
         elif "error" in evidence:
@@ -104,8 +111,44 @@ def describe(event: Mapping[str, Any]) -> str:
         return f"{feature}: QUARANTINED — {reason}"
     if kind in ("freeze", "unfreeze"):
         return f"{kind}: {reason}{tail}"
+    if kind in ("hold", "hold_lifted", "retry"):
+        return _operator_event(kind, str(feature), reason, ev, detail)
+    if kind == "run_status":
+        return f"run status {ev.get('from', '?')} → {ev.get('to', '?')}: {reason}"
     if kind == "run_started":
         return f"run started ({int(_num(ev.get('features')))} features)"
     if kind == "run_finished":
         return f"run finished {to}: {reason}"
     return f"{kind} {feature} {reason}".strip()
+
+
+_HOLD_WORDS = {
+    "paused": "paused",
+    "awaiting_approval": "awaiting approval",
+    "insufficient_traffic": "held for lack of traffic",
+    "unhealthy_hold": "held unhealthy (awaiting an operator)",
+    "baking": "baking",
+}
+_LIFT_WORDS = {
+    "paused": "resumed",
+    "awaiting_approval": "approved",
+    "insufficient_traffic": "no longer held for lack of traffic",
+    "unhealthy_hold": "released from its unhealthy hold",
+}
+
+
+def _operator_event(
+    kind: str, feature: str, reason: str, ev: Mapping[str, Any], detail: str
+) -> str:
+    """A hold, the lift of one, or an operator's retry, as a sentence."""
+    by = f" by {ev['by']}" if ev.get("by") else ""
+    tail = f" — {detail}" if detail else ""
+    if kind == "retry":
+        return f"{feature}: retried{by} (quarantine cleared){tail}"
+    if kind == "hold":
+        return f"{feature}: {_HOLD_WORDS.get(reason, f'held ({reason})')}{by}{tail}"
+    if "approved" in ev:
+        return f"{feature}: approved {ev['approved']}%{by}{tail}"
+    if ev.get("restart"):
+        return f"{feature}: test restarted{by}{tail}"
+    return f"{feature}: {_LIFT_WORDS.get(reason, f'hold lifted ({reason})')}{by}{tail}"

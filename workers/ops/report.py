@@ -14,6 +14,15 @@ tooltip gives the reason and the evidence (metric, observed rate against the thr
 statistic against its bound); retries are blue dots, quarantines black crosses. Dashed
 connectors show, when a feature started, the dependencies it was waiting for.
 
+Holds and bakes have their own style: a held period (``hold`` to ``hold_lifted`` in the
+audit trail, or until a move that clears it) is hatched over the lane — purple while it
+waits for an operator (paused, awaiting approval, held unhealthy), slate while traffic is
+too low (it lifts by itself); the bake after a promotion (the feature's ``bake_s``, cut
+short by a rollback) is a pale green stretch marked ``bake``. Operator actions (retry,
+resume, approve, promote) are purple diamonds. Every decision the run still awaits is
+listed under "Needs an operator" with the command that makes it
+(:mod:`workers.ops.awaited`).
+
 :func:`~workers.ops.describe.describe` (re-exported here) renders one event as a sentence.
 """
 
@@ -26,13 +35,17 @@ from typing import Any
 
 from workers.core.graph import Graph
 from workers.core.plan import Plan
+from workers.ops.awaited import Awaited, awaited, awaited_from_status
 from workers.ops.describe import _evidence, _num, describe, evidence_text
 
 __all__ = [
+    "HOLD_COLORS",
     "STATE_COLORS",
     "Lane",
     "Mark",
+    "Need",
     "Segment",
+    "Span",
     "Timeline",
     "build_timeline",
     "clock",
@@ -45,6 +58,10 @@ __all__ = [
 
 #: lane colours per feature state (the HTML legend and the SVG share them)
 STATE_COLORS = {"DISABLED": "#d5d9df", "TESTING": "#f0a030", "ENABLED": "#2e9d58"}
+#: the hatch of a held period (waits for an operator / lifts by itself) and the bake fill
+HOLD_COLORS = {"operator": "#7b3fb5", "traffic": "#5a6b80", "bake": "#a9dcb8"}
+#: holds only an operator's command lifts
+OPERATOR_HOLDS = frozenset({"paused", "awaiting_approval", "unhealthy_hold"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +75,36 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Span:
+    """A stretch of a lane drawn over its states: ``kind`` ``held`` (``label`` = the hold:
+    ``paused``, ``awaiting_approval``, ``insufficient_traffic``, ``unhealthy_hold``) or
+    ``bake`` (the watch after a promotion); ``detail`` says who and why."""
+
+    start: float
+    end: float
+    kind: str
+    label: str
+    detail: str
+
+    @property
+    def needs_operator(self) -> bool:
+        """A held period only an operator's command ends."""
+        return self.kind == "held" and self.label in OPERATOR_HOLDS
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """Something the run waits on: ``text`` for people, ``command`` to run (empty for a
+    feature blocked by another: the command is on that one)."""
+
+    text: str
+    command: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Mark:
-    """A point event on a lane: ``rollback``, ``retry``, ``quarantine`` or ``freeze``."""
+    """A point event on a lane: ``rollback``, ``retry``, ``quarantine``, ``operator`` (an
+    operator's retry, resume, approval or promotion) or ``freeze``."""
 
     ts: float
     kind: str
@@ -82,6 +127,13 @@ class Lane:
     attempts: int = 0
     quarantined: bool = False
     blocked_by: str = ""
+    #: held periods and bakes, in time order
+    spans: list[Span] = field(default_factory=list)
+    #: the hold at the end of the timeline ("" none) and, for an approval, its percent
+    hold: str = ""
+    awaiting: int | None = None
+    #: the reason of the last rollback (a quarantine's cause)
+    cause: str = ""
 
 
 @dataclass(slots=True)
@@ -98,6 +150,8 @@ class Timeline:
     enabled_order: list[str]
     rollbacks: list[tuple[float, str, str, str, str]]  # ts, feature, from, reason, evidence
     freezes: list[Mark]
+    #: what the run waits on from people, in dispatch order
+    needs: list[Need] = field(default_factory=list)
 
 
 def build_timeline(
@@ -108,7 +162,9 @@ def build_timeline(
     now: float | None = None,
 ) -> Timeline:
     """Lay out a run: ``run`` has ``run_id``, ``status``, ``started_at``, ``finished_at``,
-    ``reason`` (the ``status --json`` contract); ``events`` oldest first."""
+    ``reason`` and optionally ``features`` (the ``status --json`` contract; with
+    ``features`` the awaited decisions come from it, else from the events); ``events``
+    oldest first."""
     graph = Graph.from_plan(plan)
     lanes = {
         name: Lane(name, plan.features[name].depends_on, plan.features[name].description)
@@ -123,6 +179,7 @@ def build_timeline(
     enabled_order: list[str] = []
     rollbacks: list[tuple[float, str, str, str, str]] = []
     freezes: list[Mark] = []
+    spans = _Spans(lanes, plan)
     for e in events:
         ts = min(max(_num(e.get("ts"), start), start), end)
         kind = str(e.get("kind", ""))
@@ -140,6 +197,9 @@ def build_timeline(
                 lane.segments.append(Segment(since, ts, state, pct))
             to = str(e.get("to") or "DISABLED")
             current[name] = (ts, to, int(_num(e.get("percent"))))
+            spans.moved(name, ts, to)
+            if ev.get("rule") == "operator":  # an operator's promote
+                lane.marks.append(Mark(ts, "operator", describe(e), ""))
             if to == "TESTING" and e.get("from") == "DISABLED":
                 lane.starts.append(ts)
                 lane.attempts += 1
@@ -148,13 +208,24 @@ def build_timeline(
             elif to == "DISABLED":
                 reason = str(e.get("reason", ""))
                 text = evidence_text(ev)
+                lane.cause = reason
                 lane.marks.append(Mark(ts, "rollback", reason, text))
                 rollbacks.append((ts, name, str(e.get("from") or ""), reason, text))
         elif kind == "retry_scheduled":
             lane.marks.append(Mark(ts, "retry", "retry scheduled", evidence_text(ev)))
         elif kind == "quarantined":
             lane.quarantined = True
+            spans.close_hold(name, ts)
             lane.marks.append(Mark(ts, "quarantine", str(e.get("reason", "")), evidence_text(ev)))
+        elif kind == "hold":
+            spans.hold(name, ts, str(e.get("reason", "")), describe(e), ev)
+        elif kind in ("hold_lifted", "retry"):
+            spans.close_hold(name, ts)
+            if kind == "retry":
+                lane.quarantined = False
+            if ev.get("by"):
+                lane.marks.append(Mark(ts, "operator", describe(e), ""))
+    spans.finish(end)
     for name, (since, state, pct) in current.items():
         lane = lanes[name]
         lane.segments.append(Segment(since, max(since, end), state, pct))
@@ -166,8 +237,9 @@ def build_timeline(
     # a feature enabled twice (rolled back, retried) is listed at its last enabling
     last = {n: i for i, n in enumerate(enabled_order)}
     order = sorted((n for n in last if lanes[n].final == "ENABLED"), key=last.__getitem__)
+    run_id = str(run.get("run_id", ""))
     return Timeline(
-        run_id=str(run.get("run_id", "")),
+        run_id=run_id,
         plan=str(run.get("plan", plan.name)),
         status=str(run.get("status", "")),
         reason=str(run.get("reason", "")),
@@ -177,7 +249,96 @@ def build_timeline(
         enabled_order=order,
         rollbacks=rollbacks,
         freezes=freezes,
+        needs=_needs(run_id, list(lanes.values()), run.get("features"), current),
     )
+
+
+class _Spans:
+    """Builds the held periods and bakes of every lane while the events are replayed."""
+
+    def __init__(self, lanes: Mapping[str, Lane], plan: Plan) -> None:
+        self.lanes = lanes
+        self.plan = plan
+        self.held: dict[str, tuple[float, str, str]] = {}  # name -> start, hold, detail
+        self.baking: dict[str, tuple[float, float]] = {}  # name -> start, planned end
+
+    def hold(self, name: str, ts: float, hold: str, detail: str, ev: Mapping[str, Any]) -> None:
+        self.close_hold(name, ts)
+        self.held[name] = (ts, hold, detail)
+        lane = self.lanes[name]
+        lane.hold = hold
+        awaiting = ev.get("awaiting")
+        lane.awaiting = int(_num(awaiting)) if awaiting not in (None, "") else None
+
+    def close_hold(self, name: str, ts: float) -> None:
+        lane = self.lanes[name]
+        lane.hold, lane.awaiting = "", None
+        opened = self.held.pop(name, None)
+        if opened is not None:
+            since, hold, detail = opened
+            lane.spans.append(Span(since, max(since, ts), "held", hold, detail))
+
+    def moved(self, name: str, ts: float, to: str) -> None:
+        """A transition: a ramp step or a promotion clears the hold (a rollback keeps
+        it); a promotion of a measured feature starts its bake, any move ends one."""
+        if to in ("TESTING", "ENABLED"):
+            self.close_hold(name, ts)
+        baking = self.baking.pop(name, None)
+        if baking is not None:
+            self._bake(name, baking[0], min(ts, baking[1]))
+        spec = self.plan.features[name]
+        if to == "ENABLED" and spec.health.source != "none" and spec.bake_s > 0:
+            self.baking[name] = (ts, ts + spec.bake_s)
+
+    def finish(self, end: float) -> None:
+        """Close what is still open at the end of the timeline (it stays the lane's hold)."""
+        for name, (since, hold, detail) in list(self.held.items()):
+            self.lanes[name].spans.append(Span(since, max(since, end), "held", hold, detail))
+        for name, (since, until) in self.baking.items():
+            self._bake(name, since, min(end, until))
+        for lane in self.lanes.values():
+            lane.spans.sort(key=lambda span: span.start)
+
+    def _bake(self, name: str, since: float, until: float) -> None:
+        if until > since:
+            spec = self.plan.features[name]
+            detail = f"{name}: baking — watched {spec.bake_s:g}s after its promotion"
+            self.lanes[name].spans.append(Span(since, until, "bake", "baking", detail))
+
+
+def _needs(
+    run_id: str,
+    lanes: Sequence[Lane],
+    features: Any,
+    current: Mapping[str, tuple[float, str, int]],
+) -> list[Need]:
+    """The awaited decisions (from the status document's ``features`` when given, else
+    from the replayed events) and the features blocked by a quarantine."""
+    out: list[Need] = []
+    for lane in lanes:
+        decision: Awaited | None
+        if isinstance(features, Mapping):
+            doc = features.get(lane.name)
+            decision = awaited_from_status(run_id, lane.name, doc) if doc else None
+        else:
+            decision = awaited(
+                run_id,
+                lane.name,
+                quarantined=lane.quarantined,
+                hold=lane.hold or None,
+                awaiting=lane.awaiting,
+                percent=current[lane.name][2],
+                reason=lane.cause,
+            )
+        if decision is not None:
+            text = f"{lane.name} {decision.why}"
+            if lane.quarantined:
+                text = f"{lane.name} quarantined after {lane.attempts} attempt(s)"
+                text += f" — {lane.cause}" if lane.cause else ""
+            out.append(Need(text, decision.command))
+        elif lane.blocked_by and lane.final == "DISABLED":
+            out.append(Need(f"{lane.name} blocked by {lane.blocked_by}"))
+    return out
 
 
 # -- drawing ------------------------------------------------------------------------------
@@ -222,17 +383,22 @@ def render_html(t: Timeline) -> str:
         f"</td><td>{_e(reason)}</td><td>{_e(text)}</td></tr>"
         for ts, name, frm, reason, text in t.rollbacks
     )
-    quarantined = [lane for lane in t.lanes if lane.quarantined]
-    blocked = [lane for lane in t.lanes if lane.blocked_by and lane.final == "DISABLED"]
     outcome = "".join(
-        f"<li><b>{_e(lane.name)}</b> quarantined after {lane.attempts} attempt(s)"
-        f"{' — ' + _e(lane.marks[-1].label) if lane.marks else ''}</li>"
-        for lane in quarantined
-    ) + "".join(f"<li>{_e(lane.name)} blocked by {_e(lane.blocked_by)}</li>" for lane in blocked)
+        f"<li>{_e(n.text)}" + (f": <code>{_e(n.command)}</code>" if n.command else "") + "</li>"
+        for n in t.needs
+    )
     enabled = " → ".join(_e(n) for n in t.enabled_order) or "none"
     legend = "".join(
         f'<span><i class="sw" style="background:{c}"></i>{s}</span>'
         for s, c in STATE_COLORS.items()
+    )
+    hatch = "repeating-linear-gradient(45deg,{} 0 3px,#fff0 3px 6px)"
+    legend += (
+        f'<span><i class="sw" style="background:{HOLD_COLORS["bake"]}"></i>baking after '
+        f'promotion</span><span><i class="sw" style="background:'
+        f'{hatch.format(HOLD_COLORS["operator"])}"></i>held for an operator</span>'
+        f'<span><i class="sw" style="background:{hatch.format(HOLD_COLORS["traffic"])}">'
+        "</i>held: too little traffic</span>"
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -242,7 +408,8 @@ def render_html(t: Timeline) -> str:
         f'<span class="status {_e(t.status)}">{_e(t.status)}</span> · {_e(t.reason)} · '
         f"duration {_e(duration)}</div>"
         f'<div class="legend">{legend}<span>▼ rollback</span><span>● retry scheduled</span>'
-        "<span>✕ quarantined</span><span>┆ dependency it waited for</span></div>"
+        "<span>✕ quarantined</span><span>◆ operator action</span>"
+        "<span>┆ dependency it waited for</span></div>"
         f'<div class="scroll">{render_svg(t, standalone=False)}</div>'
         f"<h2>Enabled, in order</h2><p>{enabled}</p>"
         f"<h2>Rolled back</h2>"

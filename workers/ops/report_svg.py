@@ -7,6 +7,12 @@ duration, a legend, the lanes, and the rollback table and the features that need
 operator as text rows — so a screenshot or a pasted SVG loses nothing. Embedded in the
 HTML report (``standalone=False``) it draws the lanes only; the page has the rest.
 
+Held periods are hatched over the lane (``<rect class="held">``, a pattern per kind:
+waits for an operator, or too little traffic), bakes drawn pale green with ``bake``
+written inside when it fits (``<rect class="bake">``), operator actions as purple
+diamonds; the final-state column says what the feature is held for, and the standalone
+picture lists every awaited decision with its command under "Needs an operator".
+
 Layout is sized to content: the label column is as wide as the longest feature name (up
 to a cap); a dependency list that does not fit is wrapped onto more lines and the lane
 grows to hold them; the final-state column is as wide as its longest text; long
@@ -20,7 +26,15 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from workers.ops.report import STATE_COLORS, Lane, Timeline, clock
+from workers.ops.report import (
+    HOLD_COLORS,
+    OPERATOR_HOLDS,
+    STATE_COLORS,
+    Lane,
+    Span,
+    Timeline,
+    clock,
+)
 
 __all__ = ["COLORS", "render_svg", "text_width", "wrap"]
 
@@ -92,11 +106,39 @@ def _tick_step(span: float) -> float:
     return 86400.0
 
 
+_HOLD_WORDS = {
+    "paused": "paused",
+    "awaiting_approval": "awaits approval",
+    "insufficient_traffic": "low traffic",
+    "unhealthy_hold": "held unhealthy",
+}
+#: the patterns held periods are hatched with (ids in the SVG's <defs>)
+_HATCH = {"operator": "hatch-operator", "traffic": "hatch-traffic"}
+
+
 def _final(lane: Lane) -> str:
     final = "QUARANTINED" if lane.quarantined else lane.final
     if lane.blocked_by and final == "DISABLED":
         final = f"blocked by {lane.blocked_by}"
+    if lane.hold and not lane.quarantined:
+        words = _HOLD_WORDS.get(lane.hold, lane.hold)
+        if lane.hold == "awaiting_approval" and lane.awaiting is not None:
+            words += f" ({lane.awaiting}%)"
+        final = f"{final} · {words}"
     return final
+
+
+def _defs() -> str:
+    """The hatch patterns of held periods."""
+    out = ["<defs>"]
+    for kind, pid in _HATCH.items():
+        out.append(
+            f'<pattern id="{pid}" width="6" height="6" patternUnits="userSpaceOnUse" '
+            f'patternTransform="rotate(45)"><rect width="3" height="6" '
+            f'fill="{HOLD_COLORS[kind]}" fill-opacity="0.75"/></pattern>'
+        )
+    out.append("</defs>")
+    return "".join(out)
 
 
 class _Canvas:
@@ -195,7 +237,7 @@ def render_svg(t: Timeline, *, standalone: bool = True) -> str:
     )
     title = f"<title>Recovery timeline: run {_e(t.run_id)} ({_e(t.plan)}), {_e(t.status)}</title>"
     background = f'<rect width="{width:.0f}" height="{height:.0f}" fill="#fff"/>'
-    return "\n".join([head, title, background, *c.parts, "</svg>"])
+    return "\n".join([head, title, _defs(), background, *c.parts, "</svg>"])
 
 
 def _draw_heading(c: _Canvas, t: Timeline, width: float) -> None:
@@ -217,16 +259,20 @@ def _draw_heading(c: _Canvas, t: Timeline, width: float) -> None:
         c.text(_PAD, c.y, line, size=11, fill="#555", cls="meta")
     c.y += 22
     x = float(_PAD)
-    items: list[tuple[str, str]] = [(f"sw:{s}", s) for s in COLORS]
-    items += [("▼", "rollback"), ("●", "retry scheduled"), ("✕", "quarantined"),
-              ("┆", "dependency it waited for")]  # fmt: skip
+    items: list[tuple[str, str]] = [(f"sw:{COLORS[s]}", s) for s in COLORS]
+    items += [(f"sw:{HOLD_COLORS['bake']}", "baking after promotion"),
+              (f"sw:url(#{_HATCH['operator']})", "held for an operator"),
+              (f"sw:url(#{_HATCH['traffic']})", "held: too little traffic"),
+              ("▼", "rollback"), ("●", "retry scheduled"), ("✕", "quarantined"),
+              ("◆", "operator action"), ("┆", "dependency it waited for")]  # fmt: skip
     for symbol, label in items:
         need = 18 + text_width(label, 11) + 14
         if x + need > width - _PAD:
             x, c.y = float(_PAD), c.y + 16
         if symbol.startswith("sw:"):
             c.parts.append(f'<rect class="swatch" x="{x:.1f}" y="{c.y - 9:.1f}" width="14" '
-                           f'height="10" fill="{COLORS[symbol[3:]]}"/>')  # fmt: skip
+                           f'height="10" fill="{symbol[3:]}" stroke="#ccc" '
+                           'stroke-width="0.5"/>')  # fmt: skip
         else:
             c.text(x + 1, c.y, symbol, size=11, fill="#d62728" if symbol == "▼" else "#333",
                    cls="legend-symbol")  # fmt: skip
@@ -243,6 +289,7 @@ def _draw_lane(c: _Canvas, t: Timeline, lane: Lane, ys: list[float], index: dict
     c.text(_PAD, yy + 13, lane.name, bold=True, cls="label")
     for n, line in enumerate(deps):
         c.text(_PAD, yy + 25 + n * _LINE_H, line, size=10, fill="#777", cls="deps")
+    labels: list[tuple[float, str]] = []
     for s in lane.segments:
         x0, x1 = x(s.start), x(s.end)
         w = max(x1 - x0, 0.5)
@@ -256,8 +303,11 @@ def _draw_lane(c: _Canvas, t: Timeline, lane: Lane, ys: list[float], index: dict
         )
         pct = f"{s.percent}%"
         if s.state == "TESTING" and w > text_width(pct, 10) + 6:
-            c.text(x0 + w / 2, yy + 18, pct, size=10, fill="#402800", anchor="middle",
-                   cls="percent")  # fmt: skip
+            labels.append((x0 + w / 2, pct))
+    for span in lane.spans:  # over the states, under the percent written inside
+        _draw_span(c, t, lane, span, yy, x)
+    for xl, pct in labels:
+        c.text(xl, yy + 18, pct, size=10, fill="#402800", anchor="middle", cls="percent")
     for ts in lane.starts:
         xs = x(ts)
         for dep in lane.depends_on:
@@ -279,6 +329,11 @@ def _draw_lane(c: _Canvas, t: Timeline, lane: Lane, ys: list[float], index: dict
                      f'L{xm:.1f},{yy + 12:.1f} Z" fill="#d62728" stroke="#fff" '
                      'stroke-width="0.8">')  # fmt: skip
             end = "</path>"
+        elif m.kind == "operator":
+            yo = yy + _LANE_H - 5
+            shape = (f'<path d="M{xm:.1f},{yo - 5:.1f} l5,5 l-5,5 l-5,-5 Z" fill="#7b3fb5" '
+                     'stroke="#fff" stroke-width="0.8">')  # fmt: skip
+            end = "</path>"
         elif m.kind == "quarantine":
             shape = (f'<path d="M{xm - 5:.1f},{yy + 9:.1f} l10,10 m0,-10 l-10,10" '
                      'stroke="#111" stroke-width="2.5">')  # fmt: skip
@@ -288,8 +343,34 @@ def _draw_lane(c: _Canvas, t: Timeline, lane: Lane, ys: list[float], index: dict
             end = "</circle>"
         c.parts.append(f'<g class="mark {m.kind}">{shape}<title>{_e(tip)}</title>{end}</g>')
     color = {"ENABLED": "#2e9d58", "QUARANTINED": "#111"}.get(final, "#a33")
+    if lane.hold in OPERATOR_HOLDS and not lane.quarantined:
+        color = HOLD_COLORS["operator"]
     c.text(label_w + _PLOT_W + _PAD, yy + 18, final, fill=color, cls="final")
     c.parts.append("</g>")
+
+
+def _draw_span(c: _Canvas, t: Timeline, lane: Lane, span: Span, yy: float, x: Any) -> None:
+    """A held period hatched over the lane, or a bake in pale green (``bake`` inside
+    when it fits)."""
+    x0, x1 = x(span.start), x(span.end)
+    w = max(x1 - x0, 0.5)
+    when = f"from +{clock(span.start - t.start)} to +{clock(span.end - t.start)}"
+    tip = f"{span.detail} ({when})"
+    if span.kind == "bake":
+        c.parts.append(
+            f'<rect class="bake" x="{x0:.1f}" y="{yy + 5:.1f}" width="{w:.1f}" '
+            f'height="{_LANE_H - 10}" fill="{HOLD_COLORS["bake"]}"><title>{_e(tip)}</title></rect>'
+        )
+        if w > text_width("bake", 10) + 6:
+            c.text(x0 + w / 2, yy + 18, "bake", size=10, fill="#1d5e35", anchor="middle",
+                   cls="bake-label")  # fmt: skip
+        return
+    kind = "operator" if span.needs_operator else "traffic"
+    c.parts.append(
+        f'<rect class="held {_e(span.label)}" x="{x0:.1f}" y="{yy + 3:.1f}" width="{w:.1f}" '
+        f'height="{_LANE_H - 6}" fill="url(#{_HATCH[kind]})" stroke="{HOLD_COLORS[kind]}" '
+        f'stroke-width="1"><title>{_e(tip)}</title></rect>'
+    )
 
 
 def _draw_tables(c: _Canvas, t: Timeline, width: float) -> None:
@@ -320,16 +401,7 @@ def _draw_tables(c: _Canvas, t: Timeline, width: float) -> None:
                 if n:
                     c.y += 14
                 c.text(xs[4], c.y, line, size=11, fill="#444", cls="cell")
-    needs = [
-        f"{lane.name} quarantined after {lane.attempts} attempt(s)"
-        + (f" — {lane.marks[-1].label}" if lane.marks else "")
-        for lane in t.lanes
-        if lane.quarantined
-    ] + [
-        f"{lane.name} blocked by {lane.blocked_by}"
-        for lane in t.lanes
-        if lane.blocked_by and lane.final == "DISABLED"
-    ]
+    needs = [f"{n.text}: {n.command}" if n.command else n.text for n in t.needs]
     if needs:
         c.y += 28
         c.text(_PAD, c.y, "Needs an operator", size=14, bold=True, cls="heading")

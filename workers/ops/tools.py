@@ -88,6 +88,15 @@ def demo(
         str, typer.Option(help="Where the report, events and logs go.")
     ] = "demo-output",
     timeout: Annotated[float, typer.Option(min=10, help="Give up after S seconds.")] = 270,
+    shared_error_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Degrade a dependency every request shares: each request fails with this "
+            "probability (e.g. 0.04); features are judged against their control cohort.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Run the demo: a realistic recovery with one bad feature, start to finish.
 
@@ -99,7 +108,13 @@ def demo(
 
     from workers.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(flower=flower, output_dir=Path(output_dir), timeout_s=timeout, keep=keep)
+    cfg = DemoConfig(
+        flower=flower,
+        output_dir=Path(output_dir),
+        timeout_s=timeout,
+        keep=keep,
+        shared_error_rate=shared_error_rate,
+    )
     try:
         with user_errors(redis_url="the demo's private redis-server"):
             result = run_demo(cfg)
