@@ -123,7 +123,7 @@ def promote(
         return Refusal(f"{rec.name}: not every dependency of it is ENABLED")
     evidence = {"rule": "operator", **_who(actor, reason)}
     if full or rec.step + 1 >= len(spec.ramp):
-        return (promotion(spec, len(spec.ramp), evidence, now),)
+        return (promotion(spec, len(spec.ramp), evidence, now, tick_s=tuning.metrics_tick_s),)
     nxt = rec.step + 1
     due = now + first_delay(spec, tuning)
     return (Advance(nxt, spec.ramp[nxt], evidence, FeatureHealth.UNKNOWN, due),)

@@ -343,20 +343,27 @@ def testing(
             shifted = rec.testing_since if away > 0 else None
             advance = Advance(rec.step + 1, nxt, evidence, verdict.health, due, ref, shifted)
             return (*actions, advance)
-        return (*actions, promotion(spec, len(spec.ramp), evidence, now, verdict.reference))
+        ref, tick = verdict.reference, tuning.metrics_tick_s
+        return (*actions, promotion(spec, len(spec.ramp), evidence, now, ref, tick))
     return (*actions, stay)
 
 
 def promotion(
-    spec: Feature, step: int, evidence: Mapping[str, Any], now: float, reference: str = ""
+    spec: Feature,
+    step: int,
+    evidence: Mapping[str, Any],
+    now: float,
+    reference: str = "",
+    tick_s: float = 1.0,
 ) -> Enable:
-    """The move to ENABLED: measured features are watched from now and bake ``bake_s``
-    (``reference``: the off-cohort rates the watch compares with under a control
-    baseline)."""
+    """The move to ENABLED: measured features bake ``bake_s`` and are watched from the
+    next whole metrics tick (the tick of the promotion holds counts of the feature still
+    testing); ``reference``: the off-cohort rates the watch compares with under a control
+    baseline."""
     if not measured(spec):
         return Enable(step, evidence, None)
     bake = now + spec.bake_s if spec.bake_s > 0 else 0.0
-    return Enable(step, evidence, now, bake, reference)
+    return Enable(step, evidence, (now // tick_s + 1) * tick_s, bake, reference)
 
 
 def enabled(

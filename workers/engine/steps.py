@@ -120,8 +120,11 @@ class StepsMixin(EngineBase):
         released = False
         try:
             now = self.clock()
-            (action,) = decide.test_step(rec, spec, now, self.tuning)
+            actions = decide.test_step(rec, spec, now, self.tuning)
+            action = actions[-1]
             if isinstance(action, Skip):
+                # e.g. a hold before the first percent: carried out, then nothing to start
+                self.carry_out(run_id, ctx, rec, actions, token=token, task_id=task_id, now=now)
                 return action.outcome
             assert isinstance(action, StartTest)
             if self.fault_hook is not None:
@@ -227,8 +230,8 @@ class StepsMixin(EngineBase):
             if rec.state is not S.TESTING:
                 return "skipped"
             now = self.clock()
-            watch = now if decide.measured(spec) else None
-            action = Enable(len(spec.ramp), {"rule": "requested"}, watch)
+            tick = self.tuning.metrics_tick_s
+            action = decide.promotion(spec, len(spec.ramp), {"rule": "requested"}, now, "", tick)
             return self.carry_out(run_id, ctx, rec, [action], token=token, task_id=task_id, now=now)
         finally:
             self.store.release(run_id, feature, token)
