@@ -122,3 +122,23 @@ def test_a_failing_feature_is_rolled_back_and_quarantined_on_the_memory_store() 
     ]
     assert rollbacks == [("TESTING", "unhealthy")] * 2
     assert any(e.kind == "quarantined" and e.feature == "bad" for e in store.events(run_id))
+
+
+def test_a_gate_before_the_first_percent_holds_until_approved() -> None:
+    """With approve_before its first percent, a ready feature does not start: it holds
+    awaiting approval (off the ready queue) and starts once an operator approves."""
+    store, clock, queue = MemoryStore(), Clock(), Queue()
+    engine = make_engine(store, clock, queue)
+    plan = {
+        "name": "gate",
+        "defaults": {"ramp": [10, 100], "dwell_s": 1, "health": {"source": "none"}},
+        "features": [{"name": "pay", "approve_before": [10]}],
+    }
+    run_id = engine.start_recovery(plan).run_id
+    run_to_end(engine, queue, clock, run_id, ticks=5)
+    rec = store.feature(run_id, "pay")
+    assert (rec.state, rec.hold, rec.awaiting) == (S.DISABLED, "awaiting_approval", 10)
+    assert store.ready(run_id, 10) == []
+    engine.approve(run_id, "pay", reason="ticket 1", actor="alice")
+    run_to_end(engine, queue, clock, run_id)
+    assert store.run(run_id).status is RunStatus.SUCCEEDED
