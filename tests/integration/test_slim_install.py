@@ -47,7 +47,7 @@ SERVICE = textwrap.dedent(
     }})
     snap.record("checkout", True, 0.01)
     snap.record("checkout", False)
-    api.set_provider(RecoveryProvider(snap))
+    api.set_provider_and_wait(RecoveryProvider(snap))
     of = api.get_client()
     keys = [f"user-{{i}}" for i in range(100)]
     provider_agrees = all(
