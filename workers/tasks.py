@@ -48,6 +48,7 @@ from workers.errors import (
 )
 from workers.settings import Settings
 from workers.store import store_from_settings
+from workers.store.clock import SyncedClock
 from workers.store.keys import REQUEST_ID_PATTERN
 
 __all__ = [
@@ -97,7 +98,7 @@ def build_engine(settings: Settings, celery_app: Celery, **engine_options: Any) 
     store = store_from_settings(settings)
     _load_metrics_function(store)
     # one clock for every worker: Redis's TIME, not this host's (due times, dwell, backoff)
-    engine_options.setdefault("clock", store.now)
+    engine_options.setdefault("clock", SyncedClock(store.now))
     return Engine(store, settings, CeleryDispatcher(celery_app), **engine_options)
 
 

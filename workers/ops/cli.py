@@ -38,6 +38,7 @@ from workers.ops.awaited import awaited_from_status
 from workers.sentinel import is_sentinel_url, redacted_url
 from workers.settings import get_settings
 from workers.store import store_from_settings
+from workers.store.clock import SyncedClock
 from workers.store.keys import Keys
 
 __all__ = ["app", "handles_errors", "main", "read_plan", "user_errors"]
@@ -277,7 +278,7 @@ def _manager() -> PartialRecoveryManager:
     store = store_from_settings(s)
     # one clock: Redis's TIME, whatever this host's clock says
     return PartialRecoveryManager(
-        store, s, CeleryDispatcher(make_app(s)), worker="cli", clock=store.now
+        store, s, CeleryDispatcher(make_app(s)), worker="cli", clock=SyncedClock(store.now)
     )
 
 
