@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import structlog
 
@@ -46,13 +47,13 @@ class EvaluationMixin(EngineBase):
                 log.info("evaluation_refused", run_id=run_id, feature=feature, why=str(exc))
                 return "refused"
         try:
-            token = self.store.claim(
+            # the record read again in the same round trip, fresh under the lease
+            token, rec = self.store.claim_record(
                 run_id, feature, self.worker, self.settings.lease_ttl_s, now=now
             )
         except LeaseHeld:
             return "leased"
         try:
-            rec = self.store.feature(run_id, feature)  # fresh, under the lease
             if rec.state is S.TESTING:
                 verdict = self.verdict(spec, rec, "testing", rec.step_since, now)
                 actions = decide.testing(rec, spec, verdict, now, self.tuning)
@@ -86,14 +87,16 @@ class EvaluationMixin(EngineBase):
         if window is not None:
             ev.observe_sample(source.collect(spec.name, *window))
             until = window[1]
-        early = self._early_rollback(spec, ev, source, until, now)
+        state = ev.to_state()
+        eval_state = json.dumps(state, separators=(",", ":"))
+        early = self._early_rollback(spec, ev, state, eval_state, source, until, now)
         if early is not None:
             return early
         return Verdict(
             health=ev.health,
             decision=ev.decision,
             evidence=ev.explain(),
-            eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
+            eval_state=eval_state,
             until=until,
             requests=ev.requests,
             span_s=max(until - start, 0.0),
@@ -104,14 +107,21 @@ class EvaluationMixin(EngineBase):
         )
 
     def _early_rollback(
-        self, spec: Feature, ev: Evaluator, source: MetricSource, until: float, now: float
+        self,
+        spec: Feature,
+        ev: Evaluator,
+        state: dict[str, Any],
+        eval_state: str,
+        source: MetricSource,
+        until: float,
+        now: float,
     ) -> Verdict | None:
         """A ROLLBACK verdict from the counts already in for the ticks not yet complete,
         or None. They are looked at, not consumed (the evaluator's state is not changed),
         so ticks stay disjoint; only a rollback is taken from them: a sequential test may
         stop at any look, and a plainly broken feature need not wait for its tick to end
         and the flush lag to pass. Redis-reported counts only (other sources are polled
-        per tick)."""
+        per tick). ``state``/``eval_state``: ``ev``'s state, as a document and as stored."""
         if not self.settings.early_rollback:
             return None
         if spec.health.source != "redis" or ev.decision is Decision.ROLLBACK:
@@ -120,7 +130,7 @@ class EvaluationMixin(EngineBase):
         end = (now // tick + 1) * tick
         if end <= until:
             return None
-        peek = Evaluator.from_state(spec.health, ev.to_state())
+        peek = Evaluator.from_state(spec.health, state)
         peek.observe_sample(source.collect(spec.name, until, end))
         if peek.decision is not Decision.ROLLBACK:
             return None
@@ -128,7 +138,7 @@ class EvaluationMixin(EngineBase):
             health=peek.health,
             decision=Decision.ROLLBACK,
             evidence={**peek.explain(), "early": True},
-            eval_state=json.dumps(ev.to_state(), separators=(",", ":")),
+            eval_state=eval_state,
             until=until,
             requests=peek.requests,
             control=spec.health.baseline == "control",

@@ -220,13 +220,12 @@ class StepsMixin(EngineBase):
         ctx = self.context(run_id)
         spec = ctx.spec(feature)
         try:
-            token = self.store.claim(
+            token, rec = self.store.claim_record(
                 run_id, feature, self.worker, self.settings.lease_ttl_s, now=self.clock()
             )
         except LeaseHeld:
             return "leased"
         try:
-            rec = self.store.feature(run_id, feature)
             if rec.state is not S.TESTING:
                 return "skipped"
             now = self.clock()
