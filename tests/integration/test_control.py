@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import celery
@@ -69,10 +70,10 @@ def transitions(c: Cluster, run_id: str, feature: str | None = None) -> list[Any
 
 
 def cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``recovery`` command line as an operator would, against the cluster."""
+    """Run the installed ``recovery`` console script as an operator would."""
     env = {**os.environ, **c.env, "RECOVERY_ACTOR": "alice"}
     return subprocess.run(
-        [sys.executable, "-m", "workers.ops.cli", *args],
+        [str(Path(sys.executable).parent / "recovery"), *args],
         env=env,
         capture_output=True,
         text=True,

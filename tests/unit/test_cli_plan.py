@@ -240,3 +240,18 @@ def test_console_script_honours_max_features_setting() -> None:
     result = _run("validate", "config/shop.yaml", env={"RECOVERY_MAX_FEATURES": "5"})
     assert result.returncode == 2
     assert "13 features, more than 5" in result.stderr
+
+
+def test_python_dash_m_runs_every_registered_command() -> None:
+    """`python -m workers.ops.cli` offers the steering and tools commands too (they
+    register on the importable module's app, not on a second `__main__` copy)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.ops.cli", "--help"],
+        capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for command in ("pause", "retry", "rollback", "watch", "exporter", "validate"):
+        assert command in out.stdout
