@@ -1,6 +1,7 @@
 """One clock (issue 16.3): workers and a beat whose clocks are 30 s off (Debian's
 ``faketime``) still honour every dwell, lose no tick and finish the run; a beat started
-with a schedule file written under a clock 10 minutes ahead ticks at once.
+with a schedule file written under a clock 10 minutes ahead ticks at once; a service whose
+clock is 30 s off reports its counts into the ticks of Redis's clock.
 
 Dwell is measured on Redis's clock: the audit stream's ids are Redis milliseconds.
 """
@@ -8,14 +9,23 @@ Dwell is measured on Redis's clock: the audit stream's ids are Redis millisecond
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from tests.chaos.conftest import chaos_cluster, close_cluster
 from tests.chaos.invariants import check_run, record
 from tests.chaos.workers import SkewedProcess
-from tests.processes import wait_for
+from tests.integration.conftest import Cluster
+from tests.processes import ROOT, need_binary, wait_for
 from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 
 DWELL_S = 2.0
@@ -107,5 +117,86 @@ def test_a_beat_with_a_schedule_file_from_a_clock_ahead_ticks_at_once() -> None:
         took = time.monotonic() - started
         record("beat started with a schedule file from +10 min", runs=1, faults=1,
                finished_after_s=round(took, 2))  # fmt: skip
+    finally:
+        close_cluster(c)
+
+
+@contextmanager
+def skewed_service(c: Cluster, offset: str, names: list[str]) -> Iterator[None]:
+    """A service process whose clock is off by ``offset`` (``faketime``), serving healthy
+    traffic and reporting every feature's outcomes through its FlagClient."""
+    proc = subprocess.Popen(
+        [need_binary("faketime"), "-f", offset, sys.executable, "-m", "tests.chaos.service",
+         c.redis.url, c.namespace, *names],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # faketime does not pass SIGTERM on: signal the group
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize("offset", ["-30s", "+30s"])
+def test_a_service_thirty_seconds_off_reports_into_redis_ticks(offset: str) -> None:
+    """A FlagClient process whose clock is 30 s behind (ahead) reports a healthy feature's
+    outcomes in a real run: its counts land in the ticks of Redis's clock, the feature is
+    judged on them and promoted within ``max_testing_s`` — no timeout, no attempt used."""
+    names = ["svc0"]
+    plan = {
+        "name": "skewed-service",
+        "max_parallel": 1,
+        "defaults": {
+            "ramp": [50, 100],
+            "dwell_s": 1,
+            "max_testing_s": 15,
+            "bake_s": 0,
+            "retry": {"max_attempts": 1},
+        },
+        "features": [{"name": n} for n in names],
+    }
+    c = chaos_cluster()
+    try:
+        c.worker(concurrency=2)
+        c.beat()
+        with skewed_service(c, offset, names):
+            run_id = c.manager.start_recovery(plan).run_id
+            status = wait_for(
+                lambda: (st := c.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
+                40,
+                what="the run judged on a skewed service's counts",
+            )
+            # where the service's counts land now, against Redis's current tick
+            time.sleep(1.0)
+            now_tick = int(c.store.now())
+            ticks = [
+                int(k.rsplit(":", 1)[1])
+                for k in c.store.r.scan_iter(f"{c.namespace}:metrics:svc0:*", count=1000)
+            ]
+        events = c.store.events(run_id)
+        timeouts = [e for e in events if e.reason == "timeout"]
+        assert not timeouts, timeouts
+        assert status is RunStatus.SUCCEEDED, c.logs()
+        rec = c.store.feature(run_id, "svc0")
+        assert rec.attempts == 0, rec
+        newest = max(ticks)
+        assert now_tick - 3 <= newest <= now_tick + 1, (newest, now_tick)
+        promoted = [e for e in events if e.kind == "transition" and e.to == "ENABLED"]
+        judged = promoted[-1].evidence.get("requests", 0) if promoted else 0
+        record(
+            f"a service at {offset} reporting a healthy feature",
+            runs=1,
+            faults=1,
+            newest_tick_vs_redis=newest - now_tick,
+            requests_judged=judged,
+            timeouts=0,
+        )
     finally:
         close_cluster(c)

@@ -2,9 +2,10 @@
 
 Layout (a published contract, see :mod:`workers.keys`): one hash per feature per
 non-overlapping tick, ``<ns>:metrics:<feature>:<tick>`` with ``tick = floor(unix_s /
-tick_s)``, integer fields ``requests``, ``errors``, ``slow``, ``bad:<name>`` and the same
-with a ``ctl:`` prefix for the control cohort (missing = 0; ``requests`` 0 is a heartbeat),
-and a TTL.
+tick_s)`` by **Redis's** clock (a writer sends its own "now" and the function moves its
+ticks by the difference), integer fields ``requests``, ``errors``, ``slow``,
+``bad:<name>`` and the same with a ``ctl:`` prefix for the control cohort (missing = 0;
+``requests`` 0 is a heartbeat), and a TTL.
 
 **Writing** is one server-side call per flush: the Redis Function ``recovery_metrics_add``
 (library ``recovery_metrics``, source ``workers/store/lua/metrics.lua``). It validates the whole
@@ -30,6 +31,7 @@ Imports ``redis`` only; no Celery.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +48,7 @@ __all__ = [
     "LIBRARY",
     "MAX_COUNT",
     "MAX_ENTRIES",
+    "PROTOCOL",
     "Entry",
     "EntryStatus",
     "FunctionMissing",
@@ -61,6 +64,8 @@ __all__ = [
 
 LIBRARY = "recovery_metrics"
 FUNCTION = "recovery_metrics_add"
+#: the call's protocol version: "2" sends the caller's clock (see metrics.lua's header)
+PROTOCOL = "2"
 #: entries one call takes (a bigger batch is split); fields per entry; count per field
 MAX_ENTRIES = 1000
 MAX_FIELDS = 64
@@ -131,8 +136,9 @@ def arrived_stream(keys: Keys) -> str:
     return keys.metrics_arrived
 
 
-def _args(keys: Keys, entries: Sequence[Entry], tick_s: int, ttl_s: int) -> list[Any]:
-    argv: list[Any] = ["1", keys.ns, str(tick_s), str(ttl_s)]
+def _args(keys: Keys, entries: Sequence[Entry], tick_s: int, ttl_s: int, now_s: float) -> list[Any]:
+    # protocol "2": the caller's now, so the function moves the ticks onto Redis's clock
+    argv: list[Any] = [PROTOCOL, keys.ns, str(tick_s), str(ttl_s), str(max(0, round(now_s * 1000)))]
     for e in entries:
         argv += [e.feature, str(e.tick), str(len(e.counts))]
         for field, n in e.counts.items():
@@ -147,8 +153,15 @@ def add_counts(
     *,
     tick_s: int = 1,
     ttl_s: int = 3600,
+    now_s: float | None = None,
 ) -> list[EntryStatus]:
     """Add ``entries`` with one ``FCALL``; one status per entry, in order.
+
+    The entries' ticks are on the caller's clock; ``now_s`` is that clock's "now" (default
+    this host's ``time.time()``, the clock the flag client's ticks come from). The function
+    moves every tick by the caller's offset from Redis's clock, in whole ticks (protocol
+    "2"), so a count lands in the tick Redis's clock gives the moment it was recorded,
+    whatever this host's clock says.
 
     At most :data:`MAX_ENTRIES` entries (split bigger batches). Raises
     :class:`FunctionMissing` when the function is not loaded and cannot be loaded from
@@ -161,7 +174,7 @@ def add_counts(
     if len(entries) > MAX_ENTRIES:
         raise ValueError(f"at most {MAX_ENTRIES} entries per call, got {len(entries)}")
     names = [arrived_stream(keys)] + [keys.metrics(e.feature, e.tick) for e in entries]
-    argv = _args(keys, entries, tick_s, ttl_s)
+    argv = _args(keys, entries, tick_s, ttl_s, time.time() if now_s is None else now_s)
     try:
         reply: Any = client.fcall(FUNCTION, len(names), *names, *argv)
     except redis.ResponseError as exc:

@@ -55,6 +55,7 @@ def record_counts(
     control_errors: int = 0,
     control_slow: int = 0,
     control_bad: Mapping[str, int] | None = None,
+    now_s: float | None = None,
 ) -> None:
     """Atomically add one feature's counts for one tick through the metrics function.
 
@@ -64,7 +65,9 @@ def record_counts(
     a tick the function refuses (nothing is written then); Redis errors propagate as the
     driver's exceptions: a writer helper for tests and tools, which handle their own
     retries. The flag client's reporter writes through the same function
-    (:func:`workers.store.metrics.add_counts`).
+    (:func:`workers.store.metrics.add_counts`). ``tick`` is on the caller's clock and
+    ``now_s`` is that clock's now (default this host's ``time.time()``): the function moves
+    the tick onto Redis's clock.
     """
     counts = {"requests": requests, "errors": errors, "slow": slow}
     counts.update({f"bad:{name}": n for name, n in (bad or {}).items()})
@@ -77,7 +80,7 @@ def record_counts(
     if not valid_entry(entry):
         raise InvalidInput(f"counts must be non-negative integers with valid names: {counts}")
     try:
-        [status] = add_counts(redis_client, keys, [entry], tick_s=tick_s, ttl_s=ttl_s)
+        [status] = add_counts(redis_client, keys, [entry], tick_s=tick_s, ttl_s=ttl_s, now_s=now_s)
     except redis.ResponseError as exc:
         if str(exc).startswith("INVALID"):
             raise InvalidInput(f"metrics refused: {exc}") from None

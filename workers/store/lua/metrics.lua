@@ -8,11 +8,14 @@
 --                                                 (space-separated); capped at ~1000
 -- KEYS[1+i]  <ns>:metrics:<feature>:<tick>       the i-th entry's tick hash (declared, so
 --                                                 ACL key patterns and Cluster slots apply)
--- ARGV[1]  protocol version "1"
+-- ARGV[1]  protocol version "2" (or "1": without ARGV[5], ticks taken as given)
 -- ARGV[2]  namespace <ns>
 -- ARGV[3]  tick_s, 1..3600
 -- ARGV[4]  ttl_s, 10..86400 (the TTL every written key gets; never shortened)
--- ARGV[5…] per entry, in KEYS order: feature, tick, field count m, then m pairs field, count
+-- ARGV[5]  protocol "2" only: the caller's "now", unix milliseconds by the same clock its
+--          entries' ticks were taken from (an integer 0..99999999999999)
+-- ARGV[5…] ("1"), ARGV[6…] ("2"): per entry, in KEYS order: feature, tick, field count m,
+--          then m pairs field, count
 --          feature  [a-z0-9][a-z0-9._-]*, at most 64 bytes (the plan's name rule)
 --          field    requests | errors | slow | bad:<name>, each optionally prefixed ctl:
 --                   (the control cohort); <name> [A-Za-z0-9_.-]{1,64}
@@ -23,7 +26,8 @@
 -- and applied whole or not at all; the reply has one status per entry, in order:
 --   "OK"        applied (every non-zero field and "requests" HINCRBY'd; a key without
 --               TTL gets ttl_s)
---   "TICK"      the tick starts more than 60 s after now by Redis's clock (not applied)
+--   "TICK"      the tick (shifted, protocol "2") starts more than 60 s after now by
+--               Redis's clock, or is before tick 0 (not applied)
 --   "WRONGTYPE" the key exists and is not a hash (not applied)
 --   "NOTINT"    a field already holds a non-integer (not applied: counts unchanged)
 --   "OVERFLOW"  a field would leave int64 (not applied: counts unchanged)
@@ -31,6 +35,14 @@
 -- call), so the engine may evaluate as counts arrive (XREAD BLOCK on it).
 -- Nothing is ever retried by the caller for an entry that got a status: "OK" is done, the
 -- others can never apply.
+--
+-- One clock (protocol "2"): the tick a count lands in is decided by Redis's clock, not the
+-- caller's. Every entry's tick is shifted by round((Redis now - caller now) / tick_s) ticks
+-- (the caller's clock offset, in whole ticks), so a service whose clock is 30 s behind or
+-- ahead still writes the ticks the evaluator reads now. The KEYS still name the caller's
+-- ticks (validated as above); the function writes the shifted tick's key, under the same
+-- <ns>:metrics:<feature>: prefix (so per-feature ACL key patterns still apply). Protocol
+-- "1" (kept for clients in other languages) writes the ticks as given.
 
 local MAX_ENTRIES = 1000
 local MAX_FIELDS = 64
@@ -66,7 +78,9 @@ local function bounded(text, lo, hi)
 end
 
 local function add(all_keys, args)
-  if args[1] ~= '1' then return redis.error_reply('INVALID protocol ' .. tostring(args[1])) end
+  if args[1] ~= '1' and args[1] ~= '2' then
+    return redis.error_reply('INVALID protocol ' .. tostring(args[1]))
+  end
   local ns = args[2]
   if type(ns) ~= 'string' or #ns < 1 or #ns > 64 or string.find(ns, '[%s%c]') then
     return redis.error_reply('INVALID namespace')
@@ -88,6 +102,18 @@ local function add(all_keys, args)
   end
   local prefix = ns .. ':metrics:'
   local entries, seen, i = {}, {}, 5
+  -- one clock: the caller's offset from Redis's clock, in whole ticks (protocol "2")
+  local redis_time = redis.call('TIME')
+  local shift = 0
+  if args[1] == '2' then
+    local caller_ms = args[5]
+    if type(caller_ms) ~= 'string' or #caller_ms > 14 or string.find(caller_ms, '^%d+$') == nil then
+      return redis.error_reply('INVALID now')
+    end
+    local redis_ms = tonumber(redis_time[1]) * 1000 + math.floor(tonumber(redis_time[2]) / 1000)
+    shift = math.floor((redis_ms - tonumber(caller_ms)) / (tick_s * 1000) + 0.5)
+    i = 6
+  end
   for e = 1, #keys do
     local feature, tick_text, m_text = args[i], args[i + 1], args[i + 2]
     if type(feature) ~= 'string' or not valid_feature(feature) then
@@ -116,6 +142,11 @@ local function add(all_keys, args)
       if not n or n < 0 or n > MAX_COUNT or n % 1 ~= 0 then return invalid('count', e) end
       fields[f], counts[f] = field, n
     end
+    if shift ~= 0 then
+      -- the tick by Redis's clock (a shift before 0 is refused below as a bad tick)
+      tick = tick + shift
+      key = prefix .. feature .. ':' .. string.format('%d', tick)
+    end
     entries[e] = {key = key, feature = feature, tick = tick, fields = fields, counts = counts}
     i = i + 3 + 2 * m
   end
@@ -123,10 +154,10 @@ local function add(all_keys, args)
 
   -- 2. apply each entry whole or not at all: an increment Redis refuses (the key is not a
   -- hash, the field is not an integer, int64 overflow) undoes the entry's earlier ones
-  local now = tonumber(redis.call('TIME')[1])
+  local now = tonumber(redis_time[1])
   local status, arrived, announced = {}, {}, {}
   for e, entry in ipairs(entries) do
-    if entry.tick * tick_s > now + SKEW_S then
+    if entry.tick < 0 or entry.tick * tick_s > now + SKEW_S then
       -- a tick that has not begun (beyond clock skew) would sit in wait for its reader:
       -- refused, so nobody can pre-load evidence; past ticks are fine, the TTL ends them
       status[e] = 'TICK'
