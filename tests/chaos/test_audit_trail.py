@@ -3,6 +3,8 @@ to what the run can write, and freeze/unfreeze storms append only when something
 
 from __future__ import annotations
 
+import time
+
 from tests.chaos.conftest import chaos_cluster, close_cluster
 from tests.chaos.invariants import check_run, record
 from tests.processes import wait_for
@@ -64,5 +66,53 @@ def test_freeze_and_unfreeze_storms_append_only_changes() -> None:
         kinds = [e.kind for e in c.store.events(run_id)[before:]]
         assert kinds == ["freeze", "unfreeze"], kinds
         record("freeze/unfreeze storm of 200 calls", runs=1, events_appended=len(kinds))
+    finally:
+        close_cluster(c)
+
+
+def test_an_operator_storm_beyond_the_allowance_trims_no_event_of_the_run() -> None:
+    """1,500 freeze/unfreeze pairs that each change something (3,000 events, far beyond the
+    run's 1,000-event allowance for operators) while a run tests: every event is kept —
+    ``run_started`` first, every transition (the replay checks the whole run), every
+    freeze and unfreeze."""
+    c = chaos_cluster(events_maxlen=1000)
+    try:
+        names = [f"o{i}" for i in range(4)]
+        plan = {
+            "name": "operator-storm",
+            "max_parallel": 4,
+            "defaults": {"ramp": [50, 100], "dwell_s": 0.5, "health": {"source": "none"}},
+            "features": [{"name": n} for n in names],
+        }
+        c.worker(concurrency=2)
+        c.beat()
+        run_id = c.manager.start_recovery(plan).run_id
+        wait_for(lambda: len(c.store.testing(run_id)) == 4, 20, what="all TESTING")
+        pairs = 1500
+        started = time.monotonic()
+        for _ in range(pairs):
+            assert c.manager.freeze("storm", by="pytest")
+            assert c.manager.unfreeze(by="pytest")
+        storm_s = time.monotonic() - started
+        wait_for(
+            lambda: c.store.run(run_id).status in FINAL_RUN_STATUSES, 60, what="the run to end"
+        )
+        events = c.store.events(run_id)
+        assert events[0].kind == "run_started", events[0]
+        operators = [e for e in events if e.kind in ("freeze", "unfreeze")]
+        assert len(operators) == 2 * pairs
+        res = check_run(c.store, run_id, plan, expect_status=RunStatus.SUCCEEDED)
+        assert res.ok, res.explain()
+        assert res.transitions == 3 * len(names)
+        key = c.store.keys.events(run_id)
+        per_event = int(c.store.r.memory_usage(key)) / len(events)
+        record(
+            "freeze/unfreeze storm of 3,000 changes (allowance 1,000)",
+            runs=1,
+            events_kept=len(events),
+            storm_s=round(storm_s, 1),
+            bytes_per_event=round(per_event),
+            violations=len(res.violations),
+        )
     finally:
         close_cluster(c)

@@ -98,6 +98,16 @@ def test_size_audit_raises_the_run_s_cap_and_never_lowers_it(store: Store) -> No
     assert store.size_audit(run_id, 7000) == 7000
 
 
+def test_every_non_transition_event_raises_the_run_s_cap_by_one(store: Store) -> None:
+    """Appending an event other than a transition raises the run's audit cap by one, in
+    the same step: operators' events never take the place of the run's own."""
+    run_id = make_run(store, features=("a",))
+    cap = store.size_audit(run_id, 10**6)
+    for i in range(3):
+        store.append_event(run_id, "freeze" if i % 2 == 0 else "unfreeze", now=T + i)
+    assert store.size_audit(run_id, 0) == cap + 3
+
+
 def test_the_store_clock_and_the_tick_gate(store: Store) -> None:
     """The store has a clock (a positive unix time once used), and the beat's tick gate
     lets one caller through per period: a second tick within it is turned away."""

@@ -41,13 +41,16 @@ def test_memory_store_implements_the_protocol() -> None:
     assert isinstance(MemoryStore(), Store)
 
 
-def test_audit_is_trimmed_to_its_maximum_length() -> None:
-    """The audit keeps exactly the newest ``events_maxlen`` events."""
+def test_a_run_s_own_events_beyond_the_maximum_length_are_all_kept() -> None:
+    """With ``events_maxlen`` 3, five appended events of a run raise its cap to 8: the
+    audit keeps them all, from ``run_started`` on (as the Redis scripts do)."""
     store = MemoryStore(events_maxlen=3)
     run_id = make_run(store, features=("a",))
     for i in range(5):
         store.append_event(run_id, f"e{i}", now=T + i)
-    assert [e.kind for e in store.events(run_id)] == ["e2", "e3", "e4"]
+    kinds = [e.kind for e in store.events(run_id)]
+    assert kinds == ["run_started", "e0", "e1", "e2", "e3", "e4"]
+    assert store.size_audit(run_id, 0) == 8
 
 
 def test_leases_expire_against_the_latest_clock_passed_in() -> None:

@@ -470,7 +470,8 @@ def stalled(
     return tuple(out)
 
 
-#: audit events a run may append beyond its features' budgets (operators, freezes, the run)
+#: audit events a run may append beyond its features' budgets (a margin: every event other
+#: than a transition also raises the run's cap by one as it is appended, see the store)
 AUDIT_SLACK = 1000
 
 
@@ -478,7 +479,9 @@ def audit_budget(features: Iterable[Feature]) -> int:
     """How many audit events a run of ``features`` may append: per feature and attempt,
     each ramp step, the promotion, a rollback, a retry or quarantine event and two health
     or hold notes; plus :data:`AUDIT_SLACK`. The store keeps at least this many of the
-    run's events, so its whole history survives until the run's keys expire."""
+    run's events, plus one for every non-transition event appended (operators' freezes,
+    pauses, health notes: each raises the cap as it is written), so its whole history
+    survives until the run's keys expire."""
     per_attempt = 4
     return AUDIT_SLACK + sum(f.retry.max_attempts * (len(f.ramp) + per_attempt) for f in features)
 

@@ -337,7 +337,8 @@ class Store(Protocol):
     def size_audit(self, run_id: str, events: int) -> int:
         """Atomically raise the run's audit-stream cap to ``events`` (never lower it); the
         run's stream is trimmed to the larger of the store's ``events_maxlen`` and this
-        cap. Returns the run's cap now. Raises UnknownRun."""
+        cap, which every non-transition event then raises by one. Returns the run's cap
+        now. Raises UnknownRun."""
         ...
 
     def extend_bake(self, run_id: str, until: float) -> None:
@@ -398,7 +399,9 @@ class Store(Protocol):
         actor: str = "",
     ) -> None:
         """Append a non-transition event (health, freeze, retry, …) to the run's audit;
-        ``actor`` is who caused it (an operator, else the worker)."""
+        ``actor`` is who caused it (an operator, else the worker). Atomically raises the
+        run's audit cap by one (as every non-transition event does: quarantine, retry, the
+        run's end), so no event of the run is ever trimmed by others of its kind."""
         ...
 
     # -- freeze ---------------------------------------------------------------------------

@@ -111,13 +111,18 @@ class Keyspace:
         return self.clock
 
     def append(self, run_id: str, fields: dict[str, str]) -> None:
-        """XADD with a trim to ``events_maxlen``, or the run's own budget (``events_max``)
-        if larger; ids grow with the clock, never back."""
+        """XADD with a trim to ``events_maxlen``, or the run's own cap (``events_max``)
+        if larger; ids grow with the clock, never back. An event other than a transition
+        or the run's start raises the run's cap by one (as the Redis scripts do)."""
         ms = max(self.last_id[0], int(self.clock * 1000))
         self.last_id = (ms, self.last_id[1] + 1 if ms == self.last_id[0] else 0)
         stream = self.events.setdefault(run_id, [])
         stream.append((self.last_id, fields))
-        cap = max(self.events_maxlen, int(self.runs.get(run_id, {}).get("events_max") or 0))
+        run = self.runs.get(run_id)
+        cap = max(self.events_maxlen, int((run or {}).get("events_max") or 0))
+        if run is not None and fields.get("kind") not in ("transition", "run_started"):
+            cap += 1
+            run["events_max"] = str(cap)
         del stream[: max(0, len(stream) - cap)]
 
     def holder(self, run_id: str, name: str) -> str | None:

@@ -92,16 +92,14 @@ class QueuesAuditMixin:
         percent: int | None = None,
         actor: str = "",
     ) -> None:
-        """Append a non-transition event (decision, freeze, retry, …) to the run's stream."""
+        """Append a non-transition event (decision, freeze, retry, …) to the run's stream,
+        raising the run's audit cap by one in the same script (``append_event.lua``)."""
         fields = event_fields(
             kind, now=now, feature=feature, reason=reason, evidence=evidence, worker=worker,
             task_id=task_id, state=state, percent=percent, actor=actor,
         )  # fmt: skip
-        key = self.keys.events(run_id)
-        with translated(self.r):
-            budget = self.r.hget(self.keys.run(run_id), "events_max")
-        cap = max(self.events_maxlen, int(budget or 0))
-        self._write(lambda p: p.xadd(key, fields, maxlen=cap, approximate=True))
+        call = scripts.append_event(self.keys, run_id, fields, events_maxlen=self.events_maxlen)
+        self._run("append_event", call)
 
     # -- freeze -----------------------------------------------------------------------
     def freeze(self, reason: str, by: str, *, now: float) -> bool:

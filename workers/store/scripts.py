@@ -21,6 +21,7 @@ __all__ = [
     "LEGAL",
     "NAMES",
     "Call",
+    "append_event",
     "audit_budget",
     "claim",
     "create_run",
@@ -50,6 +51,7 @@ NAMES = (
     "extend_bake",
     "recount",
     "audit_budget",
+    "append_event",
 )
 
 #: the legal transition table as transition.lua reads it: "FROM>TO,FROM>TO,..."
@@ -314,6 +316,14 @@ def dispatch(k: Keys, run_id: str, *, now: float, grace_s: float) -> Call:
 def audit_budget(k: Keys, run_id: str, events: int) -> Call:
     """KEYS/ARGV of ``audit_budget.lua``."""
     return [k.run(run_id)], [int(events)]
+
+
+def append_event(k: Keys, run_id: str, fields: Mapping[str, Any], *, events_maxlen: int) -> Call:
+    """KEYS/ARGV of ``append_event.lua``: the event's fields as flat pairs."""
+    args: list[Any] = [events_maxlen]
+    for name, value in fields.items():
+        args += [name, value]
+    return [k.run(run_id), k.events(run_id)], args
 
 
 def recount(k: Keys, run_id: str, names: Sequence[str]) -> Call:

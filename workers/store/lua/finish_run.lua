@@ -24,8 +24,10 @@ local names = cjson.decode(ARGV[5])
 for _, f in ipairs(names) do
   if redis.call('HGET', KEYS[3], f) == ARGV[1] then redis.call('HDEL', KEYS[3], f) end
 end
--- the audit cap: the store's default, or the run's own budget (events_max) if larger
-local cap = math.max(tonumber(ARGV[6]), tonumber(redis.call('HGET', KEYS[1], 'events_max') or '0') or 0)
+-- the audit cap: the store's default, or the run's own cap (events_max) if larger;
+-- a non-transition event raises the run's cap by one (nothing of the run is trimmed)
+local cap = math.max(tonumber(ARGV[6]), tonumber(redis.call('HGET', KEYS[1], 'events_max') or '0') or 0) + 1
+redis.call('HSET', KEYS[1], 'events_max', cap)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'run_finished',
   'feature', '', 'from', status, 'to', ARGV[2], 'percent', '', 'reason', ARGV[4],
   'worker', '', 'task_id', '', 'evidence', '{}', 'ts', ARGV[3])

@@ -37,8 +37,10 @@ for _, d in ipairs(cjson.decode(ARGV[6])) do
   end
 end
 redis.call('HINCRBY', KEYS[2], 'blocked', blocked)
--- the audit cap: the store's default, or the run's own budget (events_max) if larger
-local cap = math.max(tonumber(ARGV[10]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0)
+-- the audit cap: the store's default, or the run's own cap (events_max) if larger;
+-- a non-transition event raises the run's cap by one (nothing of the run is trimmed)
+local cap = math.max(tonumber(ARGV[10]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0) + 1
+redis.call('HSET', KEYS[2], 'events_max', cap)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'kind', 'quarantined',
   'feature', ARGV[2], 'from', cur[1], 'to', cur[1], 'percent', '', 'reason', ARGV[3],
   'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9], 'ts', ARGV[4])

@@ -71,8 +71,10 @@ if reopen then
     redis.call('PERSIST', ARGV[5] .. f)
   end
 end
--- the audit cap: the store's default, or the run's own budget (events_max) if larger
-local cap = math.max(tonumber(ARGV[12]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0)
+-- the audit cap: the store's default, or the run's own cap (events_max) if larger;
+-- a non-transition event raises the run's cap by one (nothing of the run is trimmed)
+local cap = math.max(tonumber(ARGV[12]), tonumber(redis.call('HGET', KEYS[2], 'events_max') or '0') or 0) + 1
+redis.call('HSET', KEYS[2], 'events_max', cap)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'kind', 'retry',
   'feature', ARGV[2], 'from', cur[1], 'to', cur[1], 'percent', '', 'reason', 'retry',
   'worker', '', 'task_id', '', 'evidence', ARGV[11], 'ts', ARGV[4], 'actor', ARGV[10])
