@@ -49,6 +49,9 @@ EVENTS: dict[str, str] = {
     ),
     "task_rejected": "the engine rejected a task's input (bad plan, unknown run): FAILURE",
     "broker_hardening_skipped": "kombu's Redis channel differs from what the guard expects",
+    "broker_backlog_unknown": (
+        "debug: the broker queue of test steps could not be looked at (re-sends back off)"
+    ),
     "task_crashed": "a task raised an unexpected exception; it will be retried",
     "redis_unavailable": "a task could not reach Redis; it will be retried",
     # the HTTP API (workers.ops.api)

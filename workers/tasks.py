@@ -37,6 +37,7 @@ from celery.exceptions import Retry
 from celery.signals import task_postrun, task_prerun
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from workers.backlog import QueueBacklog
 from workers.celery import ROLLBACK_QUEUE
 from workers.engine import Engine
 from workers.errors import (
@@ -67,10 +68,18 @@ RUN_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 class CeleryDispatcher:
-    """Sends the engine's follow-up work as Celery tasks by name, through ``celery_app``."""
+    """Sends the engine's follow-up work as Celery tasks by name, through ``celery_app``;
+    a :class:`~workers.engine.base.BrokerView` of the queue test steps go to."""
 
     def __init__(self, celery_app: Celery) -> None:
         self.app = celery_app
+        self._backlog = QueueBacklog(celery_app, "recovery.test_feature")
+
+    def test_steps_waiting(self) -> int | None:
+        return self._backlog.waiting()
+
+    def redelivery_s(self) -> float:
+        return self._backlog.visibility_s()
 
     def test_feature(self, run_id: str, feature: str) -> None:
         self.app.send_task("recovery.test_feature", kwargs={"run_id": run_id, "feature": feature})

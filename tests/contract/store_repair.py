@@ -90,6 +90,27 @@ def test_re_sends_of_one_dispatch_back_off(store: Store) -> None:
     assert sends == [0, 5, 15, 35, 75, 155, 235, 315, 395]
 
 
+def test_with_a_broker_view_a_dispatch_is_re_sent_only_once_it_left_the_queue(
+    store: Store,
+) -> None:
+    """With ``redelivery_s``, a dispatch that did not start holds its slot while the broker
+    queue was not seen empty (however long); once seen empty half a grace after the
+    dispatch, it is re-sent half a grace later; never seen empty, at ``redelivery_s``."""
+    run_id = make_run(store, features=("a", "c"), max_parallel=1)
+
+    def take(t: float, idle_at: float | None = None) -> list[str]:
+        return store.take_ready(run_id, now=T + t, grace_s=10, idle_at=idle_at, redelivery_s=100)
+
+    assert take(0) == ["a"]
+    assert take(50) == []  # the queue not looked at: held
+    assert take(51, idle_at=T + 4) == []  # seen empty too soon: the send may have followed
+    assert take(52, idle_at=T + 52) == []  # taken at +52
+    assert take(56) == []
+    assert take(57) == ["a"]  # half a grace after it was taken: lost, re-sent
+    assert take(156) == []
+    assert take(157) == ["a"]  # never seen empty again: re-sent at the redelivery time
+
+
 def test_size_audit_raises_the_run_s_cap_and_never_lowers_it(store: Store) -> None:
     """The run's audit cap is raised to a budget, never lowered, and reported."""
     run_id = make_run(store, features=("a",))

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -39,7 +39,7 @@ from workers.engine.context import ContextCache, RunContext, load_context
 from workers.settings import Settings
 from workers.store import Step, Store, TransitionResult
 
-__all__ = ["Dispatcher", "EngineBase"]
+__all__ = ["BrokerView", "Dispatcher", "EngineBase"]
 
 log = structlog.get_logger("workers.engine")
 S = FeatureState
@@ -55,6 +55,21 @@ class Dispatcher(Protocol):
     def rollback(
         self, run_id: str, feature: str, reason: str, evidence: Mapping[str, Any]
     ) -> None: ...
+
+
+@runtime_checkable
+class BrokerView(Protocol):
+    """A dispatcher that can look at the broker queue its test steps wait in, so a test
+    step is re-sent only once its message has left the queue (see ``dispatch.lua``)."""
+
+    def test_steps_waiting(self) -> int | None:
+        """Messages waiting in that queue now; None when it cannot be told."""
+        ...
+
+    def redelivery_s(self) -> float:
+        """How long the broker keeps a message a dead worker took before re-delivering it
+        (kombu's visibility timeout)."""
+        ...
 
 
 def _worker_id() -> str:
@@ -98,7 +113,17 @@ class EngineBase:
     def check_completion(self, run_id: str) -> Any:  # pragma: no cover - see TickMixin
         raise NotImplementedError
 
-    def dispatch_ready(self, run_id: str) -> list[str]:  # pragma: no cover - see StepsMixin
+    def redelivery_s(self) -> float | None:
+        """The broker's re-delivery time when the dispatcher can look at the broker queue
+        (a :class:`BrokerView`; a test step is then re-sent only once it left the queue),
+        else None (re-sends back off on time alone)."""
+        if isinstance(self.dispatcher, BrokerView):
+            return self.dispatcher.redelivery_s()
+        return None
+
+    def dispatch_ready(  # pragma: no cover - see StepsMixin
+        self, run_id: str, *, observe: bool = False
+    ) -> list[str]:
         raise NotImplementedError
 
     # -- the executor -----------------------------------------------------------------------
@@ -240,6 +265,7 @@ class EngineBase:
                     task_id=task_id,
                     now=now,
                     dispatch_grace_s=self.settings.lease_ttl_s,
+                    dispatch_redelivery_s=self.redelivery_s(),
                 )
                 if action.bake_ends_at:
                     self.store.extend_bake(run_id, action.bake_ends_at)

@@ -18,7 +18,7 @@ from workers.core import decide
 from workers.core.actions import Advance, Enable, Skip, StartTest
 from workers.core.plan import Plan, parse_plan
 from workers.core.states import FeatureHealth, FeatureState, Reason
-from workers.engine.base import EngineBase
+from workers.engine.base import BrokerView, EngineBase
 from workers.engine.context import RunContext
 from workers.errors import ConflictError, LeaseHeld
 from workers.store import Step
@@ -90,13 +90,32 @@ class StepsMixin(EngineBase):
         self.check_completion(rid)
         return StartResult(rid, True)
 
-    def dispatch_ready(self, run_id: str) -> list[str]:
+    def dispatch_ready(self, run_id: str, *, observe: bool = False) -> list[str]:
         """Send test steps for the best-ranked ready features that fit the free slots.
 
-        Picked atomically in Redis; features dispatched within the lease TTL count as
-        occupying a slot (their task is queued), and a lost dispatch is re-sent after it.
+        Picked atomically in Redis; a dispatched feature that has not started holds its
+        slot. A lost dispatch is re-sent: with a dispatcher that can look at the broker
+        (:class:`~workers.engine.base.BrokerView`), only once its message has left the
+        queue — ``observe`` (the beat's reconciliation) looks at the queue, one ``LLEN``
+        round trip — and half a lease TTL passed; otherwise after the lease TTL, backing
+        off (see :meth:`workers.store.Store.take_ready`).
         """
-        sent = self.store.take_ready(run_id, now=self.clock(), grace_s=self.settings.lease_ttl_s)
+        now = self.clock()
+        idle_at: float | None = None
+        redelivery = self.redelivery_s()
+        if observe and isinstance(self.dispatcher, BrokerView):
+            waiting = self.dispatcher.test_steps_waiting()
+            if waiting is None:
+                redelivery = None  # the broker cannot be looked at: back off instead
+            elif waiting == 0:
+                idle_at = now  # read before looking: never later than the look
+        sent = self.store.take_ready(
+            run_id,
+            now=now,
+            grace_s=self.settings.lease_ttl_s,
+            idle_at=idle_at,
+            redelivery_s=redelivery,
+        )
         for name in sent:
             self.dispatcher.test_feature(run_id, name)
         if sent:
@@ -142,6 +161,7 @@ class StepsMixin(EngineBase):
                 now=now,
                 release=True,
                 dispatch_grace_s=self.settings.lease_ttl_s if walk else None,
+                dispatch_redelivery_s=self.redelivery_s(),
             )
             released = True
             first = results[0]

@@ -42,7 +42,7 @@ class TickMixin(EngineBase):
                 self.store.schedule(run_id, name, now)
             if not self.store.ready(run_id, 1) and len(testing) < run.max_parallel:
                 self.repair_stalled(run_id, now)
-            sent += len(self.dispatch_ready(run_id))
+            sent += len(self.dispatch_ready(run_id, observe=True))
             self.check_completion(run_id)
         return {"sent": sent}
 

@@ -265,11 +265,13 @@ class Store(Protocol):
         task_id: str = "",
         release: bool = False,
         dispatch_grace_s: float | None = None,
+        dispatch_redelivery_s: float | None = None,
     ) -> tuple[list[TransitionResult], list[str]]:
         """Apply several transitions of one feature, each atomic on its own and in order
         (give each its ``expect_version``, so that once one is refused the rest are too).
         Then, optionally, release the lease and take ready features to dispatch (see
-        :meth:`take_ready`). Raises the first refusal as an error, after the release;
+        :meth:`take_ready`, with ``dispatch_redelivery_s`` as its ``redelivery_s`` and the
+        broker not looked at now). Raises the first refusal as an error, after the release;
         returns the results up to the first one not applied, and the features taken.
         """
         ...
@@ -354,11 +356,28 @@ class Store(Protocol):
         """Up to ``limit`` ready features, best (lowest) rank first."""
         ...
 
-    def take_ready(self, run_id: str, *, now: float, grace_s: float) -> list[str]:
+    def take_ready(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        grace_s: float,
+        idle_at: float | None = None,
+        redelivery_s: float | None = None,
+    ) -> list[str]:
         """Atomically pick the ready features that fit the free TESTING slots and mark them
-        dispatched at ``now``; one dispatched less than ``grace_s`` ago holds a slot.
-        Nothing while frozen or once the run is not RUNNING or stopping. A queued feature
-        that cannot start (see :meth:`update`) is dropped from the queue, not sent."""
+        dispatched at ``now``; a dispatched feature that has not started holds its slot
+        until it is re-sent. Nothing while frozen or once the run is not RUNNING or
+        stopping. A queued feature that cannot start (see :meth:`update`) is dropped from
+        the queue, not sent.
+
+        Re-sends (see ``lua/dispatch.lua``): with ``redelivery_s`` (the broker's visibility
+        timeout: the caller can look at the broker queue), a dispatch is re-sent only once
+        its message has left the queue — the queue seen empty (``idle_at``, the time it was
+        looked at; None = not looked at now) at least ``grace_s / 2`` after the dispatch —
+        and ``grace_s / 2`` has passed since without the feature starting; or
+        ``redelivery_s`` after it was sent, whatever the queue. Without ``redelivery_s``,
+        after ``grace_s``, then 2, 4, … at most 16 times ``grace_s``."""
         ...
 
     def testing(self, run_id: str) -> set[str]:

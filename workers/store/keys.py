@@ -60,7 +60,9 @@ Internal (the store is the only writer):
                                                 health, attempts, quarantined, blocked,
                                                 reason, pending, token, version,
                                                 ``dispatched_at``/``dispatches`` (the
-                                                current dispatch and its re-sends), ...
+                                                current dispatch and its re-sends),
+                                                ``taken_at`` (its message seen out of
+                                                the broker queue), ...
 ``<ns>:run:<id>:lease:<name>``          string  ``"<token> <worker>"``, PX lease TTL
 ``<ns>:run:<id>:events``                stream  audit events, oldest first (capped)
 ``<ns>:run:<id>:due``                   zset    feature -> unix time of next evaluation

@@ -277,6 +277,7 @@ class MemoryStore:
         task_id: str = "",
         release: bool = False,
         dispatch_grace_s: float | None = None,
+        dispatch_redelivery_s: float | None = None,
     ) -> tuple[list[TransitionResult], list[str]]:
         """See :meth:`workers.store.Store.transitions`: every step is tried, like the
         Redis pipeline, and the results are read the same way."""
@@ -295,7 +296,9 @@ class MemoryStore:
                 self.release(run_id, name, token)
             taken = (
                 [] if dispatch_grace_s is None
-                else scripts.dispatch(ks, run_id, now, dispatch_grace_s)
+                else scripts.dispatch(
+                    ks, run_id, now, dispatch_grace_s, None, dispatch_redelivery_s
+                )
             )  # fmt: skip
         results: list[TransitionResult] = []
         for res in outcomes:
@@ -401,11 +404,19 @@ class MemoryStore:
         with self._lock:
             return self._ks.sorted(self._ks.ready.get(run_id, {}))[: max(limit, 0)]
 
-    def take_ready(self, run_id: str, *, now: float, grace_s: float) -> list[str]:
+    def take_ready(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        grace_s: float,
+        idle_at: float | None = None,
+        redelivery_s: float | None = None,
+    ) -> list[str]:
         """See :meth:`workers.store.Store.take_ready`."""
         with self._lock:
             self._ks.tick(now)
-            return scripts.dispatch(self._ks, run_id, now, grace_s)
+            return scripts.dispatch(self._ks, run_id, now, grace_s, idle_at, redelivery_s)
 
     def testing(self, run_id: str) -> set[str]:
         """The features now in TESTING."""

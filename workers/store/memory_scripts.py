@@ -462,8 +462,16 @@ def quarantine(
     return count
 
 
-def dispatch(ks: Keyspace, run_id: str, now: float, grace_s: float) -> list[str]:
-    """dispatch.lua: a feature dispatched less than ``grace_s`` ago holds a slot."""
+def dispatch(
+    ks: Keyspace,
+    run_id: str,
+    now: float,
+    grace_s: float,
+    idle_at: float | None = None,
+    redelivery_s: float | None = None,
+) -> list[str]:
+    """dispatch.lua: a dispatched feature holds its slot until its message left the broker
+    queue and half a grace passed (``redelivery_s`` given), or its backed-off grace."""
     run = ks.runs.get(run_id, {})
     if ks.freeze is not None:
         return []
@@ -479,23 +487,42 @@ def dispatch(ks: Keyspace, run_id: str, now: float, grace_s: float) -> list[str]
         if not startable(ks.features.get((run_id, name), {})):
             ready.pop(name, None)  # a late write queued it: it would only be skipped
             continue
-        text = ks.features.get((run_id, name), {}).get("dispatched_at", "")
-        try:
-            at: float | None = float(text)
-        except ValueError:
-            at = None
-        sent = int(_num(ks.features.get((run_id, name), {}).get("dispatches")))
-        wait = grace_s * min(2 ** max(sent - 1, 0), 16)  # each re-send waits twice as long
-        if at is not None and now - at < wait:
-            free -= 1
-        else:
+        f = ks.features.get((run_id, name), {})
+        at = _maybe(f.get("dispatched_at", ""))
+        if at is None:
             idle.append(name)
+            continue
+        if redelivery_s is not None:
+            taken = _maybe(f.get("taken_at", ""))
+            if taken is not None and taken < at:
+                taken = None
+            if taken is None and idle_at is not None and idle_at - at >= grace_s / 2:
+                taken = idle_at
+                f["taken_at"] = repr(idle_at)
+            resend = (taken is not None and now - taken >= grace_s / 2) or (
+                now - at >= redelivery_s
+            )
+        else:
+            sent = int(_num(f.get("dispatches")))
+            resend = now - at >= grace_s * min(2 ** max(sent - 1, 0), 16)  # backs off
+        if resend:
+            idle.append(name)
+        else:
+            free -= 1
     out = idle[: max(free, 0)]
     for name in out:
         f = ks.features.setdefault((run_id, name), {})
         f["dispatched_at"] = repr(now)
+        f["taken_at"] = ""
         f["dispatches"] = str(int(_num(f.get("dispatches"))) + 1)
     return out
+
+
+def _maybe(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def pop_due(ks: Keyspace, run_id: str, now: float, grace_s: float, limit: int) -> list[str]:

@@ -374,6 +374,7 @@ class RedisStore(QueuesAuditMixin):
         task_id: str = "",
         release: bool = False,
         dispatch_grace_s: float | None = None,
+        dispatch_redelivery_s: float | None = None,
     ) -> tuple[list[TransitionResult], list[str]]:
         """See :meth:`workers.store.Store.transitions` (one round trip: a pipeline)."""
         k = self.keys
@@ -391,7 +392,10 @@ class RedisStore(QueuesAuditMixin):
                 rkeys, rargs = scripts.release(k, run_id, name, token)
                 self._scripts["release"](keys=rkeys, args=rargs, client=pipe)
             if dispatch_grace_s is not None:
-                dkeys, dargs = scripts.dispatch(k, run_id, now=now, grace_s=dispatch_grace_s)
+                dkeys, dargs = scripts.dispatch(
+                    k, run_id, now=now, grace_s=dispatch_grace_s,
+                    redelivery_s=dispatch_redelivery_s,
+                )  # fmt: skip
                 self._scripts["dispatch"](keys=dkeys, args=dargs, client=pipe)
             raw = self._acknowledged(pipe, raise_on_error=False)
         taken: list[str] = []

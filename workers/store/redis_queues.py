@@ -42,10 +42,21 @@ class QueuesAuditMixin:
         with translated(self.r):
             return list(self.r.zrange(self.keys.ready(run_id), 0, limit - 1))
 
-    def take_ready(self, run_id: str, *, now: float, grace_s: float) -> list[str]:
+    def take_ready(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        grace_s: float,
+        idle_at: float | None = None,
+        redelivery_s: float | None = None,
+    ) -> list[str]:
         """See :meth:`workers.store.Store.take_ready`."""
-        res = self._run("dispatch", scripts.dispatch(self.keys, run_id, now=now, grace_s=grace_s))
-        return [str(x) for x in res]
+        call = scripts.dispatch(
+            self.keys, run_id, now=now, grace_s=grace_s, idle_at=idle_at,
+            redelivery_s=redelivery_s,
+        )  # fmt: skip
+        return [str(x) for x in self._run("dispatch", call)]
 
     def testing(self, run_id: str) -> set[str]:
         """The features now in TESTING."""

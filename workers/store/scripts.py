@@ -307,10 +307,19 @@ def quarantine(
     return keys, args
 
 
-def dispatch(k: Keys, run_id: str, *, now: float, grace_s: float) -> Call:
+def dispatch(
+    k: Keys,
+    run_id: str,
+    *,
+    now: float,
+    grace_s: float,
+    idle_at: float | None = None,
+    redelivery_s: float | None = None,
+) -> Call:
     """KEYS/ARGV of ``dispatch.lua``."""
     keys = [k.ready(run_id), k.testing(run_id), k.freeze, k.run(run_id)]
-    return keys, [repr(now), repr(float(grace_s)), k.feature_prefix(run_id)]
+    args = [repr(now), repr(float(grace_s)), k.feature_prefix(run_id)]
+    return keys, [*args, _opt(idle_at), _opt(None if redelivery_s is None else float(redelivery_s))]
 
 
 def audit_budget(k: Keys, run_id: str, events: int) -> Call:
