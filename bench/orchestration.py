@@ -97,11 +97,25 @@ def main() -> int:
                 raise SystemExit("workers did not start: " + workers[0].log_tail())
             time.sleep(0.05)
 
+        tck = os.sysconf("SC_CLK_TCK")
+
+        def workers_cpu() -> float:
+            total = 0.0
+            for w in workers:
+                fields = Path(f"/proc/{w.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tck  # utime + stime
+            return total
+
+        def redis_cpu() -> float:
+            info = r.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
         failed = False
         for n in sizes:
             # baseline: raw Celery chains
             per_chain = n // par
             total = per_chain * par
+            cpu0, wcpu0 = redis_cpu(), workers_cpu()
             t0 = time.perf_counter()
             for c in range(par):
                 kwargs = {"chain": c, "i": 0, "n": per_chain, "key": f"bench:done:{n}"}
@@ -113,12 +127,15 @@ def main() -> int:
                 time.sleep(0.01)
             base_s = time.perf_counter() - t0
             base_rate = total / base_s
+            base_cpu = (redis_cpu() - cpu0) / total * 1e3
+            base_wcpu = (workers_cpu() - wcpu0) / total * 1e3
 
             # ours: a recovery of the same number of features
             plan = random_dag(n, seed=42, max_parallel=par, prefix=f"s{n}f")
             manager = PartialRecoveryManager(
                 store, settings, CeleryDispatcher(sender), worker="bench"
             )
+            cpu0, wcpu0 = redis_cpu(), workers_cpu()
             t0 = time.perf_counter()
             run_id = manager.start_recovery(plan).run_id
             deadline = time.monotonic() + TIMEOUT_S
@@ -127,6 +144,8 @@ def main() -> int:
                     raise SystemExit(f"recovery timed out: {store.run(run_id)}")
                 time.sleep(0.02)
             ours_s = time.perf_counter() - t0
+            ours_cpu = (redis_cpu() - cpu0) / n * 1e3
+            ours_wcpu = (workers_cpu() - wcpu0) / n * 1e3
             status = store.run(run_id).status
             transitions = sum(1 for e in store.events(run_id) if e.kind == "transition")
             ours_rate = n / ours_s
@@ -137,12 +156,14 @@ def main() -> int:
             )
             print(
                 f"  baseline raw Celery no-op chains : {total:6d} tasks    in {base_s:7.2f} s"
-                f" = {base_rate:8.1f} tasks/s"
+                f" = {base_rate:8.1f} tasks/s, Redis CPU {base_cpu:.2f} ms/task,"
+                f" workers' CPU {base_wcpu:.2f} ms/task"
             )
             print(
                 f"  ours (recovery, {status.value:9s})    : {n:6d} features in {ours_s:7.2f} s"
                 f" = {ours_rate:8.1f} features/s (one test-step task each),"
-                f" {transitions} audited transitions"
+                f" {transitions} audited transitions, Redis CPU {ours_cpu:.2f} ms/feature,"
+                f" workers' CPU {ours_wcpu:.2f} ms/feature"
             )
             print(
                 f"  ratio ours/baseline              : {ours_rate / base_rate:.2f}"

@@ -55,6 +55,9 @@ class Step:
     due_at: float | None = None
     fields: Mapping[str, str | int | float] | None = None
     dependents: Sequence[tuple[str, int]] = ()
+    #: a decision outcome to count (:meth:`Store.count_decision`) with the step, atomically,
+    #: if it applies ("" = none): a walk's steps are decisions of their own
+    count: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -284,26 +284,33 @@ class MemoryStore:
         with self._lock:
             ks.tick(now)
             outcomes: list[TransitionResult | RecoveryError] = []
+            applied: list[TransitionResult] = []
             for st in steps:
                 try:
-                    outcomes.append(
-                        scripts.transition(ks, run_id, name, st, token, worker, task_id, now)
-                    )
+                    res = scripts.transition(ks, run_id, name, st, token, worker, task_id, now)
                 except RecoveryError as exc:
                     outcomes.append(exc)
+                    break
+                outcomes.append(res)
+                if not res.applied:
+                    break
+                applied.append(res)
+            published = scripts.publish_walk(ks, run_id, name, steps, applied, now)
+            outcomes[: len(published)] = published
             if release:
                 self.release(run_id, name, token)
             taken = (
                 [] if dispatch_grace_s is None
                 else scripts.dispatch(ks, run_id, now, dispatch_grace_s)
             )  # fmt: skip
+            for st in steps[: len(applied)]:
+                if st.count:
+                    self._decisions[st.count] = self._decisions.get(st.count, 0) + 1
         results: list[TransitionResult] = []
-        for res in outcomes:
-            if isinstance(res, RecoveryError):
-                raise res
-            results.append(res)
-            if not res.applied:
-                break
+        for outcome in outcomes:
+            if isinstance(outcome, RecoveryError):
+                raise outcome
+            results.append(outcome)
         return results, taken
 
     def update(
