@@ -1,9 +1,9 @@
 """Access control with config/users.acl loaded into a real redis-server.
 
 ``service`` reads flags, subscribes and appends metrics to the inbox but cannot change a
-flag, a run, a lock, the freeze or the evidence itself; ``worker`` runs a recovery end to end (state and broker); ``operator``
-starts, rolls back and freezes; no user is ``default`` without a password. Celery accepts
-JSON only.
+flag, a run, a lock, the freeze or the evidence itself; ``worker`` runs a recovery end to
+end (state and broker); ``operator`` starts, rolls back and freezes; no user is
+``default`` without a password. Celery accepts JSON only.
 """
 
 from __future__ import annotations
