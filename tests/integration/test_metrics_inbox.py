@@ -25,7 +25,6 @@ from workers.store.metrics_inbox import (
     INBOX_MAXLEN,
     append,
     drain,
-    encode,
     register_service,
 )
 
@@ -334,13 +333,3 @@ def test_a_scoped_service_reports_only_its_own_features() -> None:
         assert not root.hexists(KEYS.metrics_services, "checkout")
     finally:
         server.cleanup()
-
-
-def test_message_encoding_is_the_documented_contract() -> None:
-    """``encode`` writes fields v, t and e with compact JSON ``[[feature, tick, {field:
-    count}]]`` (what docs/flags.md tells writers in other languages)."""
-    assert encode([Entry("checkout", 1767000000, {"requests": 3, "errors": 1})], 1) == {
-        "v": "1",
-        "t": "1",
-        "e": '[["checkout",1767000000,{"requests":3,"errors":1}]]',
-    }
