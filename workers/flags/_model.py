@@ -186,9 +186,9 @@ class ClientHealth:
     sending, and with ``metrics="direct"`` what the metrics function refused; what a
     worker's inbox drain refuses is logged by the worker, ``metrics_dropped``). ``deltas``
     counts changes applied from their message, ``catchups`` gaps closed from the change
-    log (both without a full read; ``reloads`` counts full reads). ``data_loss`` is true while Redis is
-    known to have lost the flags and the client serves its last snapshot instead (see
-    ``docs/flags.md``, "Redis data loss").
+    log (both without a full read; ``reloads`` counts full reads). ``data_loss`` is true
+    while Redis is known to have lost the flags and the client serves its last snapshot
+    instead (see ``docs/flags.md``, "Redis data loss").
     """
 
     connected: bool
