@@ -15,10 +15,15 @@ from typing import Any
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from tests.integration.conftest import acl_client, acl_url
 from tests.processes import RedisServer
+from workers.celery import make_app
+from workers.engine import Engine
 from workers.flags import FlagClient
+from workers.settings import Settings
+from workers.store import RedisStore
 from workers.store.keys import Keys
 from workers.store.metrics import Entry, load_library
 from workers.store.metrics_inbox import (
@@ -27,6 +32,7 @@ from workers.store.metrics_inbox import (
     drain,
     register_service,
 )
+from workers.tasks import CeleryDispatcher
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
@@ -333,3 +339,27 @@ def test_a_scoped_service_reports_only_its_own_features() -> None:
         assert not root.hexists(KEYS.metrics_services, "checkout")
     finally:
         server.cleanup()
+
+
+def test_the_beat_tick_drains_first_and_logs_what_it_dropped(
+    server: RedisServer, service: redis.Redis, worker: redis.Redis
+) -> None:
+    """``Engine.tick`` (the beat's task body, as `worker`) applies the inbox before anything
+    else and logs ``metrics_dropped`` with the reasons of what it refused."""
+    url = acl_url(server, "worker")
+    settings = Settings(redis_url=url, namespace=NS, metrics_ttl_s=900)
+    store = RedisStore(url, NS)
+    engine = Engine(store, settings, CeleryDispatcher(make_app(settings)), worker="pytest")
+    append(service, KEYS, [Entry("tick-a", NOW, {"requests": 4, "errors": 1})], tick_s=1)
+    service.xadd(KEYS.metrics_inbox, msg([["tick-a", NOW, {"errors": -4}]]))  # type: ignore[arg-type]
+    append(service, KEYS, [Entry("tick-a", NOW + 3600, {"requests": 1})], tick_s=1)
+    try:
+        with capture_logs() as logs:
+            engine.tick()
+    finally:
+        store.close()
+    assert worker.hgetall(KEYS.metrics("tick-a", NOW)) == {"requests": "4", "errors": "1"}
+    assert 800 < worker.ttl(KEYS.metrics("tick-a", NOW)) <= 900  # the workers' TTL
+    [dropped] = [e for e in logs if e["event"] == "metrics_dropped"]
+    assert dropped["messages"] == {"shape": 1} and dropped["entries"] == {"TICK": 1}
+    assert not worker.exists(KEYS.metrics_inbox)
