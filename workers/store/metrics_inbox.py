@@ -119,8 +119,8 @@ def drain(
     ttl_s: int,
     max_messages: int = 256,
     max_bytes: int = 4 << 20,
-    max_entries: int = 5_000,
-    max_calls: int = 20,
+    max_entries: int = 500,
+    max_calls: int = 50,
     cap: int = INBOX_MAXLEN,
 ) -> MetricsDrained:
     """Drain the inboxes with up to ``max_calls`` function calls (each atomic and bounded:

@@ -146,7 +146,7 @@ class RedisStore(QueuesAuditMixin):
 
     def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
         """Drain the services' metrics inbox (:func:`workers.store.metrics_inbox.drain`):
-        each function call atomic, exactly once, bounded; at most 20 calls."""
+        each function call atomic, exactly once, bounded; at most 50 calls."""
         with translated(self.r):
             return metrics_inbox.drain(self.r, self.keys, tick_s=tick_s, ttl_s=ttl_s)
 
