@@ -27,7 +27,7 @@ from workers.core.states import FeatureState, RunStatus
 from workers.errors import RecoveryError
 from workers.store import memory_repair
 from workers.store import memory_scripts as scripts
-from workers.store.base import NewFeature, Step, TransitionResult
+from workers.store.base import MetricsDrained, NewFeature, Step, TransitionResult
 from workers.store.codec import (
     decode_flags,
     event_fields,
@@ -91,6 +91,10 @@ class MemoryStore:
                 return False
             self._tick_until = self._ks.clock + ttl_s
             return True
+
+    def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
+        """Nothing to drain: the memory store's metrics are written directly."""
+        return MetricsDrained()
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads :attr:`metrics` instead of a server."""

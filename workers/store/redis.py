@@ -30,8 +30,8 @@ from workers.errors import (
 from workers.health.policy import HealthPolicy
 from workers.health.sources import MetricSource, make_source
 from workers.sentinel import default_wait_replicas, redis_client
-from workers.store import replication, scripts
-from workers.store.base import NewFeature, Step, TransitionResult
+from workers.store import metrics_inbox, replication, scripts
+from workers.store.base import MetricsDrained, NewFeature, Step, TransitionResult
 from workers.store.codec import (
     feature_from_hash,
     new_run_id,
@@ -188,6 +188,12 @@ class RedisStore(QueuesAuditMixin):
         """``SET <ns>:tick NX PX``: the first tick within ``ttl_s`` (Redis's clock) wins."""
         with translated(self.r):
             return bool(self.r.set(self.keys.tick, "1", nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
+        """Drain the services' metrics inbox (:func:`workers.store.metrics_inbox.drain`):
+        each function call atomic, exactly once, bounded; at most 50 calls."""
+        with translated(self.r):
+            return metrics_inbox.drain(self.r, self.keys, tick_s=tick_s, ttl_s=ttl_s)
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads this store's server and namespace."""
