@@ -13,6 +13,7 @@
 :mod:`.keys`              every Redis key and channel (the schema)
 :mod:`.metrics`           the metrics layout's writer function and reader
 :mod:`.metrics_inbox`     the services' write-only inbox: append, drain (exactly once)
+:mod:`.redis_services`    services scoped to their own features: registry, ACL rules
 :mod:`.codec`             stored fields <-> typed records, shared by both stores
 :mod:`.refusals`          refusal codes -> project errors, shared by both stores
 :mod:`.translate`         Redis driver errors -> project errors

@@ -40,12 +40,13 @@ from workers.store.codec import (
 from workers.store.keys import REQUEST_ID_PATTERN, Keys
 from workers.store.plan_cache import PlanCache
 from workers.store.redis_queues import QueuesAuditMixin
+from workers.store.redis_services import ServicesMixin
 from workers.store.translate import error_of, translated, where
 
 __all__ = ["RedisStore"]
 
 
-class RedisStore(QueuesAuditMixin):
+class RedisStore(QueuesAuditMixin, ServicesMixin):
     """:class:`workers.store.Store` on Redis, under one namespace.
 
     Thread-safe (redis-py pools connections). Every method either completes or raises a
