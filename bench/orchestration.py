@@ -1,12 +1,17 @@
 """Orchestration throughput: our recovery of a 1,000-feature zero-dwell DAG vs raw Celery.
 
-Both run on the same local redis-server with the same 2 worker processes, in one run:
+Both run on the same local redis-server, each on 2 worker processes of the same shape, in
+one run:
   baseline  raw Celery no-op tasks, each enqueuing the next (``max_parallel`` chains,
-            1,000 tasks in all: the cheapest way Celery can chain that much work)
+            1,000 tasks in all: the cheapest way Celery can chain that much work), on a
+            bare Celery app's workers (bench/raw_celery.py: kombu as installed); the same
+            chains on our workers are printed too
   ours      a plan of 1,000 features in a random DAG (health source ``none``, dwell 0),
             one test step task per feature plus the dispatches its completion causes
-Prints both throughputs (tasks/s; features/s for ours) and the ratio, at 1,000 and at
-10,000 features. Target: >= 0.7 at 1,000.
+Up to 2,000 features, ``--rounds`` interleaved rounds of each (the medians are compared, so
+a change of load on the machine hits both). Prints both throughputs (tasks/s; features/s
+for ours), Redis's and the workers' CPU per task, and the ratio, at 1,000 and at 10,000
+features. Target: >= 0.7 at 1,000.
 
     .venv/bin/python bench/orchestration.py [--features 1000,10000] [--max-parallel 8]
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
+import statistics
 import sys
 import time
 import uuid
@@ -23,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from celery import Celery  # noqa: E402
 
 from tests.processes import CeleryProcess, RedisServer  # noqa: E402
 from workers.celery import make_app  # noqa: E402
@@ -62,10 +71,13 @@ def main() -> int:
     ap.add_argument("--features", default="1000,10000", help="comma-separated sizes")
     ap.add_argument("--max-parallel", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=4, help="threads per worker process")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds up to 2,000")
     args = ap.parse_args()
     sizes = [int(x) for x in str(args.features).split(",") if x.strip()]
     par = args.max_parallel
 
+    # a timeout or Ctrl-C still stops the workers and the server (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = RedisServer()
     server.start()
     ns = f"bench{uuid.uuid4().hex[:6]}"
@@ -74,51 +86,92 @@ def main() -> int:
         "RECOVERY_NAMESPACE": ns,
         "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
-    workers = []
+    workers: list[CeleryProcess] = []
+    raw_workers: list[CeleryProcess] = []
     try:
         for i in range(2):
             w = CeleryProcess("worker", env, f"bench{i}", concurrency=args.concurrency)
             base_args = w.args()
             w.args = lambda base=base_args: [*base, "-I", "noop_tasks"]  # type: ignore[method-assign]
             workers.append(w.start())
+        # raw Celery's own workers: a bare app, kombu unpatched (bench/raw_celery.py)
+        for i in range(2):
+            w = CeleryProcess(
+                "worker", env, f"raw{i}", concurrency=args.concurrency, app="raw_celery"
+            )
+            raw_args = [("rawbench" if a == "recovery,rollback" else a) for a in w.args()]
+            w.args = lambda a=raw_args: a  # type: ignore[method-assign]
+            raw_workers.append(w.start())
+        raw_sender = Celery("raw-sender", broker=server.url)
         settings = Settings(redis_url=server.url, namespace=ns)
         sender = make_app(settings)
         store = RedisStore(server.url, ns)
         import redis
 
         r = redis.Redis.from_url(server.url)
-        # wait for both workers to be consuming (a warm-up no-op round trip)
+        # wait for every worker to be consuming (a warm-up no-op round trip each)
         r.delete("bench:warm")
         for c in range(4):
             sender.send_task("bench.noop", kwargs={"chain": c, "i": 0, "n": 1, "key": "bench:warm"})
+            raw_sender.send_task(
+                "rawbench.noop",
+                kwargs={"chain": c, "i": 0, "n": 1, "key": "bench:warm"},
+                queue="rawbench",
+            )
         deadline = time.monotonic() + 60
-        while int(r.get("bench:warm") or 0) < 4:
+        while int(r.get("bench:warm") or 0) < 8:
             if time.monotonic() > deadline:
-                raise SystemExit("workers did not start: " + workers[0].log_tail())
+                raise SystemExit(
+                    "workers did not start: " + workers[0].log_tail() + raw_workers[0].log_tail()
+                )
             time.sleep(0.05)
 
-        failed = False
-        for n in sizes:
-            # baseline: raw Celery chains
+        tck = os.sysconf("SC_CLK_TCK")
+
+        def workers_cpu() -> float:
+            total = 0.0
+            for w in [*workers, *raw_workers]:
+                fields = Path(f"/proc/{w.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tck  # utime + stime
+            return total
+
+        def redis_cpu() -> float:
+            info = r.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+        def baseline(n: int, key: str, *, raw: bool) -> tuple[float, float, float]:
+            """No-op chains: tasks/s, Redis and workers' CPU ms per task. ``raw``: on raw
+            Celery's workers; else on the project's (its app, kombu patched)."""
             per_chain = n // par
             total = per_chain * par
+            cpu0, wcpu0 = redis_cpu(), workers_cpu()
             t0 = time.perf_counter()
             for c in range(par):
-                kwargs = {"chain": c, "i": 0, "n": per_chain, "key": f"bench:done:{n}"}
-                sender.send_task("bench.noop", kwargs=kwargs)
+                kwargs = {"chain": c, "i": 0, "n": per_chain, "key": key}
+                if raw:
+                    raw_sender.send_task("rawbench.noop", kwargs=kwargs, queue="rawbench")
+                else:
+                    sender.send_task("bench.noop", kwargs=kwargs)
             deadline = time.monotonic() + TIMEOUT_S
-            while int(r.get(f"bench:done:{n}") or 0) < par:
+            while int(r.get(key) or 0) < par:
                 if time.monotonic() > deadline:
                     raise SystemExit("baseline timed out")
                 time.sleep(0.01)
-            base_s = time.perf_counter() - t0
-            base_rate = total / base_s
+            secs = time.perf_counter() - t0
+            return (
+                total / secs,
+                (redis_cpu() - cpu0) / total * 1e3,
+                (workers_cpu() - wcpu0) / total * 1e3,
+            )
 
-            # ours: a recovery of the same number of features
-            plan = random_dag(n, seed=42, max_parallel=par, prefix=f"s{n}f")
+        def ours(n: int, prefix: str) -> tuple[float, float, float, RunStatus, int]:
+            """A recovery of ``n`` features: features/s, Redis and workers' CPU ms per
+            feature, the run's status and its audited transitions."""
+            plan = random_dag(n, seed=42, max_parallel=par, prefix=prefix)
             manager = PartialRecoveryManager(
                 store, settings, CeleryDispatcher(sender), worker="bench"
             )
+            cpu0, wcpu0 = redis_cpu(), workers_cpu()
             t0 = time.perf_counter()
             run_id = manager.start_recovery(plan).run_id
             deadline = time.monotonic() + TIMEOUT_S
@@ -126,32 +179,65 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"recovery timed out: {store.run(run_id)}")
                 time.sleep(0.02)
-            ours_s = time.perf_counter() - t0
-            status = store.run(run_id).status
+            secs = time.perf_counter() - t0
+            rcpu, wcpu = (redis_cpu() - cpu0) / n * 1e3, (workers_cpu() - wcpu0) / n * 1e3
             transitions = sum(1 for e in store.events(run_id) if e.kind == "transition")
-            ours_rate = n / ours_s
+            return n / secs, rcpu, wcpu, store.run(run_id).status, transitions
 
+        failed = False
+        for n in sizes:
+            # interleaved rounds (baseline, ours, baseline, ours, ...): a load change on the
+            # machine hits both; the medians are compared
+            rounds = args.rounds if n <= 2000 else 1
+            base_runs, patched_runs, our_runs = [], [], []
+            for k in range(rounds):
+                base_runs.append(baseline(n, f"bench:raw:{n}:{k}", raw=True))
+                patched_runs.append(baseline(n, f"bench:done:{n}:{k}", raw=False))
+                our_runs.append(ours(n, f"s{n}r{k}f"))
+            base_rate = statistics.median(b[0] for b in base_runs)
+            patched_rate = statistics.median(b[0] for b in patched_runs)
+            ours_rate = statistics.median(o[0] for o in our_runs)
+            base_rcpu = statistics.median(b[1] for b in base_runs)
+            base_wcpu = statistics.median(b[2] for b in base_runs)
+            ours_rcpu = statistics.median(o[1] for o in our_runs)
+            ours_wcpu = statistics.median(o[2] for o in our_runs)
+            statuses = {o[3] for o in our_runs}
+            transitions = our_runs[-1][4]
             print(
                 f"orchestration benchmark: {n} features / tasks, max_parallel {par}, "
-                f"2 worker processes x {args.concurrency} threads"
+                f"2 worker processes x {args.concurrency} threads, median of {rounds} "
+                "interleaved round(s)"
             )
             print(
-                f"  baseline raw Celery no-op chains : {total:6d} tasks    in {base_s:7.2f} s"
-                f" = {base_rate:8.1f} tasks/s"
+                "  rounds (raw Celery tasks/s, ours features/s): "
+                + ", ".join(
+                    f"({b[0]:.0f}, {o[0]:.0f})" for b, o in zip(base_runs, our_runs, strict=True)
+                )
             )
             print(
-                f"  ours (recovery, {status.value:9s})    : {n:6d} features in {ours_s:7.2f} s"
-                f" = {ours_rate:8.1f} features/s (one test-step task each),"
-                f" {transitions} audited transitions"
+                f"  baseline raw Celery no-op chains : {base_rate:8.1f} tasks/s,"
+                f" Redis CPU {base_rcpu:.2f} ms/task, workers' CPU {base_wcpu:.2f} ms/task"
+                " (a bare Celery app, kombu unpatched)"
+            )
+            print(
+                f"  the same chains on our workers   : {patched_rate:8.1f} tasks/s"
+                " (our app: kombu's Redis channel patched, workers/broker.py)"
+            )
+            print(
+                f"  ours (recovery, {'/'.join(sorted(s.value for s in statuses)):9s})    :"
+                f" {ours_rate:8.1f} features/s (one test-step task each),"
+                f" {transitions} audited transitions per run,"
+                f" Redis CPU {ours_rcpu:.2f} ms/feature, workers' CPU {ours_wcpu:.2f} ms/feature"
             )
             print(
                 f"  ratio ours/baseline              : {ours_rate / base_rate:.2f}"
-                "  (target >= 0.70 at 1,000)"
+                f"  (target >= 0.70 at 1,000; {ours_rate / patched_rate:.2f} of the no-op"
+                " chains on our own workers)"
             )
-            failed = failed or status is not RunStatus.SUCCEEDED
+            failed = failed or statuses != {RunStatus.SUCCEEDED}
         return 1 if failed else 0
     finally:
-        for w in workers:
+        for w in [*workers, *raw_workers]:
             w.kill()
         server.cleanup()
 

@@ -41,6 +41,13 @@ EVENTS: dict[str, str] = {
     "command_refused": "an operator's command was illegal now; nothing changed (why)",
     "feature_retried": "an operator retried a quarantined feature (unblocked, reopened)",
     "metrics_function_not_loaded": "a worker could not load the metrics function (error)",
+    "metrics_dropped": (
+        "the beat's inbox drain refused counts services appended: messages dropped whole "
+        "(json, shape, size, version, tick_s, trimmed) and entries (TICK, WRONGTYPE, "
+        "NOTINT, OVERFLOW, SCOPE), per reason"
+    ),
+    "metrics_inbox_backlog": "the metrics inbox was not empty after a drain's bounds (read)",
+    "metrics_drain_failed": "the beat could not drain the metrics inbox (error); retried next tick",
     "rollback_retried": "a rollback step met a concurrent move and was redone (why)",
     "run_restatused": "a manual rollback changed a finished run's status (frm, to)",
     "malformed_message": (

@@ -7,7 +7,8 @@ requests a second with no errors until SIGTERM, then flushes and exits.
 Under Debian's libfaketime 0.9.10 a *timed* wait of Python 3.11 (``Event.wait(t)``, which
 the client's background reporter uses between flushes) never returns, while
 ``time.sleep`` works; so this service calls :meth:`FlagClient.flush` itself every 0.2 s,
-the reporter's own interval — the same write path (``write_batch`` → the metrics function).
+the reporter's own interval — the same write path (one inbox message per flush, drained
+by the beat).
 """
 
 from __future__ import annotations

@@ -276,6 +276,43 @@ def test_transitions_walk_release_and_dispatch_in_one_call(store: Store) -> None
     ]
 
 
+def test_a_walk_publishes_the_flag_once_where_it_ends(store: Store) -> None:
+    """A walk's steps are each audited, but the published flag changes once: to the last
+    applied step's state, also when a later step is refused."""
+    run_id = make_run(store, features=("a", "b"))
+    token = store.claim(run_id, "a", "w", 10, now=T)
+    before = store.flags_version()
+    steps = [
+        Step(S.TESTING, 10, 0, "started", expect_version=0),
+        Step(S.TESTING, 50, 1, "ramp", expect_version=1),
+        Step(S.TESTING, 100, 2, "ramp", expect_version=9),  # refused: CHANGED
+    ]
+    with pytest.raises(ConflictError, match="CHANGED"):
+        store.transitions(run_id, "a", steps, token=token, now=T)
+    assert store.flags_version() == before + 1
+    flag = store.flags()["a"]
+    assert (flag["state"], flag["percent"], flag["version"]) == ("TESTING", 50, before + 1)
+    assert [e.percent for e in store.events(run_id) if e.kind == "transition"] == [10, 50]
+
+
+def test_a_step_counts_its_decision_only_when_it_applies(store: Store) -> None:
+    """A step's ``count`` outcome is added to the decision counters with the step, and not
+    at all for a step that is refused."""
+    run_id = make_run(store, features=("a", "b"))
+    before = store.decision_counts()
+    token = store.claim(run_id, "a", "w", 10, now=T)
+    steps = [
+        Step(S.TESTING, 50, 0, "started", expect_version=0),
+        Step(S.TESTING, 100, 1, "ramp", expect_version=1, count="advance"),
+        Step(S.TESTING, 100, 1, "ramp", expect_version=1, count="advance"),  # refused
+    ]
+    with pytest.raises(ConflictError, match="CHANGED"):
+        store.transitions(run_id, "a", steps, token=token, now=T)
+    after = store.decision_counts()
+    assert after.get("advance", 0) - before.get("advance", 0) == 1
+    assert store.feature(run_id, "a").version == 2
+
+
 def test_transitions_stop_at_the_first_step_not_applied(store: Store) -> None:
     """A step that is not applied ends the results; the steps after it (expecting its
     version) change nothing."""

@@ -1,9 +1,9 @@
 """Access control with config/users.acl loaded into a real redis-server.
 
-``service`` reads flags, subscribes and writes metrics but cannot change a flag, a run, a
-lock or the freeze; ``worker`` runs a recovery end to end (state and broker); ``operator``
-starts, rolls back and freezes; no user is ``default`` without a password. Celery accepts
-JSON only.
+``service`` reads flags, subscribes and appends metrics to the inbox but cannot change a
+flag, a run, a lock, the freeze or the evidence itself; ``worker`` runs a recovery end to
+end (state and broker); ``operator`` starts, rolls back and freezes; no user is
+``default`` without a password. Celery accepts JSON only.
 """
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ def test_no_user_is_default_without_a_password(acl_server: RedisServer) -> None:
 def test_service_reads_subscribes_and_reports_but_changes_nothing(
     acl_server: RedisServer,
 ) -> None:
-    """The service user reads flags, subscribes and writes metrics; every write to a flag,
-    a run, a lease, the fence or the freeze, and every script, is refused."""
+    """The service user reads flags, subscribes and appends to the metrics inbox; every
+    write to a flag, a run, a lease, the fence, the freeze or a metrics hash, and every
+    script or function, is refused."""
     svc = acl_client(acl_server, "service")
     svc.hget(K.flags, "x")
     svc.hgetall(K.flags)
     svc.get(K.flags_version)
     metrics = K.metrics("checkout", 123)
-    svc.hincrby(metrics, "requests", 3)
-    svc.expire(metrics, 60)
+    svc.xadd(K.metrics_inbox, {"v": "1", "t": "1", "e": "[]"}, maxlen=10_000, approximate=True)
     ps = svc.pubsub()
     ps.subscribe(K.flags_channel)
     assert wait_for(lambda: ps.get_message(timeout=0.2), 5)["type"] == "subscribe"
@@ -88,6 +88,9 @@ def test_service_reads_subscribes_and_reports_but_changes_nothing(
         "DEL freeze": (svc.delete, K.freeze),
         "EVAL": (svc.eval, "return 1", 0),
         "HINCRBY outside metrics": (svc.hincrby, K.feature("r1", "x"), "pending", -1),
+        "HINCRBY metrics": (svc.hincrby, metrics, "errors", 1000),
+        "EXPIRE metrics": (svc.expire, metrics, 0),
+        "FCALL metrics function": (svc.fcall, "recovery_metrics_add", 0),
         "LPUSH broker queue": (svc.lpush, "recovery", "x"),
         "FLUSHALL": (svc.flushall,),
         "CONFIG SET": (svc.config_set, "appendonly", "no"),

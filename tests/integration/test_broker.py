@@ -3,6 +3,7 @@ real worker down."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +62,41 @@ def test_ack_and_reject_after_the_connection_is_gone_settle_without_raising(
     ]
     assert {"tag-1", "tag-2"} <= set(qos._dirty)  # settled in kombu's own bookkeeping
     conn.release()
+
+
+def test_a_channel_reuses_one_client_for_its_commands_and_a_new_one_per_pool(
+    redis_url: str,
+) -> None:
+    """Publishes on one channel, from several threads, all land and share one redis-py
+    client; a new pool (after a reconnect) gets a new client."""
+    harden_redis_transport()
+    conn = Connection(redis_url)
+    channel: Any = conn.channel()
+    queue = "prm-test-reuse"
+    clients = set()
+    try:
+        with channel.conn_or_acquire() as client:
+            client.delete(queue)
+
+        def publish(i: int) -> None:
+            with channel.conn_or_acquire() as client:
+                clients.add(id(client))
+                client.lpush(queue, str(i))
+
+        threads = [threading.Thread(target=publish, args=(i,)) for i in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert redis.Redis.from_url(redis_url).llen(queue) == 200
+        assert len(clients) == 1
+        channel._pool = None  # kombu drops its pool on a reconnect
+        with channel.conn_or_acquire() as client:
+            assert id(client) not in clients and client.llen(queue) == 200
+            client.delete(queue)
+    finally:
+        channel.close()
+        conn.release()
 
 
 def test_hardening_is_idempotent() -> None:

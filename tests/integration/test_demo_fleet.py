@@ -32,7 +32,8 @@ def serving(fleet: Fleet) -> Iterator[Fleet]:
 
 def counts(cluster: Cluster, feature: str, since: float) -> Sample:
     """Everything recorded for ``feature`` since ``since``, both cohorts, as the engine's
-    redis source reads it."""
+    redis source reads it (after draining the services' inbox, as the beat would)."""
+    cluster.store.drain_metrics(tick_s=1, ttl_s=3600)
     policy = HealthPolicy.model_validate({"baseline": "control"})
     source = cluster.store.metrics_source(policy, 1)
     return source.collect(feature, since, time.time() + 2)

@@ -14,10 +14,12 @@ from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
 from workers.flags.testing import write_flag
 from workers.store.keys import Keys
-from workers.store.metrics import Entry, EntryStatus, add_counts, load_library
+from workers.store.metrics import Entry, load_library
+from workers.store.metrics_inbox import append, drain
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
+NOW = int(time.time())
 
 
 def test_default_user_is_off(acl_server: RedisServer) -> None:
@@ -27,7 +29,8 @@ def test_default_user_is_off(acl_server: RedisServer) -> None:
 
 
 def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
-    """As `service` the client reads flags, follows publishes and writes metrics."""
+    """As `service` the client reads flags, follows publishes and appends its counts to the
+    metrics inbox, which a worker drains into the tick hashes."""
     worker = acl_client(acl_server, "worker")
     load_library(worker)  # what a worker does at start; `service` may not load functions
     write_flag(worker, "acl-a", "TESTING", 100, namespace=NS)
@@ -39,6 +42,7 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
         assert client.health().connected
         client.record("acl-a", False, 0.1)
         assert client.flush()
+    assert drain(worker, KEYS, tick_s=1, ttl_s=3600).applied == 1
     ticks = list(worker.scan_iter(match=f"{NS}:metrics:acl-a:*"))
     assert ticks and worker.hget(ticks[0], "errors") == "1"
 
@@ -61,8 +65,14 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
         ("KEYS", "*"),
         ("LPUSH", "celery", "x"),
         ("HINCRBY", "other:metrics:a:1", "requests", "1"),
+        # issue 16 item 9: every way of poisoning the evidence directly
+        ("HINCRBY", KEYS.metrics("victim", NOW), "errors", "1000"),
+        ("HINCRBY", KEYS.metrics("victim", NOW), "requests", "-5000"),
+        ("HINCRBY", KEYS.metrics("victim", NOW), "bad:" + "x" * (20 << 20), "1"),
         ("HINCRBYFLOAT", KEYS.metrics("a", 1), "requests", "0.5"),
+        ("EXPIRE", KEYS.metrics("victim", NOW), "0"),
         ("HSET", KEYS.metrics("a", 1), "requests", "-5"),
+        ("HSETNX", KEYS.metrics("no-ttl", NOW), "requests", "1"),
         ("HDEL", KEYS.metrics("a", 1), "requests"),
         ("DEL", KEYS.metrics("a", 1)),
         ("SET", KEYS.metrics("a", 1), "x"),
@@ -71,6 +81,48 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
         ("SELECT", "1"),
         ("PUBLISH", "recovery:metrics:arrived", "a"),
         ("XADD", KEYS.flags_log, "*", "change", "{}"),
+        ("XADD", KEYS.metrics_arrived, "*", "features", "victim"),
+        ("XADD", KEYS.metrics("victim", NOW), "*", "requests", "1"),
+        ("XADD", KEYS.metrics_service_inbox("checkout"), "*", "v", "1"),
+        ("XRANGE", KEYS.metrics_inbox, "-", "+"),
+        ("XDEL", KEYS.metrics_inbox, "1-1"),
+        ("XTRIM", KEYS.metrics_inbox, "MAXLEN", "0"),
+        ("DEL", KEYS.metrics_inbox),
+        ("HSET", KEYS.metrics_services, "svc", "victim"),
+        (
+            "FCALL",
+            "recovery_metrics_add",
+            "2",
+            KEYS.metrics_arrived,
+            KEYS.metrics("victim", NOW),
+            "1",
+            NS,
+            "1",
+            "3600",
+            "victim",
+            str(NOW),
+            "1",
+            "errors",
+            "1000",
+        ),
+        (
+            "FCALL",
+            "recovery_metrics_drain",
+            "3",
+            KEYS.metrics_arrived,
+            KEYS.metrics_services,
+            KEYS.metrics_inbox,
+            "1",
+            NS,
+            "1",
+            "3600",
+            "1",
+            "1",
+            "1",
+            "1",
+            "0",
+        ),
+        ("FCALL_RO", "recovery_metrics_add", "0"),
         ("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('x', function() end)"),
         ("FUNCTION", "FLUSH"),
         ("FUNCTION", "DELETE", "recovery_metrics"),
@@ -80,23 +132,26 @@ def test_client_works_as_the_service_user(acl_server: RedisServer) -> None:
     ],
 )
 def test_service_user_is_refused(acl_server: RedisServer, command: tuple[str, ...]) -> None:
-    """The `service` user cannot change flags, touch run state, or anything else."""
+    """The `service` user cannot change flags, touch run state, write evidence other than
+    by appending to the inbox (no HINCRBY, EXPIRE, FCALL, inbox reads or trims), or
+    anything else."""
     service = acl_client(acl_server, "service")
     with pytest.raises(redis.exceptions.NoPermissionError):
         service.execute_command(*command)
 
 
 def test_service_user_may_read_flags_and_count(acl_server: RedisServer) -> None:
-    """The commands the client needs are allowed to `service`: reads, and FCALL of the
-    metrics function (which runs HINCRBY/EXPIRE/XADD with the caller's rights)."""
-    load_library(acl_client(acl_server, "worker"))
+    """The commands the client needs are allowed to `service`: reads, and one XADD (with
+    MAXLEN ~) to the metrics inbox, which a worker then applies."""
+    worker = acl_client(acl_server, "worker")
+    load_library(worker)
     service = acl_client(acl_server, "service")
     service.hgetall(KEYS.flags)
     service.hmget(KEYS.flags, ["a"])
     service.get(KEYS.flags_version)
     service.xrange(KEYS.flags_log)
-    entry = Entry("acl-b", int(time.time()), {"requests": 1})
-    assert add_counts(service, KEYS, [entry]) == [EntryStatus.OK]
+    append(service, KEYS, [Entry("acl-b", int(time.time()), {"requests": 1})], tick_s=1)
+    assert drain(worker, KEYS, tick_s=1, ttl_s=3600).applied == 1
 
 
 def test_operator_and_worker_can_publish_flags(acl_server: RedisServer) -> None:

@@ -13,6 +13,7 @@ from workers.flags.testing import write_flag
 from workers.health import Decision, Evaluator, HealthPolicy, make_source
 from workers.health.sources.redis import RedisSource, record_counts
 from workers.store.keys import Keys
+from workers.store.metrics_inbox import drain
 
 T0 = 1_700_000_000
 CONTROL = HealthPolicy.model_validate({"baseline": "control", "slow_rate": None})
@@ -57,6 +58,7 @@ def test_record_request_blames_only_the_feature_that_makes_things_worse(
             rate = 0.03 + (0.03 if flags.is_enabled("guilty", key) else 0.0)
             flags.record_request(rng.random() >= rate, key=key)
         assert flags.flush()
+    drain(rclient, Keys(namespace), tick_s=1, ttl_s=3600)  # what the beat does
     until = time.time() + 2  # every tick written so far is complete by then
     source = make_source(CONTROL, redis_client=rclient, keys=Keys(namespace))
     verdicts = {}

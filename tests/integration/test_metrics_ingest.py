@@ -1,7 +1,9 @@
-"""Metrics ingestion through the validating Redis Function, as the `service` ACL user.
+"""Metrics ingestion through the validating Redis Function, by a trusted writer.
 
 Reproduces the evidence-poisoning abuses of issue 16 (item 9) against a real redis-server
-with config/users.acl, and the partly failed flush (item 10).
+with config/users.acl: the function refuses them whoever calls it (here the `worker` user,
+a trusted writer: the `service` user may not call it at all, see
+``tests/integration/test_metrics_inbox.py``), and the partly failed flush (item 10).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from workers.store.metrics import (
     load_library,
     read_arrivals,
 )
+from workers.store.metrics_inbox import drain
 
 NS = "recovery"  # the ACL patterns are written for the default namespace
 KEYS = Keys(NS)
@@ -42,6 +45,14 @@ def loaded(acl_server: RedisServer) -> RedisServer:
 def service(loaded: RedisServer) -> Iterator[redis.Redis]:
     """A connection as the `service` user."""
     client = acl_client(loaded, "service")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def trusted(loaded: RedisServer) -> Iterator[redis.Redis]:
+    """A trusted writer of the metrics function (the `worker` user)."""
+    client = acl_client(loaded, "worker")
     yield client
     client.close()
 
@@ -93,65 +104,66 @@ ABUSES = {
 
 @pytest.mark.parametrize("abuse", sorted(ABUSES))
 def test_each_abuse_through_the_function_is_refused_and_writes_nothing(
-    service: redis.Redis, admin: redis.Redis, abuse: str
+    trusted: redis.Redis, admin: redis.Redis, abuse: str
 ) -> None:
     """Negative, float and huge counts, huge or unknown field names, another feature's key,
     keys outside the layout, TTL 0 / none / years, bad names: refused whole, nothing written."""
     keys, args = ABUSES[abuse]
     before = admin.xlen(arrived_stream(KEYS))
     with pytest.raises(redis.ResponseError, match=r"^INVALID"):
-        fcall(service, keys, args)
+        fcall(trusted, keys, args)
     assert not any(admin.exists(k) for k in keys[1:])
     assert admin.xlen(arrived_stream(KEYS)) == before
 
 
-def test_one_bad_entry_refuses_the_whole_call(service: redis.Redis, admin: redis.Redis) -> None:
+def test_one_bad_entry_refuses_the_whole_call(trusted: redis.Redis, admin: redis.Redis) -> None:
     """A call mixing a good entry with a negative count writes neither."""
     good = KEYS.metrics("mixed-good", NOW)
     bad = KEYS.metrics("mixed-bad", NOW)
     args = ["1", NS, "1", "3600", "mixed-good", str(NOW), "1", "requests", "5",
             "mixed-bad", str(NOW), "1", "errors", "-1"]  # fmt: skip
     with pytest.raises(redis.ResponseError, match=r"^INVALID count"):
-        fcall(service, [arrived_stream(KEYS), good, bad], args)
+        fcall(trusted, [arrived_stream(KEYS), good, bad], args)
     assert not admin.exists(good) and not admin.exists(bad)
 
 
-def test_future_ticks_are_not_applied(service: redis.Redis, admin: redis.Redis) -> None:
+def test_future_ticks_are_not_applied(trusted: redis.Redis, admin: redis.Redis) -> None:
     """Evidence for a tick that has not begun (beyond 60 s of skew) is not stored."""
     entry = Entry("future", NOW + 3600, {"errors": 1000, "requests": 1000})
-    assert add_counts(service, KEYS, [entry]) == [EntryStatus.TICK]
+    assert add_counts(trusted, KEYS, [entry]) == [EntryStatus.TICK]
     assert not admin.exists(KEYS.metrics("future", NOW + 3600))
 
 
-def test_another_namespace_and_select_are_refused_by_acl(service: redis.Redis) -> None:
-    """Keys outside recovery:metrics:* (another namespace) and SELECT are refused by ACL."""
-    other = Keys("other")
-    with pytest.raises(redis.exceptions.NoPermissionError):
-        add_counts(service, other, [Entry("a", NOW, {"requests": 1})])
+def test_the_service_user_may_not_call_the_function_nor_select(service: redis.Redis) -> None:
+    """As `service`, the metrics function (any namespace) and SELECT are refused by ACL:
+    a service's only way to write evidence is the inbox."""
+    for ns in (KEYS, Keys("other")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            add_counts(service, ns, [Entry("a", NOW, {"requests": 1})])
     with pytest.raises(redis.exceptions.NoPermissionError):
         service.execute_command("SELECT", "1")
 
 
 def test_written_keys_get_the_ttl_and_it_is_never_shortened(
-    service: redis.Redis, admin: redis.Redis
+    trusted: redis.Redis, admin: redis.Redis
 ) -> None:
     """The function sets the TTL itself: a new key gets it, a key without one gets it, and a
     later call with another TTL does not change it."""
     key = KEYS.metrics("ttl", NOW)
-    assert add_counts(service, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=600) == [
+    assert add_counts(trusted, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=600) == [
         EntryStatus.OK
     ]
     assert 590 < admin.ttl(key) <= 600
-    add_counts(service, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=60)
+    add_counts(trusted, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=60)
     assert admin.ttl(key) > 500
     admin.persist(key)  # a key left without TTL (e.g. by an older writer)
-    add_counts(service, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=60)
+    add_counts(trusted, KEYS, [Entry("ttl", NOW, {"requests": 1})], ttl_s=60)
     assert 0 < admin.ttl(key) <= 60
     assert admin.hget(key, "requests") == "3"
 
 
 def test_entries_that_cannot_apply_are_reported_and_the_rest_applied(
-    service: redis.Redis, admin: redis.Redis
+    trusted: redis.Redis, admin: redis.Redis
 ) -> None:
     """A key of another type, a field broken by HINCRBYFLOAT and an overflow are each
     reported for their own entry; the other entries apply, all within one call."""
@@ -165,7 +177,7 @@ def test_entries_that_cannot_apply_are_reported_and_the_rest_applied(
         Entry("rt-overflow", tick, {"requests": 2, "errors": 1}),
         Entry("rt-good", tick, {"requests": 7, "errors": 1, "ctl:requests": 3}),
     ]
-    assert add_counts(service, KEYS, entries) == [
+    assert add_counts(trusted, KEYS, entries) == [
         EntryStatus.WRONGTYPE,
         EntryStatus.NOTINT,
         EntryStatus.OVERFLOW,
@@ -187,7 +199,8 @@ def test_entries_that_cannot_apply_are_reported_and_the_rest_applied(
 
 def test_a_partly_failed_flush_is_not_re_applied(loaded: RedisServer, admin: redis.Redis) -> None:
     """Issue 16 item 10: when one feature's tick cannot take counts, the client's flush
-    applies the others exactly once, drops the refused entry and never re-sends it."""
+    (one XADD to the inbox) is never re-sent, and the drain applies the others exactly
+    once and rejects the refused entry."""
     url = acl_url(loaded, "service")
     with FlagClient(url, NS, flush_interval_s=3600, poll_interval_s=60) as client:
         tick = int(time.time())
@@ -199,62 +212,37 @@ def test_a_partly_failed_flush_is_not_re_applied(loaded: RedisServer, admin: red
         assert client.flush()
         for _ in range(5):
             assert client.flush()  # nothing pending: nothing re-sent
-        health = client.health()
-        assert health.metrics_pending == 0 and health.metrics_rejected == 10
+        assert client.health().metrics_pending == 0
+    drained = drain(admin, KEYS, tick_s=1, ttl_s=3600)
+    assert drained.read == 1 and set(drained.rejected) == {"NOTINT"}
+    assert drain(admin, KEYS, tick_s=1, ttl_s=3600).read == 0
     good = [k for k in admin.scan_iter(match=f"{NS}:metrics:pf-good:*")]
     assert sum(int(admin.hget(k, "requests") or 0) for k in good) == 10
     assert sum(int(admin.hget(k, "errors") or 0) for k in good) == 10
 
 
-SCOPED = (
-    "on >svc-checkout-dev-password resetkeys %R~recovery:flags %R~recovery:flags:version "
-    "%R~recovery:flags:log ~recovery:metrics:checkout:* ~recovery:metrics:arrived "
-    "resetchannels &recovery:flags -@all +ping +hello +auth +client|setname "
-    "+client|getname +get +hget +hmget +hgetall +xrange +subscribe +unsubscribe +multi "
-    "+exec +discard +fcall +time +hincrby +expire +xadd"
-)
-
-
-def test_a_service_scoped_to_its_features_cannot_touch_another_features_evidence(
-    admin: redis.Redis, loaded: RedisServer
-) -> None:
-    """A per-service user (docs/flags.md template) reports its own features; adding errors
-    to another feature's tick — through the function or directly — is refused by ACL."""
-    # the worker may not ACL SETUSER: a fresh server takes the template user
-    server = RedisServer()
-    server.start()
-    try:
-        root = redis.Redis.from_url(server.url, decode_responses=True)
-        root.execute_command("ACL", "SETUSER", "svc-checkout", *SCOPED.split())
-        load_library(root)
-        scoped = redis.Redis(
-            port=server.port,
-            username="svc-checkout",
-            password="svc-checkout-dev-password",
-            decode_responses=True,
-        )
-        assert add_counts(scoped, KEYS, [Entry("checkout", NOW, {"requests": 1})]) == [
-            EntryStatus.OK
-        ]
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            add_counts(scoped, KEYS, [Entry("search", NOW, {"errors": 1000, "requests": 1})])
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            scoped.hincrby(KEYS.metrics("search", NOW), "errors", 1000)
-        assert not root.exists(KEYS.metrics("search", NOW))
-    finally:
-        server.cleanup()
+def test_a_trusted_writer_may_still_write_directly(loaded: RedisServer, admin: redis.Redis) -> None:
+    """A client with ``metrics="direct"`` and a user that may call the function (here
+    `worker`) writes through the function: its counts are in without a drain."""
+    with FlagClient(acl_url(loaded, "worker"), NS, flush_interval_s=3600, metrics="direct") as c:
+        c.record("direct-a", True)
+        c.record("direct-a", False)
+        assert c.flush()
+    keys = list(admin.scan_iter(match=f"{NS}:metrics:direct-a:*"))
+    assert sum(int(admin.hget(k, "requests") or 0) for k in keys) == 2
+    assert not admin.exists(KEYS.metrics_inbox)
 
 
 def test_arrivals_name_the_features_whose_counts_just_landed(
-    service: redis.Redis, admin: redis.Redis
+    trusted: redis.Redis, admin: redis.Redis
 ) -> None:
     """A reader blocked on the arrival stream learns which features got counts, once each,
     and misses nothing written between two reads."""
     last, features = read_arrivals(admin, KEYS)
     assert features == set()
-    add_counts(service, KEYS, [Entry("arr-a", NOW, {"requests": 1}),
+    add_counts(trusted, KEYS, [Entry("arr-a", NOW, {"requests": 1}),
                                Entry("arr-b", NOW, {"requests": 1})])  # fmt: skip
-    add_counts(service, KEYS, [Entry("arr-a", NOW - 1, {"requests": 1})])
+    add_counts(trusted, KEYS, [Entry("arr-a", NOW - 1, {"requests": 1})])
     last, features = read_arrivals(admin, KEYS, last, block_ms=1000)
     assert features == {"arr-a", "arr-b"}
     last, features = read_arrivals(admin, KEYS, last)

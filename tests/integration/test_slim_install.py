@@ -19,6 +19,8 @@ import pytest
 import redis
 
 from tests.processes import ROOT, VENV_BIN, RedisServer
+from workers.store.keys import Keys
+from workers.store.metrics_inbox import drain
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(300)]
 
@@ -146,6 +148,7 @@ def test_a_service_reads_flags_and_records_outcomes_without_the_worker_stack(
         "celery_loaded": False,
     }
     assert 10 <= got["search_share"] <= 50  # 30 % of 100 keys, murmur3-bucketed
+    drain(r, Keys(namespace), tick_s=1, ttl_s=3600)  # the worker side applies the inbox
     assert (
         int(r.hget(f"{namespace}:metrics:checkout:" + _latest_tick(r, namespace), "requests") or 0)
         == 1

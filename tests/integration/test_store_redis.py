@@ -109,6 +109,27 @@ def test_refused_transition_leaves_the_keyspace_untouched(
     assert snapshot() == before
 
 
+def test_a_walk_runs_on_a_server_that_lost_its_scripts(
+    store: RedisStore, rclient: redis.Redis
+) -> None:
+    """A walk (steps, release, dispatch in one pipeline of EVALSHA) applies whole on a
+    server whose script cache is empty (a restart, a failover), each time it is emptied."""
+    run_id = make_run(store, features=("a", "b", "c"))
+    for name, dependents, ready in (("a", [("b", 1)], ["b", "c"]), ("b", [], [])):
+        token = store.claim(run_id, name, "w", 10, now=T)
+        rclient.script_flush()  # the claim loaded one script; none is left
+        steps = [
+            Step(S.TESTING, 50, 0, "started", expect_version=0),
+            Step(S.ENABLED, 100, 1, "promoted", expect_version=1, dependents=dependents),
+        ]
+        results, taken = store.transitions(
+            run_id, name, steps, token=token, now=T, release=True, dispatch_grace_s=5
+        )
+        assert all(r.applied for r in results) and taken == ready, name
+        assert store.claim(run_id, name, "w2", 10, now=T) > token  # released
+        store.release(run_id, name, token + 1)
+
+
 def test_finished_run_keys_expire(store: RedisStore, rclient: redis.Redis) -> None:
     """Finishing a run puts the run TTL on its keys; active runs have none."""
     run_id = make_run(store)

@@ -7,8 +7,18 @@ import threading
 
 import pytest
 
+from workers.errors import InvalidInput
 from workers.flags import FlagClient
-from workers.flags._reporter import MetricBuffer, entry_counts
+from workers.flags._reporter import (
+    Batch,
+    Flushed,
+    MetricBuffer,
+    _messages,
+    _valid_items,
+    entry_counts,
+)
+from workers.store.metrics import Entry
+from workers.store.metrics_inbox import MAX_MESSAGE_BYTES, encode, message_bytes
 
 
 class Clock:
@@ -169,3 +179,44 @@ def test_other_fields_are_added_per_tick_and_sent_whole() -> None:
     assert entry_counts(entry) == {
         "requests": 1, "errors": 1, "ctl:requests": 4, "ctl:errors": 1
     }  # fmt: skip
+
+
+def test_inbox_messages_encode_the_documented_contract() -> None:
+    """``encode`` writes fields v (2), t, n (the writer's clock, unix ms) and e with compact
+    JSON ``[[feature, tick, {field: count}]]`` (what docs/flags.md tells writers in other
+    languages)."""
+    entries = [Entry("checkout", 1767000000, {"requests": 3, "errors": 1})]
+    assert encode(entries, 1, now_s=1767000000.25) == {
+        "v": "2",
+        "t": "1",
+        "n": "1767000000250",
+        "e": '[["checkout",1767000000,{"requests":3,"errors":1}]]',
+    }
+
+
+def test_a_big_flush_is_cut_into_messages_within_the_bounds() -> None:
+    """2,500 (feature, tick) pairs with 60 long custom fields each become messages of at
+    most 1,000 entries and 1 MiB, every pair in exactly one of them."""
+    bad = {f"{'x' * 60}{i:02d}": 1 for i in range(60)}
+    batch: Batch = {(f"f{i}", 1767000000): [1, 0, 0, dict(bad), None] for i in range(2_500)}
+    out = Flushed()
+    messages = _messages(_valid_items(batch, out), 1)
+    assert not out.rejected and len(messages) > 3
+    sizes = [message_bytes(encode([e for _, _, e in m], 1)) for m in messages]
+    assert max(sizes) <= MAX_MESSAGE_BYTES and max(len(m) for m in messages) <= 1_000
+    assert sorted(k for m in messages for k, _, _ in m) == sorted(batch)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"metrics": "fcall"},
+        {"metrics_service": "Not A Name"},
+        {"metrics": "direct", "metrics_service": "checkout"},
+    ],
+)
+def test_unknown_metrics_paths_are_refused(options: dict[str, str]) -> None:
+    """An unknown metrics path, a bad service name, or a service inbox with the direct path
+    is refused by name before anything connects."""
+    with pytest.raises(InvalidInput, match="metrics"):
+        FlagClient("redis://127.0.0.1:1/0", **options)  # type: ignore[arg-type]

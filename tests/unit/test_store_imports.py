@@ -71,8 +71,8 @@ def test_store_exports_are_pinned() -> None:
     """``workers.store.__all__`` is the documented surface, and each name resolves."""
     assert sorted(workers.store.__all__) == sorted(
         [
-            "Event", "FeatureRecord", "Keys", "MemoryStore", "RedisStore", "RunRecord", "Step",
-            "Store", "TransitionResult", "store_from_settings",
+            "Event", "FeatureRecord", "Keys", "MemoryStore", "MetricsDrained", "RedisStore",
+            "RunRecord", "Step", "Store", "TransitionResult", "store_from_settings",
         ]
     )  # fmt: skip
     for name in workers.store.__all__:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -176,9 +176,6 @@ class StepsMixin(EngineBase):
             )
             if walk:
                 last = results[-1]
-                for move, res in zip(action.walk, results[1:], strict=False):
-                    if res.applied:  # each walked step is a decision of its own
-                        self.store.count_decision(decide.outcome((move,)))
                 if len(results) < len(steps) or not last.applied:
                     return "testing"  # refused midway: the beat's reconciliation goes on
                 self.after_enable(run_id, feature, taken, last)
@@ -228,11 +225,13 @@ class StepsMixin(EngineBase):
                         evidence=move.evidence,
                         expect_version=version + i,
                         fields={"step_since": now},
+                        count=decide.outcome((move,)),  # each is a decision of its own
                     )
                 )
             else:
                 assert isinstance(move, Enable)
-                steps.append(self.enable_step(ctx, name, move, version + i, now))
+                enable = self.enable_step(ctx, name, move, version + i, now)
+                steps.append(replace(enable, count=decide.outcome((move,))))
         return steps
 
     def enable_feature(self, run_id: str, feature: str, *, task_id: str = "") -> str:

@@ -9,6 +9,8 @@ import structlog
 from workers.core import decide
 from workers.core.states import RunStatus
 from workers.engine.base import EngineBase
+from workers.errors import RecoveryError
+from workers.store import MetricsDrained
 
 __all__ = ["TickMixin"]
 
@@ -23,8 +25,10 @@ class TickMixin(EngineBase):
         """One beat: enqueue due evaluations, reconcile lost work, finish settled runs.
 
         Safe with two beats at once: due features are taken atomically, and anything sent
-        twice is refused by the store.
+        twice is refused by the store. The services' metrics inbox is drained first, so
+        the evaluations it sends read every count reported before the tick.
         """
+        self.drain_metrics()
         now = self.clock()
         sent = 0
         active = self.store.active_runs()
@@ -45,6 +49,32 @@ class TickMixin(EngineBase):
             sent += len(self.dispatch_ready(run_id, observe=True))
             self.check_completion(run_id)
         return {"sent": sent}
+
+    def drain_metrics(self) -> MetricsDrained | None:
+        """Move the counts services appended to the metrics inbox into the tick hashes
+        (validated, exactly once: :meth:`workers.store.Store.drain_metrics`). Logs
+        ``metrics_dropped`` with the reasons when messages or entries were refused, and
+        ``metrics_inbox_backlog`` when a drain's bound left messages for the next tick.
+        A failure is logged (``metrics_drain_failed``), never raised: the rest of the tick
+        does not depend on it. None then."""
+        try:
+            drained = self.store.drain_metrics(
+                tick_s=self.settings.metrics_tick_s, ttl_s=self.settings.metrics_ttl_s
+            )
+        except RecoveryError as exc:
+            log.warning("metrics_drain_failed", error=str(exc)[:300])
+            return None
+        if drained.dropped or drained.rejected:
+            log.warning(
+                "metrics_dropped",
+                messages=dict(drained.dropped),
+                entries=dict(drained.rejected),
+                read=drained.read,
+                applied=drained.applied,
+            )
+        if drained.more:
+            log.warning("metrics_inbox_backlog", read=drained.read, calls=drained.calls)
+        return drained
 
     def repair_stalled(self, run_id: str, now: float) -> list[str]:
         """Requeue the features that lost their place in the ready queue (a late write, a

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import weakref
@@ -50,11 +51,17 @@ from workers.flags._model import (
 )
 from workers.flags._outcome import Outcome
 from workers.flags._refresher import Refresher
-from workers.flags._reporter import MetricBuffer, with_control, write_batch
+from workers.flags._reporter import MetricBuffer, append_batch, with_control, write_batch
 from workers.sentinel import redis_client
 from workers.store.keys import Keys
+from workers.store.metrics_inbox import SERVICE_PATTERN
 
 __all__ = ["FlagClient"]
+
+#: how a client writes its outcome counts: ``inbox`` (append to the write-only inbox a
+#: worker validates; what the ``service`` ACL user may do) or ``direct`` (call the
+#: validating metrics function; trusted writers whose user may run it)
+METRICS_PATHS = frozenset({"inbox", "direct"})
 
 log = structlog.get_logger("workers.flags")
 
@@ -73,10 +80,17 @@ class FlagClient:
     The constructor returns within ``connect_timeout_s`` even when Redis is down: the
     client then serves the ``bootstrap`` file's flags (or every check's default) and keeps
     trying in the background. Use :meth:`from_snapshot` for an offline client in tests.
+
+    Outcome counts go, by default (``metrics="inbox"``), to the write-only metrics inbox
+    that workers validate and apply (the ``service`` ACL user may only append there);
+    ``metrics_service`` names the service's own inbox when an operator registered its
+    features. ``metrics="direct"`` calls the validating metrics function instead, for a
+    trusted writer whose user may run it (no worker needed to apply the counts).
     """
 
     _redis: redis.Redis | None
     _client_name: str | None
+    _metrics_service: str | None
 
     def __init__(
         self,
@@ -97,7 +111,18 @@ class FlagClient:
         client_name: str | None = "recovery-flags",
         apply_deltas: bool = True,
         catchup_max: int = 1000,
+        metrics: str = "inbox",
+        metrics_service: str | None = None,
     ) -> None:
+        if metrics not in METRICS_PATHS:
+            raise InvalidInput(f"metrics must be one of {sorted(METRICS_PATHS)}, got {metrics!r}")
+        if metrics_service is not None and (
+            metrics != "inbox" or re.fullmatch(SERVICE_PATTERN, metrics_service) is None
+        ):
+            raise InvalidInput(
+                f"metrics_service needs metrics='inbox' and a name matching {SERVICE_PATTERN},"
+                f" got {metrics_service!r}"
+            )
         self._setup(
             namespace,
             flush_interval_s=flush_interval_s,
@@ -115,6 +140,8 @@ class FlagClient:
         self._client_name = client_name
         self._apply_deltas = apply_deltas
         self._catchup_max = catchup_max
+        self._metrics_path = metrics
+        self._metrics_service = metrics_service
         if bootstrap is not None:
             self._load_bootstrap(Path(bootstrap))
         self._redis = self._make_redis()
@@ -173,6 +200,8 @@ class FlagClient:
         self._client_name = None
         self._apply_deltas = True
         self._catchup_max = 1000
+        self._metrics_path = "inbox"
+        self._metrics_service = None
 
     @classmethod
     def from_snapshot(
@@ -383,13 +412,22 @@ class FlagClient:
         control = self._control_metrics.take()
         if not batch and not control:
             return True
-        flushed = write_batch(
-            client,
-            self._keys,
-            with_control(batch, control),
-            tick_s=self._metrics.tick_s,
-            ttl_s=self._metrics_ttl_s,
-        )
+        if self._metrics_path == "direct":
+            flushed = write_batch(
+                client,
+                self._keys,
+                with_control(batch, control),
+                tick_s=self._metrics.tick_s,
+                ttl_s=self._metrics_ttl_s,
+            )
+        else:
+            flushed = append_batch(
+                client,
+                self._keys,
+                with_control(batch, control),
+                tick_s=self._metrics.tick_s,
+                service=self._metrics_service,
+            )
         if flushed.rejected:
             # refused for good by the metrics function: dropped, never re-sent
             self._metrics.dropped += sum(flushed.rejected.values())

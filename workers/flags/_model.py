@@ -181,12 +181,14 @@ class ClientHealth:
     ``connected`` is true while the refresher holds a live subscription and its last read
     succeeded. ``snapshot_age_s`` is how long ago the snapshot was last confirmed current
     (``None``: never loaded from Redis). ``metrics_dropped`` counts recorded requests
-    discarded to keep the buffer bounded while Redis was away, or refused for good by the
-    metrics function (``metrics_rejected`` counts those alone). ``deltas`` counts changes
-    applied from their message, ``catchups`` gaps closed from the change log (both without
-    a full read; ``reloads`` counts full reads). ``data_loss`` is true while Redis is
-    known to have lost the flags and the client serves its last snapshot instead (see
-    ``docs/flags.md``, "Redis data loss").
+    discarded to keep the buffer bounded while Redis was away, or refused for good
+    (``metrics_rejected`` counts those alone: names no plan can have, refused before
+    sending, and with ``metrics="direct"`` what the metrics function refused; what a
+    worker's inbox drain refuses is logged by the worker, ``metrics_dropped``). ``deltas``
+    counts changes applied from their message, ``catchups`` gaps closed from the change
+    log (both without a full read; ``reloads`` counts full reads). ``data_loss`` is true
+    while Redis is known to have lost the flags and the client serves its last snapshot
+    instead (see ``docs/flags.md``, "Redis data loss").
     """
 
     connected: bool

@@ -6,10 +6,18 @@ to the tick the outcome happened in. While Redis is away counts keep aggregating
 memory is bounded by ``max_keys`` (feature, tick) pairs, and ticks older than the metrics
 TTL are dropped (the reader would never see them) and counted in ``dropped``.
 
-A flush is one call of the validating metrics function per up to 1,000 (feature, tick)
-pairs (:func:`workers.store.metrics.add_counts`); entries it refuses for good are dropped and
-counted, never re-sent. Fields beyond the built-in ones (e.g. the control cohort's
-``ctl:*``) are added with :meth:`MetricBuffer.add`.
+A flush writes one command per up to 1,000 (feature, tick) pairs, by one of two paths:
+
+* ``inbox`` (the default, :func:`append_batch`): one ``XADD`` of a message to the
+  write-only metrics inbox (:mod:`workers.store.metrics_inbox`), which a worker validates
+  and applies; the XADD applied or it did not, so nothing is ever sent twice except when
+  the connection dropped after the command was sent;
+* ``direct`` (trusted writers, :func:`write_batch`): one call of the validating metrics
+  function (:func:`workers.store.metrics.add_counts`); entries it refuses for good are
+  dropped and counted, never re-sent.
+
+Fields beyond the built-in ones (e.g. the control cohort's ``ctl:*``) are added with
+:meth:`MetricBuffer.add`.
 """
 
 from __future__ import annotations
@@ -26,8 +34,17 @@ import redis
 from workers.flags._model import MetricCounts
 from workers.store.keys import Keys
 from workers.store.metrics import MAX_ENTRIES, Entry, EntryStatus, add_counts, valid_entry
+from workers.store.metrics_inbox import MAX_MESSAGE_BYTES, append, encode, message_bytes
 
-__all__ = ["Batch", "Flushed", "MetricBuffer", "entry_counts", "with_control", "write_batch"]
+__all__ = [
+    "Batch",
+    "Flushed",
+    "MetricBuffer",
+    "append_batch",
+    "entry_counts",
+    "with_control",
+    "write_batch",
+]
 
 # [requests, errors, slow, {bad name: count} or None, {other field: count} or None];
 # a list so updates happen in place
@@ -236,6 +253,71 @@ class Flushed:
     error: Exception | None = None
 
 
+def _valid_items(batch: Batch, out: Flushed) -> list[tuple[tuple[str, int], _Entry, Entry]]:
+    """The batch's entries the metrics function would accept; the others are counted in
+    ``out.rejected["INVALID"]`` (an invalid feature or field name: never sent)."""
+    items: list[tuple[tuple[str, int], _Entry, Entry]] = []
+    for k, e in batch.items():
+        entry = Entry(k[0], k[1], entry_counts(e))
+        if valid_entry(entry):
+            items.append((k, e, entry))
+        else:
+            out.rejected["INVALID"] = out.rejected.get("INVALID", 0) + e[0]
+    return items
+
+
+def _messages(
+    items: list[tuple[tuple[str, int], _Entry, Entry]], tick_s: int
+) -> list[list[tuple[tuple[str, int], _Entry, Entry]]]:
+    """``items`` cut into inbox messages of at most 1,000 entries and 1 MiB each."""
+    out: list[list[tuple[tuple[str, int], _Entry, Entry]]] = []
+    todo = [items[i : i + MAX_ENTRIES] for i in range(0, len(items), MAX_ENTRIES)]
+    while todo:
+        chunk = todo.pop(0)
+        size = message_bytes(encode([entry for _, _, entry in chunk], tick_s))
+        if size > MAX_MESSAGE_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            todo[0:0] = [chunk[:half], chunk[half:]]
+        else:
+            out.append(chunk)  # one valid entry is far below 1 MiB
+    return out
+
+
+def append_batch(
+    client: Any, keys: Keys, batch: Batch, *, tick_s: int, service: str | None = None
+) -> Flushed:
+    """Append ``batch`` to the metrics inbox (``service``: its own inbox), one ``XADD`` per
+    message of up to 1,000 entries. Never raises.
+
+    Entries whose shape the drain would refuse are dropped and counted in ``rejected``.
+    An XADD applied whole or not at all: on an error the unsent messages (the failed one
+    included) are returned in ``unsent``. If the connection dropped after an XADD was
+    sent its outcome is unknown and a retry may count it twice (at-least-once in that one
+    case). ``applied`` counts entries appended; the worker's drain decides whether they
+    apply (and logs what it refuses).
+    """
+    out = Flushed()
+    items = _valid_items(batch, out)
+    messages = _messages(items, tick_s)
+    for n, chunk in enumerate(messages):
+        try:
+            append(client, keys, [entry for _, _, entry in chunk], tick_s=tick_s, service=service)
+        except ValueError as exc:
+            # a message the drain would refuse (cannot happen for valid entries): dropped
+            out.error = exc
+            for _, e, _ in chunk:
+                out.rejected["INVALID"] = out.rejected.get("INVALID", 0) + e[0]
+            continue
+        except Exception as exc:
+            out.error = exc
+            for rest in messages[n:]:
+                for k, e, _ in rest:
+                    out.unsent[k] = e
+            break
+        out.applied += len(chunk)
+    return out
+
+
 def write_batch(client: Any, keys: Keys, batch: Batch, *, tick_s: int, ttl_s: int) -> Flushed:
     """Write ``batch`` with one metrics-function call per 1,000 entries. Never raises.
 
@@ -246,13 +328,7 @@ def write_batch(client: Any, keys: Keys, batch: Batch, *, tick_s: int, ttl_s: in
     it twice: the one case where counts are at-least-once.
     """
     out = Flushed()
-    items: list[tuple[tuple[str, int], _Entry, Entry]] = []
-    for k, e in batch.items():
-        entry = Entry(k[0], k[1], entry_counts(e))
-        if valid_entry(entry):
-            items.append((k, e, entry))
-        else:
-            out.rejected["INVALID"] = out.rejected.get("INVALID", 0) + e[0]
+    items = _valid_items(batch, out)
     for start in range(0, len(items), MAX_ENTRIES):
         chunk = items[start : start + MAX_ENTRIES]
         try:

@@ -462,6 +462,7 @@ def main() -> None:
 
 
 # the steering commands register themselves on ``app`` (kept in their own module)
+from workers.ops import services as _services  # noqa: E402, F401  (`recovery services …`)
 from workers.ops import steer as _steer  # noqa: E402, F401  (registers commands on app)
 from workers.ops import tools as _tools  # noqa: E402, F401  (registers commands on app)
 from workers.ops.api.cli import api_app as _api_app  # noqa: E402  (`recovery api …`)

@@ -1,7 +1,8 @@
 """Persistence: the store interface, its Redis and in-memory implementations, key schema.
 
 ========================  ========================================================
-:mod:`.base`              the ``Store`` protocol, ``Step``, ``TransitionResult``
+:mod:`.base`              the ``Store`` protocol, ``Step``, ``TransitionResult``,
+                          ``MetricsDrained``
 :mod:`.redis`             ``RedisStore``: atomic Lua scripts (:mod:`.scripts`, ``lua/``)
 :mod:`.memory`            ``MemoryStore``: the same semantics under one lock (tests)
 :mod:`.memory_scripts`    the memory keyspace and its twins of the Lua scripts
@@ -10,6 +11,9 @@
 :mod:`.plan_cache`        the Redis store's plan cache, bounded by size
 :mod:`.factory`           ``store_from_settings``: the production store, built once
 :mod:`.keys`              every Redis key and channel (the schema)
+:mod:`.metrics`           the metrics layout's writer function and reader
+:mod:`.metrics_inbox`     the services' write-only inbox: append, drain (exactly once)
+:mod:`.redis_services`    services scoped to their own features: registry, ACL rules
 :mod:`.codec`             stored fields <-> typed records, shared by both stores
 :mod:`.refusals`          refusal codes -> project errors, shared by both stores
 :mod:`.translate`         Redis driver errors -> project errors
@@ -26,7 +30,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from workers.core.records import Event, FeatureRecord, RunRecord
-from workers.store.base import Step, Store, TransitionResult
+from workers.store.base import MetricsDrained, Step, Store, TransitionResult
 from workers.store.keys import Keys
 
 if TYPE_CHECKING:
@@ -39,6 +43,7 @@ __all__ = [
     "FeatureRecord",
     "Keys",
     "MemoryStore",
+    "MetricsDrained",
     "RedisStore",
     "RunRecord",
     "Step",

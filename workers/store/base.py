@@ -25,7 +25,7 @@ This module imports neither redis nor celery.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from workers.core.records import Event, FeatureRecord, RunRecord
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from workers.health.policy import HealthPolicy
     from workers.health.sources.base import MetricSource
 
-__all__ = ["NewFeature", "Step", "Store", "TransitionResult"]
+__all__ = ["MetricsDrained", "NewFeature", "Step", "Store", "TransitionResult"]
 
 #: one feature of a new run: (name, dispatch rank, direct dependencies)
 NewFeature = tuple[str, int, Sequence[str]]
@@ -55,6 +55,9 @@ class Step:
     due_at: float | None = None
     fields: Mapping[str, str | int | float] | None = None
     dependents: Sequence[tuple[str, int]] = ()
+    #: a decision outcome to count (:meth:`Store.count_decision`) with the step, atomically,
+    #: if it applies ("" = none): a walk's steps are decisions of their own
+    count: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,23 @@ class TransitionResult:
     refused: str = ""
     #: with ``refused == "DEPENDENTS"``: the direct dependents still TESTING/ENABLED
     blocking: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsDrained:
+    """What draining the services' metrics inbox did (:meth:`Store.drain_metrics`):
+    messages read (each deleted in the same atomic call), (feature, tick) entries applied,
+    messages dropped whole per reason (``json``, ``shape``, ``size``, ``version``,
+    ``tick_s``, ``trimmed``), entries rejected per status (``TICK``, ``WRONGTYPE``,
+    ``NOTINT``, ``OVERFLOW``, ``SCOPE``), the function calls made, and whether messages
+    are left (a bound per drain was hit)."""
+
+    read: int = 0
+    applied: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    calls: int = 0
+    more: bool = False
 
 
 @runtime_checkable
@@ -102,6 +122,14 @@ class Store(Protocol):
         """Atomically take the beat's tick for ``ttl_s`` on the store's clock: True for
         the first caller, False while it is taken (a tick that waited in the queue behind
         one that already ran, a second beat's tick)."""
+        ...
+
+    def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
+        """Move the counts services appended to their write-only inbox into the metrics
+        layout: each message validated and applied (or dropped) and deleted in one atomic
+        step, so exactly once, whatever crashes or runs concurrently; bounded work per
+        call (the Redis store stops after a bounded number of calls and says ``more``).
+        The memory store has no inbox (its metrics are written directly): nothing to do."""
         ...
 
     # -- runs -----------------------------------------------------------------------------

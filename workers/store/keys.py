@@ -34,6 +34,20 @@ channel ``<ns>:flags``              pubsub  the change message, on every change:
                                             (``workers.store.metrics``)
 ``<ns>:metrics:arrived``            stream  field ``features``: the features whose counts
                                             one metrics call applied; capped at ~1,000
+``<ns>:metrics:inbox``              stream  the services' write-only inbox: one message
+                                            per flush, fields ``v`` (``"1"``), ``t``
+                                            (tick_s), ``e`` (JSON ``[[feature, tick,
+                                            {field: count}], ...]``); moved into the
+                                            tick hashes (validated, exactly once) and
+                                            deleted by the function
+                                            ``recovery_metrics_drain`` (the beat);
+                                            writers XADD with ``MAXLEN ~ 10000``
+``<ns>:metrics:inbox:<service>``    stream  the same, for one service whose features
+                                            an operator registered in
+                                            ``<ns>:metrics:services``: entries naming
+                                            another feature are rejected
+``<ns>:metrics:services``           hash    service -> its features, space-separated
+                                            (written by operators); no TTL
 ==================================  ======  ==============================================
 
 See ``docs/flags.md`` for the client protocol over the change messages and log.
@@ -133,6 +147,20 @@ class Keys:
     @property
     def metrics_arrived(self) -> str:
         return f"{self.ns}:metrics:arrived"
+
+    @property
+    def metrics_inbox(self) -> str:
+        """The shared inbox stream services append their counts to."""
+        return f"{self.ns}:metrics:inbox"
+
+    def metrics_service_inbox(self, service: str) -> str:
+        """The inbox of one service scoped to its registered features."""
+        return f"{self.ns}:metrics:inbox:{service}"
+
+    @property
+    def metrics_services(self) -> str:
+        """Hash: service -> the features its inbox may report (space-separated)."""
+        return f"{self.ns}:metrics:services"
 
     def metrics(self, feature: str, tick: int) -> str:
         return f"{self.ns}:metrics:{feature}:{tick}"

@@ -27,7 +27,7 @@ from workers.core.states import FeatureState, RunStatus
 from workers.errors import RecoveryError
 from workers.store import memory_repair
 from workers.store import memory_scripts as scripts
-from workers.store.base import NewFeature, Step, TransitionResult
+from workers.store.base import MetricsDrained, NewFeature, Step, TransitionResult
 from workers.store.codec import (
     decode_flags,
     event_fields,
@@ -91,6 +91,10 @@ class MemoryStore:
                 return False
             self._tick_until = self._ks.clock + ttl_s
             return True
+
+    def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
+        """Nothing to drain: the memory store's metrics are written directly."""
+        return MetricsDrained()
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads :attr:`metrics` instead of a server."""
@@ -285,13 +289,19 @@ class MemoryStore:
         with self._lock:
             ks.tick(now)
             outcomes: list[TransitionResult | RecoveryError] = []
+            applied: list[TransitionResult] = []
             for st in steps:
                 try:
-                    outcomes.append(
-                        scripts.transition(ks, run_id, name, st, token, worker, task_id, now)
-                    )
+                    res = scripts.transition(ks, run_id, name, st, token, worker, task_id, now)
                 except RecoveryError as exc:
                     outcomes.append(exc)
+                    break
+                outcomes.append(res)
+                if not res.applied:
+                    break
+                applied.append(res)
+            published = scripts.publish_walk(ks, run_id, name, steps, applied, now)
+            outcomes[: len(published)] = published
             if release:
                 self.release(run_id, name, token)
             taken = (
@@ -300,13 +310,14 @@ class MemoryStore:
                     ks, run_id, now, dispatch_grace_s, None, dispatch_redelivery_s
                 )
             )  # fmt: skip
+            for st in steps[: len(applied)]:
+                if st.count:
+                    self._decisions[st.count] = self._decisions.get(st.count, 0) + 1
         results: list[TransitionResult] = []
-        for res in outcomes:
-            if isinstance(res, RecoveryError):
-                raise res
-            results.append(res)
-            if not res.applied:
-                break
+        for outcome in outcomes:
+            if isinstance(outcome, RecoveryError):
+                raise outcome
+            results.append(outcome)
         return results, taken
 
     def update(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from workers.core.states import TRANSITIONS, FeatureState, RunStatus
@@ -285,7 +285,8 @@ def transition(
     task_id: str,
     now: float,
 ) -> TransitionResult:
-    """transition.lua for one step."""
+    """transition.lua for one step, without its flag: :func:`publish_walk` publishes where
+    a walk ends."""
     f = _feature(ks, run_id, name)
     state, version, to = f["state"], int(_num(f.get("version"))), st.to.value
     if f.get("token") != str(token):
@@ -353,17 +354,37 @@ def transition(
             elif delta > 0:
                 ready.pop(dep, None)
 
-    # the published flag, its version counter and the change notification
-    fv = publish(ks, name, to, pct, now)
     ks.append(run_id, {
         "kind": "transition", "feature": name, "from": state, "to": to, "percent": str(pct),
         "step": str(int(st.step)), "reason": st.reason, "worker": worker, "task_id": task_id,
         "evidence": evidence_json(st.evidence, compact=True), "ts": stamp,
         "version": str(version), "token": str(token),
     })  # fmt: skip
+    return TransitionResult(True, version, 0, 0, 0, tuple(newly))
+
+
+def publish_walk(
+    ks: Keyspace,
+    run_id: str,
+    name: str,
+    steps: Sequence[Step],
+    results: list[TransitionResult],
+    now: float,
+) -> list[TransitionResult]:
+    """transition.lua's end: the flag of the last applied step published once (its version,
+    and the run's settled count, in every applied result)."""
+    applied = [i for i, res in enumerate(results) if res.applied]
+    if not applied:
+        return results
+    last = steps[applied[-1]]
+    fv = publish(ks, name, last.to.value, int(last.percent), now)
+    run = ks.runs.setdefault(run_id, {})
     settled = sum(int(_num(run.get(k))) for k in ("enabled", "quarantined", "blocked"))
     total = int(_num(run.get("total")))
-    return TransitionResult(True, version, fv, settled, total, tuple(newly))
+    return [
+        replace(res, flags_version=fv, settled=settled, total=total) if res.applied else res
+        for res in results
+    ]
 
 
 def update(

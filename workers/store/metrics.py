@@ -7,20 +7,23 @@ ticks by the difference), integer fields ``requests``, ``errors``, ``slow``,
 ``bad:<name>`` and the same with a ``ctl:`` prefix for the control cohort (missing = 0;
 ``requests`` 0 is a heartbeat), and a TTL.
 
-**Writing** is one server-side call per flush: the Redis Function ``recovery_metrics_add``
-(library ``recovery_metrics``, source ``workers/store/lua/metrics.lua``). It validates the whole
-call (names, counts, key format, bounds) before writing anything, sets the TTL itself,
-applies each entry whole or not at all and answers one :class:`EntryStatus` per entry, so a
-caller never re-sends what applied. Applied features are announced in the capped stream
-``<ns>:metrics:arrived`` (field ``features``: space-separated names), a signal the engine
-can block on (``XREAD BLOCK``) to evaluate as soon as counts arrive. :func:`add_counts` is
-the only code that writes metrics: the flag client's reporter and
-:func:`workers.health.sources.redis.record_counts` both call it.
+**Writing** is done only by the Redis Function library ``recovery_metrics`` (source
+``workers/store/lua/metrics.lua``), whose two functions share one validation and one apply
+step. ``recovery_metrics_drain`` moves what services appended to their write-only inbox
+into the layout (:mod:`workers.store.metrics_inbox`; the beat calls it). A trusted writer
+calls ``recovery_metrics_add`` (:func:`add_counts`, one call per flush): it validates the
+whole call (names, counts, key format, bounds) before writing anything, sets the TTL
+itself, applies each entry whole or not at all and answers one :class:`EntryStatus` per
+entry, so a caller never re-sends what applied. Applied features are announced in the
+capped stream ``<ns>:metrics:arrived`` (field ``features``: space-separated names), a
+signal the engine can block on (``XREAD BLOCK``) to evaluate as soon as counts arrive.
+:func:`add_counts` is called by :func:`workers.health.sources.redis.record_counts` and by
+flag clients with ``metrics="direct"``.
 
 **Loading**: :func:`load_library` (``FUNCTION LOAD REPLACE``) — the worker side (store or
-worker start) loads it; :func:`add_counts` also loads it lazily when Redis answers that the
-function does not exist and the caller is allowed to (the ``service`` ACL user is not: it
-gets :class:`FunctionMissing` until a worker has loaded it).
+worker start) loads it; :func:`add_counts` and the drain also load it lazily when Redis
+answers that the function does not exist and the caller is allowed to (the ``service`` ACL
+user may call neither function: it appends to the inbox).
 
 **Reading**: :func:`read_ticks` returns the tick hashes of one feature, for the health
 source.

@@ -19,12 +19,19 @@ from redis.commands.core import Script
 
 from workers.core.records import FeatureRecord, RunRecord
 from workers.core.states import FeatureState, RunStatus
-from workers.errors import ConflictError, InvalidInput, RunActive, UnknownFeature, UnknownRun
+from workers.errors import (
+    ConflictError,
+    InvalidInput,
+    RunActive,
+    StoreUnavailable,
+    UnknownFeature,
+    UnknownRun,
+)
 from workers.health.policy import HealthPolicy
 from workers.health.sources import MetricSource, make_source
 from workers.sentinel import default_wait_replicas, redis_client
-from workers.store import replication, scripts
-from workers.store.base import NewFeature, Step, TransitionResult
+from workers.store import metrics_inbox, replication, scripts
+from workers.store.base import MetricsDrained, NewFeature, Step, TransitionResult
 from workers.store.codec import (
     feature_from_hash,
     new_run_id,
@@ -33,12 +40,13 @@ from workers.store.codec import (
 from workers.store.keys import REQUEST_ID_PATTERN, Keys
 from workers.store.plan_cache import PlanCache
 from workers.store.redis_queues import QueuesAuditMixin
+from workers.store.redis_services import ServicesMixin
 from workers.store.translate import error_of, translated, where
 
 __all__ = ["RedisStore"]
 
 
-class RedisStore(QueuesAuditMixin):
+class RedisStore(QueuesAuditMixin, ServicesMixin):
     """:class:`workers.store.Store` on Redis, under one namespace.
 
     Thread-safe (redis-py pools connections). Every method either completes or raises a
@@ -82,6 +90,7 @@ class RedisStore(QueuesAuditMixin):
         self._scripts: dict[str, Script] = {
             name: self.r.register_script(scripts.source(name)) for name in scripts.NAMES
         }
+        self._scripts_loaded = False  # all of them, for pipelines of EVALSHA
         # bounded by size: a worker serves many runs over its life
         self.plan_cache = PlanCache(plan_cache_chars)
 
@@ -100,6 +109,43 @@ class RedisStore(QueuesAuditMixin):
                 # a new primary starts with an empty script cache; the script did not run
                 self.r.script_load(script.script)
             return self._acknowledged(self._evalsha(script, keys, args))[0]
+
+    def _scripts_pipeline(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts in one pipeline (one round trip), acknowledged; replies in order, a
+        failing script's error as an exception object.
+
+        EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS round trip
+        first. A server that lost its script cache (a restart, a failover) answers NOSCRIPT
+        to every call, and none ran: the scripts are loaded and the pipeline sent again.
+        """
+
+        def send() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            return self._acknowledged(pipe, raise_on_error=False)
+
+        if not self._scripts_loaded:
+            self._load_scripts()
+        raw = send()
+        missing = [isinstance(x, redis.exceptions.NoScriptError) for x in raw]
+        if not any(missing):
+            return raw
+        if not all(missing):
+            # every script was loaded: only a flush between two commands of one pipeline
+            raise StoreUnavailable(
+                f"Redis at {where(self.r)}: its script cache was emptied mid-call; retry"
+            )
+        self._load_scripts()
+        return send()
+
+    def _load_scripts(self) -> None:
+        """SCRIPT LOAD every script of the store (one round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        for script in self._scripts.values():
+            pipe.script_load(script.script)
+        pipe.execute()
+        self._scripts_loaded = True
 
     def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         pipe = self.r.pipeline(transaction=False)
@@ -143,6 +189,12 @@ class RedisStore(QueuesAuditMixin):
         """``SET <ns>:tick NX PX``: the first tick within ``ttl_s`` (Redis's clock) wins."""
         with translated(self.r):
             return bool(self.r.set(self.keys.tick, "1", nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def drain_metrics(self, *, tick_s: int, ttl_s: int) -> MetricsDrained:
+        """Drain the services' metrics inbox (:func:`workers.store.metrics_inbox.drain`):
+        each function call atomic, exactly once, bounded; at most 50 calls."""
+        with translated(self.r):
+            return metrics_inbox.drain(self.r, self.keys, tick_s=tick_s, ttl_s=ttl_s)
 
     def metrics_source(self, policy: HealthPolicy, tick_s: int) -> MetricSource:
         """The policy's source; ``redis`` reads this store's server and namespace."""
@@ -379,33 +431,32 @@ class RedisStore(QueuesAuditMixin):
         """See :meth:`workers.store.Store.transitions` (one round trip: a pipeline)."""
         k = self.keys
         keys = scripts.transition_keys(k, run_id, name)
-        script = self._scripts["transition"]
+        calls: list[tuple[str, list[str], list[Any]]] = [
+            ("transition", keys, scripts.transition(
+                k, run_id, name, steps, token=token, worker=worker, task_id=task_id, now=now,
+                events_maxlen=self.events_maxlen,
+            ))
+        ]  # fmt: skip
+        if release:
+            calls.append(("release", *scripts.release(k, run_id, name, token)))
+        if dispatch_grace_s is not None:
+            dispatch = scripts.dispatch(
+                k, run_id, now=now, grace_s=dispatch_grace_s, redelivery_s=dispatch_redelivery_s
+            )
+            calls.append(("dispatch", *dispatch))
         with translated(self.r):
-            pipe = self.r.pipeline(transaction=False)
-            for st in steps:
-                args = scripts.transition(
-                    k, run_id, name, st, token=token, worker=worker, task_id=task_id, now=now,
-                    events_maxlen=self.events_maxlen,
-                )  # fmt: skip
-                script(keys=keys, args=args, client=pipe)
-            if release:
-                rkeys, rargs = scripts.release(k, run_id, name, token)
-                self._scripts["release"](keys=rkeys, args=rargs, client=pipe)
-            if dispatch_grace_s is not None:
-                dkeys, dargs = scripts.dispatch(
-                    k, run_id, now=now, grace_s=dispatch_grace_s,
-                    redelivery_s=dispatch_redelivery_s,
-                )  # fmt: skip
-                self._scripts["dispatch"](keys=dkeys, args=dargs, client=pipe)
-            raw = self._acknowledged(pipe, raise_on_error=False)
+            raw = self._scripts_pipeline(calls)
         taken: list[str] = []
         if dispatch_grace_s is not None:
             last = raw[-1]
             taken = [] if isinstance(last, Exception) else [str(x) for x in last]
+        walk = raw[0]
+        if isinstance(walk, Exception):
+            raise error_of(walk, where(self.r))
         results: list[TransitionResult] = []
-        for res in raw[: len(steps)]:
-            if isinstance(res, Exception):
-                raise error_of(res, where(self.r))
+        for res in walk:
+            if res[0] == "ERR":
+                raise error_of(redis.exceptions.ResponseError(str(res[1])), where(self.r))
             if res[0] != "OK":
                 blocking = tuple(str(x) for x in res[1:]) if res[0] == "DEPENDENTS" else ()
                 results.append(

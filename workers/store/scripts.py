@@ -210,6 +210,7 @@ def transition_keys(k: Keys, run_id: str, name: str) -> list[str]:
         k.run(run_id),
         k.freeze,
         k.flags_log,
+        k.stats_decisions,
     ]
 
 
@@ -217,7 +218,7 @@ def transition(
     k: Keys,
     run_id: str,
     name: str,
-    st: Step,
+    steps: Sequence[Step],
     *,
     token: int,
     worker: str,
@@ -225,28 +226,35 @@ def transition(
     now: float,
     events_maxlen: int,
 ) -> list[Any]:
-    """ARGV of ``transition.lua`` for one step."""
-    return [
+    """ARGV of ``transition.lua`` for a walk of ``steps`` (one or more)."""
+    argv: list[Any] = [
         name,
-        st.to.value,
-        int(st.percent),
-        int(st.step),
         str(token),
-        st.reason,
         worker,
         task_id,
-        evidence_json(st.evidence, compact=True),
         repr(now),
         LEGAL,
-        "1" if st.automatic else "0",
-        _opt(st.expect_version),
-        _opt(None if st.due_at is None else float(st.due_at)),
-        json.dumps(dict(st.fields or {})),
         k.feature_prefix(run_id),
-        json.dumps([[d, r] for d, r in st.dependents]),
         events_maxlen,
         k.flags_channel,
+        "",
+        len(steps),
     ]
+    for st in steps:
+        argv += [
+            st.to.value,
+            int(st.percent),
+            int(st.step),
+            st.reason,
+            evidence_json(st.evidence, compact=True),
+            "1" if st.automatic else "0",
+            _opt(st.expect_version),
+            _opt(None if st.due_at is None else float(st.due_at)),
+            json.dumps(dict(st.fields or {})),
+            json.dumps([[d, r] for d, r in st.dependents]),
+            st.count,
+        ]
+    return argv
 
 
 def update(

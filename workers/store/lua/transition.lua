@@ -1,4 +1,5 @@
--- transition.lua — atomically move one feature of one run to a new state, or change nothing.
+-- transition.lua — atomically move one feature of one run through one or more steps (a
+-- walk), each step applied whole or not at all; the walk stops at the first step not applied.
 --
 -- KEYS[1] feature hash   <ns>:run:<id>:feature:<name>
 -- KEYS[2] flags hash     <ns>:flags                  (published contract)
@@ -9,132 +10,157 @@
 -- KEYS[7] due zset       <ns>:run:<id>:due
 -- KEYS[8] run hash       <ns>:run:<id>
 -- KEYS[9] freeze key     <ns>:freeze
--- ARGV[1] feature name        ARGV[2] target state     ARGV[3] percent   ARGV[4] ramp step
--- ARGV[5] fencing token       ARGV[6] reason code      ARGV[7] worker    ARGV[8] task id
--- ARGV[9] evidence (JSON)     ARGV[10] now (unix s)
--- ARGV[11] legal transitions "FROM>TO,FROM>TO,..."   (workers.states.TRANSITIONS)
--- ARGV[12] "1" automatic (refused while frozen or once the run is over) / "0" operator
--- ARGV[13] expected feature version ("" = any)
--- ARGV[14] next due time for the due zset ("" = remove the feature from it)
--- ARGV[15] extra feature fields (JSON object, written with the state)
--- ARGV[16] feature key prefix <ns>:run:<id>:feature:   (dependents live under it)
--- ARGV[17] direct dependents with their dispatch rank (JSON [[name, rank], ...])
--- ARGV[18] events stream max length (approximate trim)
--- ARGV[19] flags channel <ns>:flags
--- KEYS[10] change log <ns>:flags:log (optional: derived from KEYS[2] when not given)
--- ARGV[20] change log length, approximate (optional, default 1000)
+-- KEYS[10] change log    <ns>:flags:log
+-- KEYS[11] decision counters <ns>:stats:decisions
+-- ARGV[1] feature name        ARGV[2] fencing token     ARGV[3] worker    ARGV[4] task id
+-- ARGV[5] now (unix s)
+-- ARGV[6] legal transitions "FROM>TO,FROM>TO,..."   (workers.core.states.TRANSITIONS)
+-- ARGV[7] feature key prefix <ns>:run:<id>:feature:   (dependents live under it)
+-- ARGV[8] events stream max length (approximate trim; the run's events_max if larger)
+-- ARGV[9] flags channel <ns>:flags
+-- ARGV[10] change log length, approximate ("" = 1000)
+-- ARGV[11] number of steps n >= 1, then 11 arguments per step, from ARGV[12 + 11 (i - 1)]:
+--   +0 target state   +1 percent   +2 ramp step   +3 reason code   +4 evidence (JSON)
+--   +5 "1" automatic (refused while frozen or once the run is over) / "0" operator
+--   +6 expected feature version ("" = any)
+--   +7 next due time for the due zset ("" = remove the feature from it)
+--   +8 extra feature fields (JSON object, written with the state)
+--   +9 direct dependents with their dispatch rank (JSON [[name, rank], ...])
+--   +10 a decision outcome counted in KEYS[11] when the step applies ("" = none)
 --
--- Returns {"OK", feature version, flags version, settled, total, newly ready dependent...}
+-- Returns one reply per step tried, in order, ending at the first one not applied:
+--   {"OK", feature version, flags version, settled, total, newly ready dependent...}
 --      (settled = the run's enabled + quarantined + blocked features, to spot the end)
---      or {"NOSLOT"} (max_parallel features already TESTING) / {"NOTREADY", pending}
---      or {"DEPENDENTS", name...}: leaving ENABLED while a direct dependent is still
---         TESTING/ENABLED (roll those back first; the caller retries its cascade).
--- Errors: NOFEATURE, STALE <current token>, CHANGED <state> <version>, ILLEGAL <from>><to>,
---         FROZEN, INACTIVE <run status>, QUARANTINED.
-local fkey = KEYS[1]
-local cur = redis.call('HMGET', fkey, 'state', 'token', 'version', 'pending', 'quarantined')
-local state, token, version = cur[1], cur[2], tonumber(cur[3] or '0')
-if not state then return redis.error_reply('NOFEATURE ' .. ARGV[1]) end
-if token ~= ARGV[5] then return redis.error_reply('STALE ' .. tostring(token)) end
-if ARGV[13] ~= '' and tonumber(ARGV[13]) ~= version then
-  return redis.error_reply('CHANGED ' .. state .. ' ' .. version)
-end
-local to = ARGV[2]
-local legal = false
-for pair in string.gmatch(ARGV[11], '[^,]+') do
-  if pair == state .. '>' .. to then legal = true break end
-end
-if not legal then return redis.error_reply('ILLEGAL ' .. state .. '>' .. to) end
-if ARGV[12] == '1' then
-  if redis.call('EXISTS', KEYS[9]) == 1 then return redis.error_reply('FROZEN') end
-  local status = redis.call('HGET', KEYS[8], 'status')
-  if status ~= 'RUNNING' then return redis.error_reply('INACTIVE ' .. tostring(status)) end
-  if redis.call('HGET', KEYS[8], 'stopping') == '1' then return redis.error_reply('INACTIVE stopping') end
-end
-if state == 'DISABLED' and to == 'TESTING' then
-  if cur[5] == '1' then return redis.error_reply('QUARANTINED') end
-  local pending = tonumber(cur[4] or '0')
-  if pending > 0 then return {'NOTREADY', pending} end
-  local limit = tonumber(redis.call('HGET', KEYS[8], 'max_parallel') or '1')
-  if redis.call('SCARD', KEYS[5]) >= limit then return {'NOSLOT'} end
-end
+--   {"NOSLOT"} (max_parallel features already TESTING) / {"NOTREADY", pending}
+--   {"DEPENDENTS", name...}: leaving ENABLED while a direct dependent is still
+--      TESTING/ENABLED (roll those back first; the caller retries its cascade)
+--   {"ERR", code}: a refusal — NOFEATURE, STALE <current token>, CHANGED <state> <version>,
+--      ILLEGAL <from>><to>, FROZEN, INACTIVE <run status>, QUARANTINED.
+-- Every applied step is audited; the published flag changes once, after the last applied
+-- step (a zero-dwell walk publishes where it ends, not each percent it passes through):
+-- the flag, its version counter, the change message (the new value plus the feature name:
+-- clients at version fv - 1 apply it without a read) and the change log.
+local fkey, name, token_arg, now = KEYS[1], ARGV[1], ARGV[2], ARGV[5]
+local n = tonumber(ARGV[11])
 
-if state == 'ENABLED' and to == 'DISABLED' then
-  local busy = {'DEPENDENTS'}
-  for _, d in ipairs(cjson.decode(ARGV[17])) do
-    local ds = redis.call('HGET', ARGV[16] .. d[1], 'state')
-    if ds == 'TESTING' or ds == 'ENABLED' then table.insert(busy, d[1]) end
+local function step(b)
+  local to = ARGV[b]
+  local cur = redis.call('HMGET', fkey, 'state', 'token', 'version', 'pending', 'quarantined')
+  local state, token, version = cur[1], cur[2], tonumber(cur[3] or '0')
+  if not state then return {'ERR', 'NOFEATURE ' .. name} end
+  if token ~= token_arg then return {'ERR', 'STALE ' .. tostring(token)} end
+  if ARGV[b + 6] ~= '' and tonumber(ARGV[b + 6]) ~= version then
+    return {'ERR', 'CHANGED ' .. state .. ' ' .. version}
   end
-  if #busy > 1 then return busy end
-end
+  local legal = false
+  for pair in string.gmatch(ARGV[6], '[^,]+') do
+    if pair == state .. '>' .. to then legal = true break end
+  end
+  if not legal then return {'ERR', 'ILLEGAL ' .. state .. '>' .. to} end
+  if ARGV[b + 5] == '1' then
+    if redis.call('EXISTS', KEYS[9]) == 1 then return {'ERR', 'FROZEN'} end
+    local run = redis.call('HMGET', KEYS[8], 'status', 'stopping')
+    if run[1] ~= 'RUNNING' then return {'ERR', 'INACTIVE ' .. tostring(run[1])} end
+    if run[2] == '1' then return {'ERR', 'INACTIVE stopping'} end
+  end
+  if state == 'DISABLED' and to == 'TESTING' then
+    if cur[5] == '1' then return {'ERR', 'QUARANTINED'} end
+    local pending = tonumber(cur[4] or '0')
+    if pending > 0 then return {'NOTREADY', pending} end
+    local limit = tonumber(redis.call('HGET', KEYS[8], 'max_parallel') or '1')
+    if redis.call('SCARD', KEYS[5]) >= limit then return {'NOSLOT'} end
+  end
 
-local now = ARGV[10]
-version = version + 1
-redis.call('HSET', fkey, 'state', to, 'percent', ARGV[3], 'step', ARGV[4], 'reason', ARGV[6],
-  'version', version, 'updated_at', now)
-if state ~= to then redis.call('HSET', fkey, 'state_since', now) end
-local extra = cjson.decode(ARGV[15])
-for k, v in pairs(extra) do redis.call('HSET', fkey, k, tostring(v)) end
+  if state == 'ENABLED' and to == 'DISABLED' then
+    local busy = {'DEPENDENTS'}
+    for _, d in ipairs(cjson.decode(ARGV[b + 9])) do
+      local ds = redis.call('HGET', ARGV[7] .. d[1], 'state')
+      if ds == 'TESTING' or ds == 'ENABLED' then table.insert(busy, d[1]) end
+    end
+    if #busy > 1 then return busy end
+  end
 
-if to == 'TESTING' then
-  redis.call('SADD', KEYS[5], ARGV[1])
-  redis.call('ZREM', KEYS[6], ARGV[1])
-else
-  redis.call('SREM', KEYS[5], ARGV[1])
-end
-if ARGV[14] == '' then
-  redis.call('ZREM', KEYS[7], ARGV[1])
-else
-  redis.call('ZADD', KEYS[7], ARGV[14], ARGV[1])
-end
+  version = version + 1
+  redis.call('HSET', fkey, 'state', to, 'percent', ARGV[b + 1], 'step', ARGV[b + 2],
+    'reason', ARGV[b + 3], 'version', version, 'updated_at', now)
+  if state ~= to then redis.call('HSET', fkey, 'state_since', now) end
+  local extra = cjson.decode(ARGV[b + 8])
+  for k, v in pairs(extra) do redis.call('HSET', fkey, k, tostring(v)) end
 
--- dependency bookkeeping, in the same atomic step as the state change
-local ready = {}
-if to == 'ENABLED' or (state == 'ENABLED' and to == 'DISABLED') then
-  local delta = (to == 'ENABLED') and -1 or 1
-  redis.call('HINCRBY', KEYS[8], 'enabled', -delta)
-  for _, d in ipairs(cjson.decode(ARGV[17])) do
-    local dkey = ARGV[16] .. d[1]
-    local p = redis.call('HINCRBY', dkey, 'pending', delta)
-    if delta < 0 and p == 0 then
-      local ds = redis.call('HMGET', dkey, 'state', 'quarantined')
-      if ds[1] == 'DISABLED' and ds[2] ~= '1' then
-        redis.call('ZADD', KEYS[6], d[2], d[1])
-        table.insert(ready, d[1])
+  if to == 'TESTING' then
+    redis.call('SADD', KEYS[5], name)
+    redis.call('ZREM', KEYS[6], name)
+  else
+    redis.call('SREM', KEYS[5], name)
+  end
+  if ARGV[b + 7] == '' then
+    redis.call('ZREM', KEYS[7], name)
+  else
+    redis.call('ZADD', KEYS[7], ARGV[b + 7], name)
+  end
+
+  -- dependency bookkeeping, in the same atomic step as the state change
+  local ready = {}
+  if to == 'ENABLED' or (state == 'ENABLED' and to == 'DISABLED') then
+    local delta = (to == 'ENABLED') and -1 or 1
+    redis.call('HINCRBY', KEYS[8], 'enabled', -delta)
+    for _, d in ipairs(cjson.decode(ARGV[b + 9])) do
+      local dkey = ARGV[7] .. d[1]
+      local p = redis.call('HINCRBY', dkey, 'pending', delta)
+      if delta < 0 and p == 0 then
+        local ds = redis.call('HMGET', dkey, 'state', 'quarantined')
+        if ds[1] == 'DISABLED' and ds[2] ~= '1' then
+          redis.call('ZADD', KEYS[6], d[2], d[1])
+          table.insert(ready, d[1])
+        end
+      elseif delta > 0 then
+        redis.call('ZREM', KEYS[6], d[1])
       end
-    elseif delta > 0 then
-      redis.call('ZREM', KEYS[6], d[1])
     end
   end
+
+  -- the audit cap: the store's default, or the run's own budget (events_max) if larger
+  local cap = math.max(tonumber(ARGV[8]),
+    tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'transition',
+    'feature', name, 'from', state, 'to', to, 'percent', ARGV[b + 1], 'step', ARGV[b + 2],
+    'reason', ARGV[b + 3], 'worker', ARGV[3], 'task_id', ARGV[4], 'evidence', ARGV[b + 4],
+    'ts', now, 'version', version, 'token', token_arg)
+  if ARGV[b + 10] ~= '' then redis.call('HINCRBY', KEYS[11], ARGV[b + 10], 1) end
+  return {'OK', version, 0, 0, 0, unpack(ready)}
 end
 
--- the published flag, its version counter, the change message (the new value plus the
--- feature name: clients at version fv - 1 apply it without a read) and the change log
+local out, last = {}, nil
+for i = 1, n do
+  local b = 12 + 11 * (i - 1)
+  local res = step(b)
+  table.insert(out, res)
+  if res[1] ~= 'OK' then break end
+  last = b
+end
+if last == nil then return out end
+
+local to, pct, at = ARGV[last], tonumber(ARGV[last + 1]), tonumber(now)
 local fv = redis.call('INCR', KEYS[3])
-local pct, at = tonumber(ARGV[3]), tonumber(now)
-redis.call('HSET', KEYS[2], ARGV[1],
+redis.call('HSET', KEYS[2], name,
   cjson.encode({state = to, percent = pct, version = fv, updated_at = at}))
-local change = cjson.encode({feature = ARGV[1], state = to, percent = pct, version = fv,
+local change = cjson.encode({feature = name, state = to, percent = pct, version = fv,
   updated_at = at})
-redis.call('PUBLISH', ARGV[19], change)
-local clog = KEYS[10] or (KEYS[2] .. ':log')
-local logged = redis.pcall('XADD', clog, 'MAXLEN', '~', ARGV[20] or '1000', fv .. '-0',
+redis.call('PUBLISH', ARGV[9], change)
+local loglen = ARGV[10] ~= '' and ARGV[10] or '1000'
+local logged = redis.pcall('XADD', KEYS[10], 'MAXLEN', '~', loglen, fv .. '-0',
   'change', change)
 if type(logged) == 'table' and logged.err then
   -- an entry id above fv: the counter went backwards (data loss); restart the log
-  redis.call('DEL', clog)
-  redis.call('XADD', clog, 'MAXLEN', '~', ARGV[20] or '1000', fv .. '-0', 'change', change)
+  redis.call('DEL', KEYS[10])
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', loglen, fv .. '-0', 'change', change)
 end
-
--- the audit cap: the store's default, or the run's own budget (events_max) if larger
-local cap = math.max(tonumber(ARGV[18]), tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'transition',
-  'feature', ARGV[1], 'from', state, 'to', to, 'percent', ARGV[3], 'step', ARGV[4],
-  'reason', ARGV[6], 'worker', ARGV[7], 'task_id', ARGV[8], 'evidence', ARGV[9],
-  'ts', now, 'version', version, 'token', ARGV[5])
 
 local run = redis.call('HMGET', KEYS[8], 'enabled', 'quarantined', 'blocked', 'total')
 local settled = tonumber(run[1] or '0') + tonumber(run[2] or '0') + tonumber(run[3] or '0')
-local out = {'OK', version, fv, settled, tonumber(run[4] or '0')}
-for _, r in ipairs(ready) do table.insert(out, r) end
+for _, res in ipairs(out) do
+  if res[1] == 'OK' then
+    res[3], res[4], res[5] = fv, settled, tonumber(run[4] or '0')
+  end
+end
 return out
