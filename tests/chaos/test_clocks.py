@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,10 +31,10 @@ from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 DWELL_S = 2.0
 
 
-def plan(name: str, n: int) -> dict[str, object]:
+def plan(name: str, n: int, max_parallel: int | None = None) -> dict[str, object]:
     return {
         "name": name,
-        "max_parallel": n,
+        "max_parallel": max_parallel or n,
         "defaults": {
             "ramp": [50, 100],
             "dwell_s": DWELL_S,
@@ -49,46 +49,85 @@ def stream_ms(event_id: str) -> int:
     return int(event_id.split("-")[0])
 
 
-def test_workers_and_beat_thirty_seconds_off_honour_every_dwell() -> None:
-    """One worker 30 s behind, one 30 s ahead and a beat 30 s behind: the run SUCCEEDED,
-    no tick is lost, and no ramp step of any feature was shorter than its 2 s dwell as
-    Redis's clock measures it."""
+def skewed_fleet(
+    scenario: str,
+    features: int,
+    *,
+    workers: tuple[str, ...],
+    beats: tuple[str, ...],
+    max_parallel: int | None = None,
+    budget_s: float = 40,
+) -> None:
+    """Run ``features`` independent features with one worker per offset of ``workers`` and
+    one beat per offset of ``beats`` (``faketime``): the run SUCCEEDED, every feature made
+    its three transitions, and no ramp step was shorter than its dwell on Redis's clock."""
     c = chaos_cluster()
     try:
-        p = plan("skewed", 4)
-        for name, offset in (("behind", "-30s"), ("ahead", "+30s")):
-            c.workers.append(SkewedProcess("worker", c.env, name, offset=offset).start())
-        c.beats.append(SkewedProcess("beat", c.env, "b-behind", offset="-30s").start())
+        p = plan("skewed", features, max_parallel)
+        for i, offset in enumerate(workers):
+            c.workers.append(SkewedProcess("worker", c.env, f"w{i}{offset}", offset=offset).start())
+        for i, offset in enumerate(beats):
+            c.beats.append(SkewedProcess("beat", c.env, f"b{i}{offset}", offset=offset).start())
+        t0 = time.monotonic()
         run_id = c.manager.start_recovery(p).run_id
         status = wait_for(
             lambda: (st := c.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
-            40,
+            budget_s,
             what="the run with skewed clocks to finish",
         )
         assert status is RunStatus.SUCCEEDED, c.logs()
         shortest = float("inf")
+        moves: dict[str, list[str]] = {}
+        for e in c.store.events(run_id):
+            if e.kind == "transition":
+                moves.setdefault(e.feature, []).append(e.id)
         for f in p["features"]:  # type: ignore[attr-defined]
-            moves = [
-                e
-                for e in c.store.events(run_id)
-                if e.kind == "transition" and e.feature == f["name"]
-            ]
-            assert len(moves) == 3, moves
-            for a, b in itertools.pairwise(moves):
-                shortest = min(shortest, (stream_ms(b.id) - stream_ms(a.id)) / 1000)
+            ids = moves.get(f["name"], [])
+            assert len(ids) == 3, (f["name"], ids)
+            for a, b in itertools.pairwise(ids):
+                shortest = min(shortest, (stream_ms(b) - stream_ms(a)) / 1000)
         assert shortest >= DWELL_S - 0.01, shortest
         res = check_run(c.store, run_id, p, expect_status=RunStatus.SUCCEEDED)
         assert res.ok, res.explain()
+        dead = [q.name for q in c.workers + c.beats if not q.alive()]
+        assert not dead, f"processes died on their own: {dead}\n{c.logs()}"
         record(
-            "workers at -30 s and +30 s, beat at -30 s",
+            scenario,
+            features=features,
             runs=1,
-            faults=3,
+            faults=len(workers) + len(beats),
             shortest_step_s=round(shortest, 3),
             dwell_s=DWELL_S,
+            transitions=res.transitions,
             violations=len(res.violations),
+            seconds=round(time.monotonic() - t0, 1),
         )
     finally:
         close_cluster(c)
+
+
+def test_workers_and_beat_thirty_seconds_off_honour_every_dwell() -> None:
+    """One worker 30 s behind, one 30 s ahead and a beat 30 s behind: the run SUCCEEDED,
+    no tick is lost, and no ramp step of any feature was shorter than its 2 s dwell as
+    Redis's clock measures it."""
+    skewed_fleet(
+        "workers at -30 s and +30 s, beat at -30 s", 4, workers=("-30s", "+30s"), beats=("-30s",)
+    )
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(600)
+def test_soak_a_fleet_on_five_clocks_honours_every_dwell() -> None:
+    """Soak: 200 features (20 testing at once) with workers at -30 s, +30 s and +10 s and
+    two beats at once, at -30 s and +30 s: SUCCEEDED, every dwell held on Redis's clock."""
+    skewed_fleet(
+        "soak: workers at -30/+30/+10 s, two beats at -30 s and +30 s",
+        200,
+        workers=("-30s", "+30s", "+10s"),
+        beats=("-30s", "+30s"),
+        max_parallel=20,
+        budget_s=150,
+    )
 
 
 def test_a_beat_with_a_schedule_file_from_a_clock_ahead_ticks_at_once() -> None:
@@ -144,17 +183,24 @@ def skewed_service(c: Cluster, offset: str, names: list[str]) -> Iterator[None]:
             proc.wait()
 
 
-@pytest.mark.parametrize("offset", ["-30s", "+30s"])
-def test_a_service_thirty_seconds_off_reports_into_redis_ticks(offset: str) -> None:
-    """A FlagClient process whose clock is 30 s behind (ahead) reports a healthy feature's
-    outcomes in a real run: its counts land in the ticks of Redis's clock, the feature is
-    judged on them and promoted within ``max_testing_s`` — no timeout, no attempt used."""
-    names = ["svc0"]
+def skewed_services(
+    scenario: str,
+    offsets: tuple[str, ...],
+    names: list[str],
+    *,
+    max_parallel: int | None = None,
+    ramp: tuple[int, ...] = (50, 100),
+    budget_s: float = 40,
+) -> None:
+    """One service process per offset of ``offsets`` (``faketime``), each serving healthy
+    traffic for every feature of ``names``, while a real run judges them on live traffic:
+    every feature promoted in its first attempt, no timeout, SUCCEEDED, and each feature's
+    newest tick within a few seconds of Redis's current one."""
     plan = {
         "name": "skewed-service",
-        "max_parallel": 1,
+        "max_parallel": max_parallel or len(names),
         "defaults": {
-            "ramp": [50, 100],
+            "ramp": list(ramp),
             "dwell_s": 1,
             "max_testing_s": 15,
             "bake_s": 0,
@@ -166,37 +212,74 @@ def test_a_service_thirty_seconds_off_reports_into_redis_ticks(offset: str) -> N
     try:
         c.worker(concurrency=2)
         c.beat()
-        with skewed_service(c, offset, names):
+        with ExitStack() as services:
+            for offset in offsets:
+                services.enter_context(skewed_service(c, offset, names))
+            t0 = time.monotonic()
             run_id = c.manager.start_recovery(plan).run_id
             status = wait_for(
                 lambda: (st := c.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
-                40,
-                what="the run judged on a skewed service's counts",
+                budget_s,
+                what="the run judged on skewed services' counts",
             )
-            # where the service's counts land now, against Redis's current tick
+            seconds = time.monotonic() - t0
+            # where the services' counts land now, against Redis's current tick
             time.sleep(1.0)
             now_tick = int(c.store.now())
-            ticks = [
-                int(k.rsplit(":", 1)[1])
-                for k in c.store.r.scan_iter(f"{c.namespace}:metrics:svc0:*", count=1000)
-            ]
+            newest = {
+                n: max(
+                    int(k.rsplit(":", 1)[1])
+                    for k in c.store.r.scan_iter(f"{c.namespace}:metrics:{n}:*", count=1000)
+                )
+                for n in names
+            }
         events = c.store.events(run_id)
         timeouts = [e for e in events if e.reason == "timeout"]
         assert not timeouts, timeouts
         assert status is RunStatus.SUCCEEDED, c.logs()
-        rec = c.store.feature(run_id, "svc0")
-        assert rec.attempts == 0, rec
-        newest = max(ticks)
-        assert now_tick - 3 <= newest <= now_tick + 1, (newest, now_tick)
+        recs = c.store.features(run_id, names)
+        assert all(r.attempts == 0 for r in recs.values()), recs
+        off = {n: t - now_tick for n, t in newest.items()}
+        assert all(-3 <= d <= 1 for d in off.values()), (off, now_tick)
+        res = check_run(c.store, run_id, plan, expect_status=RunStatus.SUCCEEDED)
+        assert res.ok, res.explain()
         promoted = [e for e in events if e.kind == "transition" and e.to == "ENABLED"]
-        judged = promoted[-1].evidence.get("requests", 0) if promoted else 0
+        judged = min(e.evidence.get("requests", 0) for e in promoted)
         record(
-            f"a service at {offset} reporting a healthy feature",
+            scenario,
+            features=len(names),
             runs=1,
-            faults=1,
-            newest_tick_vs_redis=newest - now_tick,
-            requests_judged=judged,
+            faults=len(offsets),
+            newest_tick_vs_redis="/".join(str(d) for d in sorted(set(off.values()))),
+            requests_judged_min=judged,
             timeouts=0,
+            violations=len(res.violations),
+            seconds=round(seconds, 1),
         )
     finally:
         close_cluster(c)
+
+
+@pytest.mark.parametrize("offset", ["-30s", "+30s"])
+def test_a_service_thirty_seconds_off_reports_into_redis_ticks(offset: str) -> None:
+    """A FlagClient process whose clock is 30 s behind (ahead) reports a healthy feature's
+    outcomes in a real run: its counts land in the ticks of Redis's clock, the feature is
+    judged on them and promoted within ``max_testing_s`` — no timeout, no attempt used."""
+    skewed_services(f"a service at {offset} reporting a healthy feature", (offset,), ["svc0"])
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(600)
+def test_soak_services_on_four_clocks_report_into_redis_ticks() -> None:
+    """Soak: four services at once, at -30 s, +30 s, -5 min and +5 min, each reporting the
+    same 16 features judged on live traffic (4 testing at once, 4 ramp steps): every
+    feature promoted on the counts in Redis's ticks in its first attempt, no timeout,
+    SUCCEEDED."""
+    skewed_services(
+        "soak: 4 services at -30 s/+30 s/-5 min/+5 min, 16 measured features",
+        ("-30s", "+30s", "-300s", "+300s"),
+        [f"svc{i}" for i in range(16)],
+        max_parallel=4,
+        ramp=(10, 25, 50, 100),
+        budget_s=150,
+    )

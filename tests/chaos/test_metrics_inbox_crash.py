@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -33,17 +35,17 @@ def client(server: RedisServer) -> redis.Redis:
     )
 
 
-def test_redis_killed_while_appending_and_draining_applies_every_message_once() -> None:
-    """Two writers and two drainers run while Redis is SIGKILLed and restarted from its
-    AOF three times: every acknowledged message is applied exactly once (total counts
-    between the acknowledged appends and those plus the appends whose outcome was
-    unknown), and the inbox ends empty."""
+def inbox_crashes(scenario: str, kills: int, every_s: float, writers: int = 2) -> None:
+    """``writers`` writers and two drainers run while Redis is SIGKILLed and restarted from
+    its AOF ``kills`` times, every ``every_s``: every acknowledged message is applied
+    exactly once (total counts between the acknowledged appends and those plus the appends
+    whose outcome was unknown), and the inbox ends empty."""
     server = RedisServer(appendonly=True)
     server.start()
     now = int(time.time())
     stop = threading.Event()
-    acked = [0, 0]
-    unknown = [0, 0]
+    acked = [0] * writers
+    unknown = [0] * writers
 
     def write(w: int) -> None:
         c = client(server)
@@ -69,12 +71,13 @@ def test_redis_killed_while_appending_and_draining_applies_every_message_once() 
 
     try:
         load_library(client(server))
-        threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
         threads += [threading.Thread(target=drain_loop) for _ in range(2)]
         for t in threads:
             t.start()
-        for _ in range(KILLS):
-            time.sleep(0.8)
+        t0 = time.monotonic()
+        for _ in range(kills):
+            time.sleep(every_s)
             server.kill()
             time.sleep(0.2)
             server.start()
@@ -86,17 +89,20 @@ def test_redis_killed_while_appending_and_draining_applies_every_message_once() 
         while drain(admin, KEYS, tick_s=1, ttl_s=3600).more:
             pass
         total = sum(
-            int(admin.hget(KEYS.metrics("crash", now - t), "requests") or 0) for t in range(TICKS)
+            int(cast(str | None, admin.hget(KEYS.metrics("crash", now - t), "requests")) or 0)
+            for t in range(TICKS)
         )
         ok, maybe = sum(acked), sum(unknown)
         assert ok > 100, (ok, maybe)
-        violations = int(not ok <= total <= ok + maybe) + int(admin.exists(KEYS.metrics_inbox))
+        left = cast(int, admin.exists(KEYS.metrics_inbox))
+        violations = int(not ok <= total <= ok + maybe) + int(left)
         assert ok <= total <= ok + maybe, (ok, maybe, total)
-        assert not admin.exists(KEYS.metrics_inbox)
+        assert not left
         record(
-            "metrics inbox: Redis SIGKILLed 3x while services append and drains run",
+            scenario,
             runs=1,
-            faults=KILLS,
+            faults=kills,
+            seconds=round(time.monotonic() - t0, 1),
             appended=ok,
             unknown=maybe,
             applied=total,
@@ -105,3 +111,27 @@ def test_redis_killed_while_appending_and_draining_applies_every_message_once() 
     finally:
         stop.set()
         server.cleanup()
+
+
+def test_redis_killed_while_appending_and_draining_applies_every_message_once() -> None:
+    """Two writers and two drainers run while Redis is SIGKILLed and restarted from its
+    AOF three times: every acknowledged message is applied exactly once (total counts
+    between the acknowledged appends and those plus the appends whose outcome was
+    unknown), and the inbox ends empty."""
+    inbox_crashes(
+        "metrics inbox: Redis SIGKILLed 3x while services append and drains run", KILLS, 0.8
+    )
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(600)
+def test_soak_redis_killed_forty_times_under_the_metrics_inbox() -> None:
+    """Soak: four writers and two drainers while Redis is SIGKILLed and restarted from its
+    AOF 40 times, one every 2 s: every acknowledged message applied exactly once, the inbox
+    ends empty."""
+    inbox_crashes(
+        "soak: metrics inbox, Redis SIGKILLed 40x (every 2 s), 4 writers, 2 drains",
+        40,
+        2.0,
+        writers=4,
+    )

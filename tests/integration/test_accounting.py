@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.chaos.invariants import record
+from tests.chaos.invariants import check_run, record
 from tests.integration.conftest import Cluster
 from tests.integration.test_races import manager
 from tests.processes import wait_for
@@ -29,17 +29,74 @@ def assert_counters_match(c: Cluster, run_id: str, names: list[str]) -> RunRecor
     return run
 
 
-PLAN: dict[str, Any] = {
-    "name": "accounting",
-    "max_parallel": 2,
-    "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
-    "features": [
-        {"name": "root", "priority": 9},
-        {"name": "child", "depends_on": ["root"], "priority": 8},
-        {"name": "later1", "dwell_s": 1.5},
-        {"name": "later2", "dwell_s": 1.5},
-    ],
-}
+def accounting_plan(pairs: int) -> dict[str, Any]:
+    """``pairs`` times a root, its child and two independent features that test longer
+    (``root<i>``, ``child<i>``, ``later<2i+1>``, ``later<2i+2>``), two TESTING slots a pair."""
+    feats: list[dict[str, Any]] = []
+    for i in range(pairs):
+        feats += [
+            {"name": f"root{i}", "priority": 9},
+            {"name": f"child{i}", "depends_on": [f"root{i}"], "priority": 8},
+            {"name": f"later{2 * i + 1}", "dwell_s": 1.5},
+            {"name": f"later{2 * i + 2}", "dwell_s": 1.5},
+        ]
+    return {
+        "name": "accounting",
+        "max_parallel": 2 * pairs,
+        "defaults": {"ramp": [50, 100], "dwell_s": 0, "health": {"source": "none"}},
+        "features": feats,
+    }
+
+
+PLAN = accounting_plan(1)
+
+
+def roots_and_children_rolled_back(
+    cluster: Cluster, pairs: int, *, child_first: bool = False, name: str = "accounting"
+) -> int:
+    """Enable every root and child in-process, roll each pair back by hand (root then
+    child; ``child_first``: the other way round), then let a worker and a beat finish
+    the run: the counters equal the records at every point, no independent feature is
+    ever blocked, and the run ends PARTIAL only once every independent feature is
+    ENABLED. Returns the invariant violations of its stream (0)."""
+    plan = {**accounting_plan(pairs), "name": name}
+    names = [f["name"] for f in plan["features"]]
+    later = [n for n in names if n.startswith("later")]
+    m = manager(cluster)
+    run_id = m.start_recovery(plan).run_id
+    for i in range(pairs):
+        assert m.test_feature(run_id, f"root{i}") == "enabled"
+        assert m.test_feature(run_id, f"child{i}") == "enabled"
+    for i in range(pairs):
+        order = [f"child{i}", f"root{i}"] if child_first else [f"root{i}", f"child{i}"]
+        for n in order:
+            m.rollback_by_name(n, "bad deploy")
+        assert_counters_match(cluster, run_id, names)
+    run = assert_counters_match(cluster, run_id, names)
+    assert run.status is RunStatus.RUNNING, run
+    recs = cluster.store.features(run_id, names)
+    assert not any(recs[n].blocked for n in later), recs
+    if not cluster.workers:
+        cluster.worker()
+    if not cluster.beats:
+        cluster.beat()
+    status = wait_for(
+        lambda: (st := cluster.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
+        30 + 2 * pairs,
+        what="the run to finish",
+    )
+    assert status is RunStatus.PARTIAL
+    run = assert_counters_match(cluster, run_id, names)
+    states = cluster.store.feature_states(run_id, names)
+    assert all(states[n] is FeatureState.ENABLED for n in later), states
+    assert (run.enabled, run.quarantined, run.blocked) == (2 * pairs, 2 * pairs, 0)
+    rolled = [n for n in names if not n.startswith("later")]
+    res = check_run(
+        cluster.store, run_id, plan, expect_status=RunStatus.PARTIAL,
+        expected={n: "DISABLED" if n in rolled else "ENABLED" for n in names},
+    )  # fmt: skip
+    assert res.ok, res.explain()
+    return len(res.violations)
 
 
 def test_rolling_back_a_root_then_its_child_by_hand_keeps_counters_exact(
@@ -48,30 +105,8 @@ def test_rolling_back_a_root_then_its_child_by_hand_keeps_counters_exact(
     """Rolling back a root and then its (blocked) child by hand counts each once, blocks
     no independent feature, and the run ends PARTIAL only after both independent
     features are ENABLED, its counters equal to what the records say."""
-    names = [f["name"] for f in PLAN["features"]]
-    m = manager(cluster)
-    run_id = m.start_recovery(PLAN).run_id
-    assert m.test_feature(run_id, "root") == "enabled"
-    assert m.test_feature(run_id, "child") == "enabled"
-    m.rollback_by_name("root", "bad deploy")
-    m.rollback_by_name("child", "also bad")
-    run = assert_counters_match(cluster, run_id, names)
-    assert run.status is RunStatus.RUNNING, run
-    recs = cluster.store.features(run_id, names)
-    assert not recs["later1"].blocked and not recs["later2"].blocked, recs
-    cluster.worker()
-    cluster.beat()
-    status = wait_for(
-        lambda: (st := cluster.store.run(run_id).status) in FINAL_RUN_STATUSES and st,
-        30,
-        what="the run to finish",
-    )
-    assert status is RunStatus.PARTIAL
-    run = assert_counters_match(cluster, run_id, names)
-    states = cluster.store.feature_states(run_id, names)
-    assert states["later1"] is states["later2"] is FeatureState.ENABLED, states
-    assert (run.enabled, run.quarantined, run.blocked) == (2, 2, 0)
-    record("manual rollback of a root then its child", runs=1, faults=2, violations=0)
+    violations = roots_and_children_rolled_back(cluster, 1)
+    record("manual rollback of a root then its child", runs=1, faults=2, violations=violations)
 
 
 def test_counters_that_drifted_are_repaired_and_never_finish_a_run_early(
