@@ -10,6 +10,7 @@ table of every scenario's figures (see :func:`tests.chaos.invariants.record`).
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,10 +82,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
     except (OSError, ValueError):
         return
-    rows = [r for r in rows if r.get("at", 0) >= _SESSION_START]
+    # this session's rows only: other sessions (another checkout, a parallel run) may
+    # append to the same file meanwhile
+    rows = [r for r in rows if r.get("at", 0) >= _SESSION_START and r.get("pid") == os.getpid()]
     if not rows:
         return
     terminalreporter.section("reliability scenarios (this session)")
     for r in rows:
-        figures = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("scenario", "at"))
+        figures = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("scenario", "at", "pid"))
         terminalreporter.write_line(f"{r['scenario']}: {figures}")

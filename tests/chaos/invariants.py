@@ -219,7 +219,11 @@ def results_path() -> Path:
 
 
 def record(scenario: str, **figures: Any) -> None:
-    """Append one scenario's figures (runs, faults, violations, …) to :func:`results_path`."""
-    line = json.dumps({"scenario": scenario, "at": time.time(), **figures}, default=str)
+    """Append one scenario's figures (runs, faults, violations, …) to :func:`results_path`,
+    with the time and this process's id (the session that ran it: several sessions may
+    share the file)."""
+    line = json.dumps(
+        {"scenario": scenario, "at": time.time(), "pid": os.getpid(), **figures}, default=str
+    )
     with results_path().open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")

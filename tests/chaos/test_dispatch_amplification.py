@@ -34,7 +34,7 @@ def wide_plan_behind_a_long_queue(scenario: str, width: int, *, budget_s: float 
         }
         t0 = time.monotonic()
         run_id = c.manager.start_recovery(plan).run_id
-        worker = InfoWorker("worker", c.env, "slow", concurrency=1)
+        worker = InfoWorker("worker", c.env, "slow", concurrency=1, app=c.app)
         c.workers.append(worker.start())
         # the beat's ticks run promptly here (as on an idle worker of a bigger fleet)
         # while the test steps wait in the queue behind each other
