@@ -134,11 +134,11 @@ def chains_plan(chains: int) -> dict[str, Any]:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("round_", range(3))
 def test_soak_late_writes_on_many_features(round_: int) -> None:
-    """Soak: 25 times the late-write plan in one run (100 features), each ``a`` enabled
+    """Soak: 100 times the late-write plan in one run (400 features), each ``a`` enabled
     and then requeued late, each ``b`` and ``c`` dropped from their queues by late
-    writes, three rounds: every late requeue changes nothing, the beat finds all 50 lost
+    writes, three rounds: every late requeue changes nothing, the beat finds all 200 lost
     features, and the run SUCCEEDED with every invariant holding."""
-    chains = 25
+    chains = 100
     plan = chains_plan(chains)
     c = chaos_cluster()
     try:
@@ -150,7 +150,7 @@ def test_soak_late_writes_on_many_features(round_: int) -> None:
         lose_places(c, run_id, [f"b{i}" for i in range(chains)], [f"c{i}" for i in range(chains)])
         _, transitions = finish_with_a_fleet(c, run_id, plan, 120)
         record(
-            f"soak: late writes on 100 features (round {round_ + 1})",
+            f"soak: late writes on 400 features (round {round_ + 1})",
             features=len(plan["features"]),
             runs=1,
             faults=3 * chains,
@@ -164,22 +164,22 @@ def test_soak_late_writes_on_many_features(round_: int) -> None:
 
 @pytest.mark.soak
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("trial", range(4))
+@pytest.mark.parametrize("trial", range(6))
 def test_soak_manual_rollbacks_of_roots_and_children(cluster: Cluster, trial: int) -> None:
-    """Soak: ten roots and their children (40 features) enabled and rolled back by hand,
-    root first in even trials and child first in odd ones, four trials: the counters
+    """Soak: 25 roots and their children (100 features) enabled and rolled back by hand,
+    root first in even trials and child first in odd ones, six trials: the counters
     equal the records after every rollback, no independent feature is blocked, and each
-    run ends PARTIAL with all 20 independent features ENABLED (issue 16.6)."""
+    run ends PARTIAL with all 50 independent features ENABLED (issue 16.6)."""
     t0 = time.monotonic()
     violations = roots_and_children_rolled_back(
-        cluster, 10, child_first=bool(trial % 2), name=f"accounting-soak-{trial}"
+        cluster, 25, child_first=bool(trial % 2), name=f"accounting-soak-{trial}"
     )
     record(
-        f"soak: manual rollbacks of 10 roots and 10 children ({'child' if trial % 2 else 'root'}"
+        f"soak: manual rollbacks of 25 roots and 25 children ({'child' if trial % 2 else 'root'}"
         " first)",
-        features=40,
+        features=100,
         runs=1,
-        faults=20,
+        faults=50,
         violations=violations,
         seconds=round(time.monotonic() - t0, 1),
     )

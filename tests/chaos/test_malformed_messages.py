@@ -74,7 +74,7 @@ def malformed_flood(scenario: str, features: int, *, every_s: float, seed: int) 
         try:
             wait_for(
                 lambda: c.store.run(run_id).status in FINAL_RUN_STATUSES,
-                150,
+                240,
                 0.2,
                 what="the run to finish under the flood",
             )
@@ -118,9 +118,9 @@ def malformed_flood(scenario: str, features: int, *, every_s: float, seed: int) 
 @pytest.mark.soak
 @pytest.mark.timeout(600)
 def test_soak_a_flood_of_malformed_messages_while_a_run_proceeds() -> None:
-    """Soak: a 300-feature DAG run by 3 workers while raw garbage (100,000-deep arrays,
+    """Soak: a 600-feature DAG run by 3 workers while raw garbage (100,000-deep arrays,
     non-JSON), broken envelopes and deep arrays on the remote-control channel arrive
     every 20 ms: the run SUCCEEDED with every invariant holding, no worker died, every
     raw message was logged and dropped."""
-    malformed_flood("soak: malformed-message flood during a 300-feature run", 300,
+    malformed_flood("soak: malformed-message flood during a 600-feature run", 600,
                     every_s=0.02, seed=31)  # fmt: skip
