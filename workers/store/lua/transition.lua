@@ -42,6 +42,21 @@
 -- clients at version fv - 1 apply it without a read) and the change log.
 local fkey, name, token_arg, now = KEYS[1], ARGV[1], ARGV[2], ARGV[5]
 local n = tonumber(ARGV[11])
+-- read once per call: no step writes the freeze, the run's status or its audit cap
+local gate, cap = nil, nil
+local function automatic_refusal()
+  if gate == nil then
+    gate = false
+    if redis.call('EXISTS', KEYS[9]) == 1 then
+      gate = 'FROZEN'
+    else
+      local run = redis.call('HMGET', KEYS[8], 'status', 'stopping')
+      if run[1] ~= 'RUNNING' then gate = 'INACTIVE ' .. tostring(run[1])
+      elseif run[2] == '1' then gate = 'INACTIVE stopping' end
+    end
+  end
+  return gate
+end
 
 local function step(b)
   local to = ARGV[b]
@@ -58,10 +73,8 @@ local function step(b)
   end
   if not legal then return {'ERR', 'ILLEGAL ' .. state .. '>' .. to} end
   if ARGV[b + 5] == '1' then
-    if redis.call('EXISTS', KEYS[9]) == 1 then return {'ERR', 'FROZEN'} end
-    local run = redis.call('HMGET', KEYS[8], 'status', 'stopping')
-    if run[1] ~= 'RUNNING' then return {'ERR', 'INACTIVE ' .. tostring(run[1])} end
-    if run[2] == '1' then return {'ERR', 'INACTIVE stopping'} end
+    local refused = automatic_refusal()
+    if refused then return {'ERR', refused} end
   end
   if state == 'DISABLED' and to == 'TESTING' then
     if cur[5] == '1' then return {'ERR', 'QUARANTINED'} end
@@ -120,8 +133,10 @@ local function step(b)
   end
 
   -- the audit cap: the store's default, or the run's own budget (events_max) if larger
-  local cap = math.max(tonumber(ARGV[8]),
-    tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
+  if cap == nil then
+    cap = math.max(tonumber(ARGV[8]),
+      tonumber(redis.call('HGET', KEYS[8], 'events_max') or '0') or 0)
+  end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', cap, '*', 'kind', 'transition',
     'feature', name, 'from', state, 'to', to, 'percent', ARGV[b + 1], 'step', ARGV[b + 2],
     'reason', ARGV[b + 3], 'worker', ARGV[3], 'task_id', ARGV[4], 'evidence', ARGV[b + 4],
