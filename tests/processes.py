@@ -12,8 +12,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,17 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0, interval: float 
             return True
         time.sleep(interval)
     return check()
+
+
+@contextlib.contextmanager
+def in_background(work: Callable[[threading.Event], None]) -> Iterator[threading.Event]:
+    """Run ``work(stop)`` on a daemon thread for the length of the block; on leaving it,
+    set ``stop`` and wait up to 10 s for ``work`` to return (a traffic loop, an attacker)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(10)

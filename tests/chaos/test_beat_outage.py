@@ -20,7 +20,7 @@ import pytest
 from tests.chaos.conftest import chaos_cluster, close_cluster
 from tests.chaos.invariants import check_run, record
 from tests.integration.conftest import Cluster
-from tests.processes import wait_for
+from tests.processes import in_background, wait_for
 from workers.core.states import FINAL_RUN_STATUSES, FeatureState, RunStatus
 from workers.errors import StoreUnavailable
 from workers.flags import FlagClient
@@ -126,10 +126,9 @@ def test_soak_beat_outage_of_a_minute() -> None:
 def healthy_service(c: Cluster, names: list[str]) -> Iterator[None]:
     """A service sending ~400 requests a second with no errors, recording each feature's
     outcome for the users it is on for."""
-    stop = threading.Event()
     rng = random.Random(5)
 
-    def serve() -> None:
+    def serve(stop: threading.Event) -> None:
         with FlagClient(c.redis.url, c.namespace, flush_interval_s=0.2) as flags:
             while not stop.is_set():
                 for _ in range(20):
@@ -139,13 +138,8 @@ def healthy_service(c: Cluster, names: list[str]) -> Iterator[None]:
                             flags.record(n, True, 0.01)
                 stop.wait(0.05)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve):
         yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_a_beat_outage_does_not_time_out_measured_features() -> None:

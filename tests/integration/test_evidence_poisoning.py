@@ -24,7 +24,7 @@ import redis
 
 from tests.chaos.invariants import check_run, record
 from tests.integration.conftest import ACL_FILE, Cluster
-from tests.processes import RedisServer, wait_for
+from tests.processes import RedisServer, in_background, wait_for
 from workers.celery import make_app
 from workers.core.states import FINAL_RUN_STATUSES, RunStatus
 from workers.engine import PartialRecoveryManager
@@ -99,10 +99,9 @@ def acl_cluster(tmp: Path) -> Iterator[Cluster]:
 def honest_service(server: RedisServer) -> Iterator[None]:
     """~400 requests a second; each feature's outcomes recorded for the users it is on for,
     at that feature's real error rate, by a FlagClient authenticated as `service`."""
-    stop = threading.Event()
     rng = random.Random(9)
 
-    def serve() -> None:
+    def serve(stop: threading.Event) -> None:
         with FlagClient(url(server, "service"), NS, flush_interval_s=0.2) as flags:
             while not stop.is_set():
                 for _ in range(20):
@@ -112,13 +111,8 @@ def honest_service(server: RedisServer) -> Iterator[None]:
                             flags.record(name, rng.random() >= rate, 0.01)
                 stop.wait(0.05)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve):
         yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def attacks(server: RedisServer) -> list[tuple[str, Callable[[int], Any]]]:
@@ -157,10 +151,9 @@ def attacks(server: RedisServer) -> list[tuple[str, Callable[[int], Any]]]:
 def attacker(server: RedisServer, outcome: dict[str, int]) -> Iterator[None]:
     """Every attack every 0.5 s; ``outcome`` counts the refused ones (``NOPERM``) and the
     accepted ones (an XADD to an inbox: its fate is the drain's)."""
-    stop = threading.Event()
     plays = attacks(server)
 
-    def attack() -> None:
+    def attack(stop: threading.Event) -> None:
         while not stop.is_set():
             t = int(time.time())
             for _name, play in plays:
@@ -171,13 +164,8 @@ def attacker(server: RedisServer, outcome: dict[str, int]) -> Iterator[None]:
                     outcome["refused"] = outcome.get("refused", 0) + 1
             stop.wait(0.5)
 
-    thread = threading.Thread(target=attack, daemon=True)
-    thread.start()
-    try:
+    with in_background(attack):
         yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_poisoning_attempts_change_no_decision(tmp_path: Path) -> None:

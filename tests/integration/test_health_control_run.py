@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.integration.conftest import Cluster
-from tests.processes import wait_for
+from tests.processes import in_background, wait_for
 from workers.core.states import RunStatus
 from workers.flags import FlagClient
 
@@ -23,10 +23,9 @@ def service(cluster: Cluster, shared_rate: float, guilty_adds: float) -> Iterato
     """A service whose every request fails at ``shared_rate`` (a degraded dependency),
     plus ``guilty_adds`` when the ``guilty`` feature is on for its user; it records only
     the overall outcome, once per request."""
-    stop = threading.Event()
     rng = random.Random(21)
 
-    def serve() -> None:
+    def serve(stop: threading.Event) -> None:
         with FlagClient(cluster.redis.url, cluster.namespace, flush_interval_s=0.2) as flags:
             deadline = time.monotonic() + 120
             while not stop.is_set() and time.monotonic() < deadline:
@@ -36,13 +35,8 @@ def service(cluster: Cluster, shared_rate: float, guilty_adds: float) -> Iterato
                     flags.record_request(rng.random() >= rate, 0.01, key=key)
                 stop.wait(PAUSE_S)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve):
         yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_shared_degradation_promotes_the_innocent_and_rolls_back_only_the_guilty(
