@@ -94,11 +94,20 @@ local function step(b)
   end
 
   version = version + 1
-  redis.call('HSET', fkey, 'state', to, 'percent', ARGV[b + 1], 'step', ARGV[b + 2],
-    'reason', ARGV[b + 3], 'version', version, 'updated_at', now)
-  if state ~= to then redis.call('HSET', fkey, 'state_since', now) end
-  local extra = cjson.decode(ARGV[b + 8])
-  for k, v in pairs(extra) do redis.call('HSET', fkey, k, tostring(v)) end
+  -- one HSET per step (each write command is also fed to the AOF and the replicas)
+  local fields = {'state', to, 'percent', ARGV[b + 1], 'step', ARGV[b + 2],
+    'reason', ARGV[b + 3], 'version', version, 'updated_at', now}
+  if state ~= to then
+    fields[#fields + 1] = 'state_since'
+    fields[#fields + 1] = now
+  end
+  if ARGV[b + 8] ~= '{}' then
+    for k, v in pairs(cjson.decode(ARGV[b + 8])) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = tostring(v)
+    end
+  end
+  redis.call('HSET', fkey, unpack(fields))
 
   if to == 'TESTING' then
     redis.call('SADD', KEYS[5], name)
