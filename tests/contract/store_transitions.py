@@ -295,6 +295,21 @@ def test_a_walk_publishes_the_flag_once_where_it_ends(store: Store) -> None:
     assert [e.percent for e in store.events(run_id) if e.kind == "transition"] == [10, 50]
 
 
+def test_a_promotion_raises_the_runs_bake_in_the_same_step(store: Store) -> None:
+    """A step to ENABLED whose fields carry ``bake_ends_at`` raises the run's
+    ``bake_until`` with the promotion (no completion check can slip in between), and a
+    shorter bake never lowers it."""
+    run_id = make_run(store, features=("a", "c"))
+    for name, bake, expect in (("a", T + 30, T + 30), ("c", T + 10, T + 30)):
+        token = store.claim(run_id, name, "w", 10, now=T)
+        steps = [
+            Step(S.TESTING, 50, 0, "started", expect_version=0),
+            Step(S.ENABLED, 100, 1, "promoted", expect_version=1, fields={"bake_ends_at": bake}),
+        ]
+        store.transitions(run_id, name, steps, token=token, now=T, release=True)
+        assert store.run(run_id).bake_until == expect, name
+
+
 def test_a_step_counts_its_decision_only_when_it_applies(store: Store) -> None:
     """A step's ``count`` outcome is added to the decision counters with the step, and not
     at all for a step that is refused."""

@@ -267,8 +267,8 @@ class EngineBase:
                     dispatch_grace_s=self.settings.lease_ttl_s,
                     dispatch_redelivery_s=self.redelivery_s(),
                 )
-                if action.bake_ends_at:
-                    self.store.extend_bake(run_id, action.bake_ends_at)
+                # the step raised the run's bake_until with the promotion (no completion
+                # check in between can end the run before the bake)
                 self.after_enable(run_id, name, taken, results[0])
                 return "enabled"
             case RequestRollback():

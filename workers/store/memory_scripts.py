@@ -326,6 +326,10 @@ def transition(
         f["state_since"] = stamp
     for key, value in (st.fields or {}).items():
         f[key] = _text(value)
+    raw_bake = (st.fields or {}).get("bake_ends_at")
+    bake = 0.0 if raw_bake is None else _num(str(raw_bake))
+    if to == _E and bake > float(_num(run.get("bake_until"))):
+        run["bake_until"] = repr(bake)  # raised with the promotion (transition.lua)
     ready = ks.ready.setdefault(run_id, {})
     if to == _T:
         testing.add(name)

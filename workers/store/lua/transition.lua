@@ -24,7 +24,8 @@
 --   +5 "1" automatic (refused while frozen or once the run is over) / "0" operator
 --   +6 expected feature version ("" = any)
 --   +7 next due time for the due zset ("" = remove the feature from it)
---   +8 extra feature fields (JSON object, written with the state)
+--   +8 extra feature fields (JSON object, written with the state; on a step to ENABLED a
+--      "bake_ends_at" above the run's bake_until raises it, in the same step)
 --   +9 direct dependents with their dispatch rank (JSON [[name, rank], ...])
 --   +10 a decision outcome counted in KEYS[11] when the step applies ("" = none)
 --
@@ -101,13 +102,21 @@ local function step(b)
     fields[#fields + 1] = 'state_since'
     fields[#fields + 1] = now
   end
+  local bake = nil
   if ARGV[b + 8] ~= '{}' then
     for k, v in pairs(cjson.decode(ARGV[b + 8])) do
       fields[#fields + 1] = k
       fields[#fields + 1] = tostring(v)
+      if k == 'bake_ends_at' then bake = tonumber(v) end
     end
   end
   redis.call('HSET', fkey, unpack(fields))
+  -- a promotion's bake holds the run open: raised with the promotion, never lowered, so
+  -- no completion check between the two can finish the run before the bake ends
+  if to == 'ENABLED' and bake and bake > 0 then
+    local cur = tonumber(redis.call('HGET', KEYS[8], 'bake_until') or '0') or 0
+    if bake > cur then redis.call('HSET', KEYS[8], 'bake_until', string.format('%.17g', bake)) end
+  end
 
   if to == 'TESTING' then
     redis.call('SADD', KEYS[5], name)
