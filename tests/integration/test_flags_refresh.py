@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from tests.processes import RedisServer, eventually
 from workers.flags import FlagClient
@@ -252,3 +253,17 @@ def test_changes_follow_without_hiredis(
         write_flag(rclient, "a", "ENABLED", 100, namespace=namespace)
         assert eventually(lambda: client.is_enabled("a"))
         assert client.health().deltas == 3 and client.health().reloads == 1
+
+
+def test_closing_a_client_mid_read_logs_no_refresh_failure(redis_url: str, namespace: str) -> None:
+    """Clients closed without waiting for their refresher (it is reading when the close
+    shuts its connection) log no ``flags_refresh_failed``: closing is not a failure."""
+    clients = [FlagClient(redis_url, namespace) for _ in range(20)]
+    assert eventually(lambda: all(c.health().connected for c in clients))
+    with capture_logs() as logs:
+        for c in clients:
+            c.close(timeout_s=0)  # the refresher is still in its read
+        for c in clients:
+            assert c._refresher is not None
+            c._refresher.join(5)
+    assert [e for e in logs if e["event"] == "flags_refresh_failed"] == []

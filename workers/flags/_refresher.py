@@ -167,6 +167,8 @@ class Refresher:
                 failures = 0
             except Exception as exc:
                 self.connected = False
+                if stop.is_set():
+                    break  # closing: the client shut the connection under the read
                 self._sink._note_error("flags_refresh_failed", exc)
                 failures += 1
             finally:
