@@ -372,23 +372,20 @@ def publish_walk(
     run_id: str,
     name: str,
     steps: Sequence[Step],
-    results: list[TransitionResult],
+    applied: list[TransitionResult],
     now: float,
 ) -> list[TransitionResult]:
-    """transition.lua's end: the flag of the last applied step published once (its version,
-    and the run's settled count, in every applied result)."""
-    applied = [i for i, res in enumerate(results) if res.applied]
+    """transition.lua's end: ``applied`` holds the results of the walk's first steps, all
+    applied; the last one's flag is published once, and its version and the run's settled
+    count go into every result."""
     if not applied:
-        return results
-    last = steps[applied[-1]]
+        return applied
+    last = steps[len(applied) - 1]
     fv = publish(ks, name, last.to.value, int(last.percent), now)
     run = ks.runs.setdefault(run_id, {})
     settled = sum(int(_num(run.get(k))) for k in ("enabled", "quarantined", "blocked"))
     total = int(_num(run.get("total")))
-    return [
-        replace(res, flags_version=fv, settled=settled, total=total) if res.applied else res
-        for res in results
-    ]
+    return [replace(res, flags_version=fv, settled=settled, total=total) for res in applied]
 
 
 def update(
