@@ -135,16 +135,27 @@ def main() -> int:
                 total += (int(fields[11]) + int(fields[12])) / tck  # utime + stime
             return total
 
+        def machine_busy() -> tuple[int, int]:
+            """(busy, total) jiffies of the whole machine, all cores (/proc/stat)."""
+            cols = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            idle = cols[3] + cols[4]  # idle + iowait
+            return sum(cols) - idle, sum(cols)
+
+        def busy_since(start: tuple[int, int]) -> float:
+            now = machine_busy()
+            return (now[0] - start[0]) / max(1, now[1] - start[1])
+
         def redis_cpu() -> float:
             info = r.info("cpu")
             return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-        def baseline(n: int, key: str, *, raw: bool) -> tuple[float, float, float]:
-            """No-op chains: tasks/s, Redis and workers' CPU ms per task. ``raw``: on raw
-            Celery's workers; else on the project's (its app, kombu patched)."""
+        def baseline(n: int, key: str, *, raw: bool) -> tuple[float, float, float, float]:
+            """No-op chains: tasks/s, Redis and workers' CPU ms per task, the machine's busy
+            share. ``raw``: on raw Celery's workers; else on the project's (its app, kombu
+            patched)."""
             per_chain = n // par
             total = per_chain * par
-            cpu0, wcpu0 = redis_cpu(), workers_cpu()
+            cpu0, wcpu0, busy0 = redis_cpu(), workers_cpu(), machine_busy()
             t0 = time.perf_counter()
             for c in range(par):
                 kwargs = {"chain": c, "i": 0, "n": per_chain, "key": key}
@@ -162,16 +173,17 @@ def main() -> int:
                 total / secs,
                 (redis_cpu() - cpu0) / total * 1e3,
                 (workers_cpu() - wcpu0) / total * 1e3,
+                busy_since(busy0),
             )
 
-        def ours(n: int, prefix: str) -> tuple[float, float, float, RunStatus, int]:
+        def ours(n: int, prefix: str) -> tuple[float, float, float, RunStatus, int, float]:
             """A recovery of ``n`` features: features/s, Redis and workers' CPU ms per
-            feature, the run's status and its audited transitions."""
+            feature, the run's status, its audited transitions, the machine's busy share."""
             plan = random_dag(n, seed=42, max_parallel=par, prefix=prefix)
             manager = PartialRecoveryManager(
                 store, settings, CeleryDispatcher(sender), worker="bench"
             )
-            cpu0, wcpu0 = redis_cpu(), workers_cpu()
+            cpu0, wcpu0, busy0 = redis_cpu(), workers_cpu(), machine_busy()
             t0 = time.perf_counter()
             run_id = manager.start_recovery(plan).run_id
             deadline = time.monotonic() + TIMEOUT_S
@@ -180,9 +192,10 @@ def main() -> int:
                     raise SystemExit(f"recovery timed out: {store.run(run_id)}")
                 time.sleep(0.02)
             secs = time.perf_counter() - t0
+            busy = busy_since(busy0)
             rcpu, wcpu = (redis_cpu() - cpu0) / n * 1e3, (workers_cpu() - wcpu0) / n * 1e3
             transitions = sum(1 for e in store.events(run_id) if e.kind == "transition")
-            return n / secs, rcpu, wcpu, store.run(run_id).status, transitions
+            return n / secs, rcpu, wcpu, store.run(run_id).status, transitions, busy
 
         failed = False
         for n in sizes:
@@ -201,6 +214,8 @@ def main() -> int:
             base_wcpu = statistics.median(b[2] for b in base_runs)
             ours_rcpu = statistics.median(o[1] for o in our_runs)
             ours_wcpu = statistics.median(o[2] for o in our_runs)
+            base_busy = statistics.median(b[3] for b in base_runs)
+            ours_busy = statistics.median(o[5] for o in our_runs)
             statuses = {o[3] for o in our_runs}
             transitions = our_runs[-1][4]
             print(
@@ -216,8 +231,8 @@ def main() -> int:
             )
             print(
                 f"  baseline raw Celery no-op chains : {base_rate:8.1f} tasks/s,"
-                f" Redis CPU {base_rcpu:.2f} ms/task, workers' CPU {base_wcpu:.2f} ms/task"
-                " (a bare Celery app, kombu unpatched)"
+                f" Redis CPU {base_rcpu:.2f} ms/task, workers' CPU {base_wcpu:.2f} ms/task,"
+                f" machine {base_busy:.0%} busy (a bare Celery app, kombu unpatched)"
             )
             print(
                 f"  the same chains on our workers   : {patched_rate:8.1f} tasks/s"
@@ -227,7 +242,8 @@ def main() -> int:
                 f"  ours (recovery, {'/'.join(sorted(s.value for s in statuses)):9s})    :"
                 f" {ours_rate:8.1f} features/s (one test-step task each),"
                 f" {transitions} audited transitions per run,"
-                f" Redis CPU {ours_rcpu:.2f} ms/feature, workers' CPU {ours_wcpu:.2f} ms/feature"
+                f" Redis CPU {ours_rcpu:.2f} ms/feature, workers' CPU {ours_wcpu:.2f} ms/feature,"
+                f" machine {ours_busy:.0%} busy"
             )
             print(
                 f"  ratio ours/baseline              : {ours_rate / base_rate:.2f}"

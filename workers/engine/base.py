@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -98,16 +99,21 @@ class EngineBase:
         # test suites only: called as ``fault_hook(point, feature)`` at named points
         self.fault_hook = fault_hook
         self._contexts = ContextCache()
+        self._context_lock = threading.Lock()
         # the beat's last look for stalled features, per run (monotonic seconds)
         self._stall_checks: dict[str, float] = {}
 
     # -- contexts ---------------------------------------------------------------------------
     def context(self, run_id: str) -> RunContext:
-        """The run's plan and graph, parsed from the store once per process."""
+        """The run's plan and graph, parsed from the store once per process (the first
+        tasks of a run arrive together: one thread parses, the others wait for it)."""
         ctx = self._contexts.get(run_id)
         if ctx is None:
-            ctx = load_context(self.store.plan_json(run_id), run_id)
-            self._contexts.put(run_id, ctx)
+            with self._context_lock:
+                ctx = self._contexts.get(run_id)
+                if ctx is None:
+                    ctx = load_context(self.store.plan_json(run_id), run_id)
+                    self._contexts.put(run_id, ctx)
         return ctx
 
     def check_completion(self, run_id: str) -> Any:  # pragma: no cover - see TickMixin

@@ -110,9 +110,16 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
                 self.r.script_load(script.script)
             return self._acknowledged(self._evalsha(script, keys, args))[0]
 
-    def _scripts_pipeline(self, calls: Sequence[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    def _scripts_pipeline(
+        self,
+        calls: Sequence[tuple[str, list[str], list[Any]]],
+        *,
+        then: Sequence[tuple[Any, ...]] = (),
+        transaction: bool = False,
+    ) -> list[Any]:
         """Run scripts in one pipeline (one round trip), acknowledged; replies in order, a
-        failing script's error as an exception object.
+        failing script's error as an exception object. ``then``: plain commands queued
+        after the scripts (their replies follow); ``transaction``: all in one MULTI.
 
         EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS round trip
         first. A server that lost its script cache (a restart, a failover) answers NOSCRIPT
@@ -120,15 +127,17 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
         """
 
         def send() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.r.pipeline(transaction=transaction)
             for name, keys, args in calls:
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            for command in then:
+                pipe.execute_command(*command)
             return self._acknowledged(pipe, raise_on_error=False)
 
         if not self._scripts_loaded:
             self._load_scripts()
         raw = send()
-        missing = [isinstance(x, redis.exceptions.NoScriptError) for x in raw]
+        missing = [isinstance(x, redis.exceptions.NoScriptError) for x in raw[: len(calls)]]
         if not any(missing):
             return raw
         if not all(missing):
@@ -369,18 +378,24 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
     ) -> int:
         """Take the feature's lease and a new fencing token (the lease TTL and the token's
         clock floor run on Redis's clock; ``now`` is for the interface's other stores)."""
-        call = scripts.claim(self.keys, run_id, name, worker, ttl_s, force=force, record=False)
+        call = scripts.claim(self.keys, run_id, name, worker, ttl_s, force=force)
         return int(self._run("claim", call))
 
     def claim_record(
         self, run_id: str, name: str, worker: str, ttl_s: float, *, now: float
     ) -> tuple[int, FeatureRecord]:
         """:meth:`claim`, and the feature's record as read under the new lease (one round
-        trip). Raises LeaseHeld if held, UnknownFeature if the run has no such feature."""
-        call = scripts.claim(self.keys, run_id, name, worker, ttl_s, force=False, record=True)
-        res = self._run("claim", call)
-        fields = dict(zip(res[1::2], res[2::2], strict=True))
-        return int(res[0]), feature_from_hash(name, fields)
+        trip: the claim and an HGETALL in one MULTI). Raises LeaseHeld if held,
+        UnknownFeature if the run has no such feature."""
+        call = scripts.claim(self.keys, run_id, name, worker, ttl_s, force=False)
+        key = self.keys.feature(run_id, name)
+        with translated(self.r):
+            token, fields = self._scripts_pipeline(
+                [("claim", *call)], then=[("HGETALL", key)], transaction=True
+            )
+        if isinstance(token, Exception):
+            raise error_of(token, where(self.r))
+        return int(token), feature_from_hash(name, fields)
 
     def release(self, run_id: str, name: str, token: int) -> bool:
         """Drop the lease if ``token`` still holds it."""

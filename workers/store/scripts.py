@@ -183,12 +183,10 @@ def finish_run(
     return keys, args
 
 
-def claim(
-    k: Keys, run_id: str, name: str, worker: str, ttl_s: float, *, force: bool, record: bool
-) -> Call:
+def claim(k: Keys, run_id: str, name: str, worker: str, ttl_s: float, *, force: bool) -> Call:
     """KEYS/ARGV of ``claim.lua`` (the lease TTL in whole milliseconds, at least 1)."""
     keys = [k.lease(run_id, name), k.fence, k.feature(run_id, name)]
-    args = [worker, max(1, int(ttl_s * 1000)), "1" if force else "0", "1" if record else "0"]
+    args = [worker, max(1, int(ttl_s * 1000)), "1" if force else "0"]
     return keys, args
 
 

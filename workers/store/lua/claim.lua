@@ -4,9 +4,11 @@
 -- KEYS[2] fence counter  <ns>:fence                    (global, monotonic)
 -- KEYS[3] feature hash   <ns>:run:<id>:feature:<name>
 -- ARGV[1] worker id   ARGV[2] lease ttl (ms)   ARGV[3] "1" = take over a live lease
--- ARGV[4] "1" = also return the feature hash as read under the new lease
 --
--- Returns the new token (or {token, field, value, ...} with ARGV[4] = "1"). Errors: LEASE <holder> (a live lease, not forced), NOFEATURE.
+-- Returns the new token. Errors: LEASE <holder> (a live lease, not forced), NOFEATURE.
+-- To read the feature under the new lease, queue an HGETALL after this script in one
+-- MULTI (RedisStore.claim_record): Redis copies a hash read inside a script into a Lua
+-- table and back out, which cost four times the rest of this script.
 -- Every claim bumps the token, so a writer holding an older one is refused by transition.lua.
 -- Tokens never go below the server clock in microseconds: if Redis restarts having lost
 -- its last writes (AOF everysec), the counter restarts above every token it handed out
@@ -24,9 +26,4 @@ end
 local text = string.format('%d', token)
 redis.call('SET', KEYS[1], text .. ' ' .. ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[3], 'token', text)
-if ARGV[4] == '1' then
-  local out = {token}
-  for _, v in ipairs(redis.call('HGETALL', KEYS[3])) do table.insert(out, v) end
-  return out
-end
 return token

@@ -43,6 +43,7 @@
 -- clients at version fv - 1 apply it without a read) and the change log.
 local fkey, name, token_arg, now = KEYS[1], ARGV[1], ARGV[2], ARGV[5]
 local n = tonumber(ARGV[11])
+local legal = ',' .. ARGV[6] .. ','  -- a plain find of ",FROM>TO," (not a pattern)
 -- read once per call: no step writes the freeze, the run's status or its audit cap
 local gate, cap = nil, nil
 local function automatic_refusal()
@@ -68,11 +69,9 @@ local function step(b)
   if ARGV[b + 6] ~= '' and tonumber(ARGV[b + 6]) ~= version then
     return {'ERR', 'CHANGED ' .. state .. ' ' .. version}
   end
-  local legal = false
-  for pair in string.gmatch(ARGV[6], '[^,]+') do
-    if pair == state .. '>' .. to then legal = true break end
+  if not string.find(legal, ',' .. state .. '>' .. to .. ',', 1, true) then
+    return {'ERR', 'ILLEGAL ' .. state .. '>' .. to}
   end
-  if not legal then return {'ERR', 'ILLEGAL ' .. state .. '>' .. to} end
   if ARGV[b + 5] == '1' then
     local refused = automatic_refusal()
     if refused then return {'ERR', refused} end
