@@ -96,19 +96,13 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
 
     # -- plumbing ---------------------------------------------------------------------
     def _run(self, name: str, call: scripts.Call) -> Any:
+        """One script, acknowledged (see :meth:`_scripts_pipeline`); its error raised."""
         keys, args = call
-        script = self._scripts[name]
         with translated(self.r):
-            if not self.wait_replicas:
-                return script(keys=keys, args=args)
-            # EVALSHA + WAIT in one round trip (a Script object in a pipeline would cost
-            # a SCRIPT EXISTS round trip first)
-            try:
-                return self._acknowledged(self._evalsha(script, keys, args))[0]
-            except redis.exceptions.NoScriptError:
-                # a new primary starts with an empty script cache; the script did not run
-                self.r.script_load(script.script)
-            return self._acknowledged(self._evalsha(script, keys, args))[0]
+            (reply,) = self._scripts_pipeline([(name, keys, args)])
+            if isinstance(reply, Exception):
+                raise reply
+        return reply
 
     def _scripts_pipeline(
         self,
@@ -155,11 +149,6 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
             pipe.script_load(script.script)
         pipe.execute()
         self._scripts_loaded = True
-
-    def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return pipe
 
     def _acknowledged(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Execute ``pipe``, then wait for the replicas (:mod:`workers.store.replication`)."""
