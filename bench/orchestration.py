@@ -13,20 +13,33 @@ a change of load on the machine hits both). Prints both throughputs (tasks/s; fe
 for ours), Redis's and the workers' CPU per task, and the ratio, at 1,000 and at 10,000
 features. Target: >= 0.7 at 1,000.
 
+Then, per size, the same recovery once more with a fleet of services subscribed to its
+flags (``--clients`` FlagClients in ``--client-procs`` processes, on the same 2 cores as
+the workers: a real fleet runs elsewhere): features/s against the run without them, the
+share of Redis's CPU the flag fan-out took (``PUBLISH`` inside the transition script,
+from ``INFO commandstats``), bytes Redis sent per change per client, the clients' CPU per
+change, and whether every client ended at the final flags version (issue 14: a 10,000-
+feature recovery with a fleet subscribed must not be dominated by the flags path).
+
     .venv/bin/python bench/orchestration.py [--features 1000,10000] [--max-parallel 8]
+        [--clients 100] [--client-procs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +50,7 @@ from tests.processes import CeleryProcess, RedisServer  # noqa: E402
 from workers.celery import make_app  # noqa: E402
 from workers.core.states import RunStatus  # noqa: E402
 from workers.engine import PartialRecoveryManager  # noqa: E402
+from workers.flags import FlagClient  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.store import RedisStore  # noqa: E402
 from workers.tasks import CeleryDispatcher  # noqa: E402
@@ -64,6 +78,84 @@ def random_dag(n: int, seed: int, max_parallel: int, prefix: str = "f") -> dict[
     }
 
 
+def fleet_child(url: str, ns: str, n_clients: int) -> None:
+    """Hold ``n_clients`` FlagClients (a fleet's services); on "go" start counting CPU, on
+    "stop" print the CPU used and each client's final flags version, deltas and reloads."""
+    clients = [FlagClient(url, ns) for _ in range(n_clients)]
+    deadline = time.monotonic() + 30
+    while not all(c.health().connected for c in clients):
+        if time.monotonic() > deadline:
+            raise SystemExit("fleet clients did not connect")
+        time.sleep(0.05)
+    gc.freeze()  # one process stands in for many services: see bench/flags.py
+    print("ready", flush=True)
+    sys.stdin.readline()  # go
+    cpu0 = time.process_time()
+    sys.stdin.readline()  # stop
+    cpu = time.process_time() - cpu0
+    health = [c.health() for c in clients]
+    print(
+        json.dumps(
+            {
+                "cpu_s": cpu,
+                "versions": [h.snapshot_version for h in health],
+                "deltas": sum(h.deltas for h in health),
+                "reloads": sum(h.reloads for h in health),
+            }
+        ),
+        flush=True,
+    )
+    for c in clients:
+        c.close(timeout_s=0.1)
+
+
+class Fleet:
+    """``procs`` processes of FlagClients subscribed to namespace ``ns``."""
+
+    def __init__(self, url: str, ns: str, clients: int, procs: int) -> None:
+        per = max(1, clients // max(1, procs))
+        self.clients = per * procs
+        self.children = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--fleet-child", url, ns, str(per)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(procs)
+        ]
+        for c in self.children:
+            assert c.stdout is not None
+            if c.stdout.readline().strip() != "ready":
+                raise SystemExit("a fleet process did not start")
+        self._say("go")
+        self.started = time.perf_counter()
+        self.elapsed = 0.0
+
+    def _say(self, word: str) -> None:
+        for c in self.children:
+            assert c.stdin is not None
+            c.stdin.write(word + "\n")
+            c.stdin.flush()
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop counting; every process's report."""
+        self._say("stop")
+        self.elapsed = time.perf_counter() - self.started
+        out = []
+        for c in self.children:
+            assert c.stdout is not None
+            out.append(json.loads(c.stdout.readline()))
+        return out
+
+    def close(self) -> None:
+        for c in self.children:
+            try:
+                c.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                c.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,6 +164,8 @@ def main() -> int:
     ap.add_argument("--max-parallel", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=4, help="threads per worker process")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds up to 2,000")
+    ap.add_argument("--clients", type=int, default=100, help="FlagClients subscribed (0: none)")
+    ap.add_argument("--client-procs", type=int, default=2, help="processes holding them")
     args = ap.parse_args()
     sizes = [int(x) for x in str(args.features).split(",") if x.strip()]
     par = args.max_parallel
@@ -197,6 +291,45 @@ def main() -> int:
             transitions = sum(1 for e in store.events(run_id) if e.kind == "transition")
             return n / secs, rcpu, wcpu, store.run(run_id).status, transitions, busy
 
+        def fleet_round(n: int, alone_rate: float) -> bool:
+            """The recovery once more with a fleet subscribed; prints; True if it failed."""
+            fleet = Fleet(server.url, ns, args.clients, args.client_procs)
+            try:
+                r.config_resetstat()
+                out0 = int(r.info("stats")["total_net_output_bytes"])
+                v0 = int(r.get(store.keys.flags_version) or 0)
+                rate, rcpu, _wcpu, status, _t, busy = ours(n, f"s{n}fleetf")
+                v1 = int(r.get(store.keys.flags_version) or 0)
+                time.sleep(1.0)  # the last changes reach the clients
+                reports = fleet.stop()
+                out1 = int(r.info("stats")["total_net_output_bytes"])
+                stats = r.info("commandstats")
+            finally:
+                fleet.close()
+            changes = max(1, v1 - v0)
+            publish_s = stats.get("cmdstat_publish", {}).get("usec", 0) / 1e6
+            redis_s = rcpu * n / 1e3
+            versions = [v for rep in reports for v in rep["versions"]]
+            behind = sum(1 for v in versions if v != v1)
+            client_cpu = sum(rep["cpu_s"] for rep in reports)
+            print(
+                f"  ours with {fleet.clients} FlagClients subscribed ({args.client_procs}"
+                f" processes, on the same cores) : {rate:8.1f} features/s"
+                f" ({rate / alone_rate:.2f} of the run without them: the clients took"
+                f" {client_cpu / fleet.elapsed:.2f} of the 2 cores), machine {busy:.0%} busy"
+            )
+            print(
+                f"    {changes} flag changes: the fan-out (PUBLISH) took"
+                f" {publish_s / max(redis_s, 1e-9):.0%} of Redis's CPU"
+                f" ({publish_s / changes * 1e3:.3f} ms per change), Redis sent"
+                f" {(out1 - out0) / (changes * fleet.clients):,.0f} B per change per client"
+                " (all traffic, workers' included); clients' CPU"
+                f" {client_cpu / (changes * fleet.clients) * 1e3:.3f} ms per change per client;"
+                f" {len(versions) - behind} of {len(versions)} clients at the final version"
+                f" {v1} ({sum(rep['reloads'] for rep in reports)} full re-reads)"
+            )
+            return behind > 0 or status is not RunStatus.SUCCEEDED
+
         failed = False
         for n in sizes:
             # interleaved rounds (baseline, ours, baseline, ours, ...): a load change on the
@@ -251,6 +384,8 @@ def main() -> int:
                 " chains on our own workers)"
             )
             failed = failed or statuses != {RunStatus.SUCCEEDED}
+            if args.clients > 0:
+                failed = fleet_round(n, ours_rate) or failed
         return 1 if failed else 0
     finally:
         for w in [*workers, *raw_workers]:
@@ -259,4 +394,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if len(sys.argv) == 5 and sys.argv[1] == "--fleet-child":
+        fleet_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        raise SystemExit(main())
