@@ -79,8 +79,14 @@ def random_dag(n: int, seed: int, max_parallel: int, prefix: str = "f") -> dict[
 
 
 def fleet_child(url: str, ns: str, n_clients: int) -> None:
-    """Hold ``n_clients`` FlagClients (a fleet's services); on "go" start counting CPU, on
-    "stop" print the CPU used and each client's final flags version, deltas and reloads."""
+    """Hold ``n_clients`` FlagClients (a fleet's services); on "go" start counting CPU; on
+    "stop <version>" wait (up to 60 s) for every client to reach that flags version, then
+    print the CPU used, how long the wait took, and each client's version, deltas and
+    reloads."""
+    import structlog
+
+    # stdout carries the report: the clients' log lines go to stderr
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     clients = [FlagClient(url, ns) for _ in range(n_clients)]
     deadline = time.monotonic() + 30
     while not all(c.health().connected for c in clients):
@@ -91,13 +97,20 @@ def fleet_child(url: str, ns: str, n_clients: int) -> None:
     print("ready", flush=True)
     sys.stdin.readline()  # go
     cpu0 = time.process_time()
-    sys.stdin.readline()  # stop
+    final = int(sys.stdin.readline().split()[1])  # stop <version>
+    asked = time.monotonic()
+    while any((c.snapshot().version or 0) < final for c in clients):
+        if time.monotonic() - asked > 60:
+            break
+        time.sleep(0.01)
+    caught_up_s = time.monotonic() - asked
     cpu = time.process_time() - cpu0
     health = [c.health() for c in clients]
     print(
         json.dumps(
             {
                 "cpu_s": cpu,
+                "caught_up_s": caught_up_s,
                 "versions": [h.snapshot_version for h in health],
                 "deltas": sum(h.deltas for h in health),
                 "reloads": sum(h.reloads for h in health),
@@ -138,9 +151,9 @@ class Fleet:
             c.stdin.write(word + "\n")
             c.stdin.flush()
 
-    def stop(self) -> list[dict[str, Any]]:
-        """Stop counting; every process's report."""
-        self._say("stop")
+    def stop(self, version: int) -> list[dict[str, Any]]:
+        """Every process's report, once its clients reached ``version`` (or gave up)."""
+        self._say(f"stop {version}")
         self.elapsed = time.perf_counter() - self.started
         out = []
         for c in self.children:
@@ -300,8 +313,7 @@ def main() -> int:
                 v0 = int(r.get(store.keys.flags_version) or 0)
                 rate, rcpu, _wcpu, status, _t, busy = ours(n, f"s{n}fleetf")
                 v1 = int(r.get(store.keys.flags_version) or 0)
-                time.sleep(1.0)  # the last changes reach the clients
-                reports = fleet.stop()
+                reports = fleet.stop(v1)
                 out1 = int(r.info("stats")["total_net_output_bytes"])
                 stats = r.info("commandstats")
             finally:
@@ -326,7 +338,9 @@ def main() -> int:
                 " (all traffic, workers' included); clients' CPU"
                 f" {client_cpu / (changes * fleet.clients) * 1e3:.3f} ms per change per client;"
                 f" {len(versions) - behind} of {len(versions)} clients at the final version"
-                f" {v1} ({sum(rep['reloads'] for rep in reports)} full re-reads)"
+                f" {v1} {max(rep['caught_up_s'] for rep in reports) * 1e3:,.0f} ms after the"
+                f" run ended ({sum(rep['reloads'] for rep in reports)} full reads, one each"
+                " to start)"
             )
             return behind > 0 or status is not RunStatus.SUCCEEDED
 

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tests.processes import eventually
 from workers.core.states import FeatureState
@@ -185,3 +186,62 @@ def test_a_burst_becomes_one_new_snapshot(redis_url: str) -> None:
     assert heard == [frozenset(FEATURES)] and len(snapshots) == 2
     assert refresher.deltas == 3 and refresher.reloads == 1
     assert _as_dict(client) == world.hash_now()
+
+
+def _refresher(world: _World, client: FlagClient) -> Refresher:
+    refresher = Refresher(
+        client, world.r, world.keys, stop=threading.Event(), first_attempt=threading.Event(),
+        poll_interval_s=60, connect_timeout_s=1, socket_timeout_s=1, min_backoff_s=0.1,
+        max_backoff_s=1,
+    )  # fmt: skip
+    refresher.full_read(world.r)
+    return refresher
+
+
+def test_a_counter_ahead_of_messages_on_their_way_is_no_lost_publish(redis_url: str) -> None:
+    """A poll that reads the counter before the messages of those changes were read (the
+    counter's reply overtook them) waits for them: they arrive, nothing is re-read."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    refresher = _refresher(world, client)
+    for name in FEATURES:
+        world.write(name, FeatureState.TESTING, 30, True)
+    with capture_logs() as logs:
+        assert refresher.on_silence(world.r, poll_due=True)
+        assert refresher.expected == max(world.history)
+        assert _as_dict(client) == {}  # nothing closed yet
+        refresher.on_messages(world.r, world.inflight)
+        assert refresher.on_silence(world.r, poll_due=False)
+    assert refresher.expected is None
+    assert (refresher.reloads, refresher.catchups, refresher.deltas) == (1, 0, 3)
+    assert _as_dict(client) == world.hash_now()
+    assert not [e for e in logs if e["event"] == "flags_publish_missed"]
+
+
+def test_a_counter_still_ahead_after_a_silence_is_a_lost_publish(redis_url: str) -> None:
+    """The messages never come: the next silent wake-up closes the difference from the
+    change log, and says so."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    refresher = _refresher(world, client)
+    world.write("a", FeatureState.ENABLED, 100, True)
+    world.inflight.clear()  # the publish was lost
+    with capture_logs() as logs:
+        assert refresher.on_silence(world.r, poll_due=True)
+        assert refresher.catchups == 0
+        assert refresher.on_silence(world.r, poll_due=False)
+    assert (refresher.reloads, refresher.catchups) == (1, 1)
+    assert _as_dict(client) == world.hash_now()
+    assert [e["event"] for e in logs] == ["flags_publish_missed"]
+
+
+def test_a_silence_without_a_poll_due_reads_nothing(redis_url: str) -> None:
+    """Between polls a silent wake-up does not touch Redis."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    refresher = _refresher(world, client)
+    world.write("a", FeatureState.ENABLED, 100, True)
+    world.inflight.clear()
+    assert not refresher.on_silence(world.r, poll_due=False)
+    assert refresher.expected is None and refresher.catchups == 0
+    assert _as_dict(client) == {}

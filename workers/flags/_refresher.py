@@ -15,7 +15,11 @@ Protocol (see ``docs/flags.md`` for the message format and :mod:`workers.keys`):
    not a change (an older publisher, garbage) and a re-subscription (a silent reconnect)
    cause a full read.
 4. Every ``poll_interval_s`` the version counter is read as a backstop for a publish lost
-   without a later one to reveal the gap; a difference is closed as a gap.
+   without a later one to reveal the gap; a difference is closed as a gap. A counter
+   *above* the snapshot may only mean its messages are still on their way (the reply on
+   the command connection can overtake them: a script that publishes a burst, a client
+   short of CPU), so they get one more wake-up interval to arrive; only a silence after it
+   makes them lost.
 5. **Data loss**: a full read whose counter is below the snapshot's version (or gone), or
    whose hash is empty while the snapshot is not, means Redis lost the flags (restarted
    empty). The client then keeps serving its last snapshot, with Redis's entries laid
@@ -124,6 +128,9 @@ class Refresher:
         self.deltas = 0
         self.catchups = 0
         self.data_loss = False
+        # the counter a poll saw above the snapshot: its messages get one more silent
+        # wake-up to arrive before they count as lost (see the module docstring, 4)
+        self.expected: int | None = None
         # the snapshot held when data loss was detected (served under Redis's entries)
         self._kept: FlagSnapshot | None = None
         self._present: set[str] = set()  # kept features seen in Redis since the loss
@@ -192,13 +199,13 @@ class Refresher:
             self._first_attempt.set()
             next_poll = time.monotonic() + self.poll_interval_s
             subscription = Subscription(pubsub.connection, _WAKE_S)
+            self.expected = None
             while not stop.is_set():
                 replies = subscription.read()  # a burst: it becomes one new snapshot
                 if replies:
                     self.on_messages(client, [_as_message(r) for r in replies])
                     next_poll = time.monotonic() + self.poll_interval_s
-                elif time.monotonic() >= next_poll:
-                    self.poll(client)
+                elif self.on_silence(client, poll_due=time.monotonic() >= next_poll):
                     next_poll = time.monotonic() + self.poll_interval_s
         finally:
             with contextlib.suppress(Exception):  # the connection may already be gone
@@ -249,8 +256,28 @@ class Refresher:
             log.info("flags_gap", namespace=self._keys.ns, version=folded.snapshot.version)
             self.catch_up(client)
 
-    def poll(self, client: redis.Redis) -> None:
-        """The backstop: compare the version counter with the snapshot's."""
+    def on_silence(self, client: redis.Redis, *, poll_due: bool) -> bool:
+        """A wake-up with no message. A counter a poll saw above the snapshot that is still
+        above it now was a lost publish: closed. Else, with ``poll_due``, the backstop reads
+        the counter (:meth:`ahead`). Returns True when it read or closed something (the
+        next poll is due a whole interval later)."""
+        if self.expected is not None:
+            expected, self.expected = self.expected, None
+            version = self._sink.snapshot().version
+            if version is None or version < expected:
+                self._missed(client, version, expected)
+            else:
+                self.confirmed_at = time.monotonic()
+            return True
+        if not poll_due:
+            return False
+        self.expected = self.ahead(client)
+        return True
+
+    def ahead(self, client: redis.Redis) -> int | None:
+        """Read the version counter: equal to the snapshot's, it is confirmed (None); above
+        it, the counter is returned (its messages may still be on their way); below it or
+        unreadable, the difference is closed at once (None)."""
         raw: Any = client.get(self._keys.flags_version)
         version = self._sink.snapshot().version
         try:
@@ -259,7 +286,19 @@ class Refresher:
             current = None
         if current is not None and current == version:
             self.confirmed_at = time.monotonic()
-            return
+            return None
+        if current is not None and version is not None and current > version:
+            return current
+        self._missed(client, version, current)
+        return None
+
+    def poll(self, client: redis.Redis) -> None:
+        """The backstop at once: read the version counter and close any difference now."""
+        current = self.ahead(client)
+        if current is not None:
+            self._missed(client, self._sink.snapshot().version, current)
+
+    def _missed(self, client: redis.Redis, version: int | None, current: int | None) -> None:
         log.info("flags_publish_missed", namespace=self._keys.ns, version=version, redis=current)
         if self.apply_deltas:
             self.catch_up(client)
