@@ -20,10 +20,11 @@ from tests.chaos.workers import InfoWorker
 from tests.integration.conftest import Cluster
 from tests.processes import ROOT, VENV_BIN, RedisServer, free_port, wait_for
 from tests.sentinel_processes import SentinelGroup
+from workers.core.states import FeatureState
 from workers.errors import StoreUnavailable
 from workers.flags import FlagClient
 from workers.sentinel import broker_connection
-from workers.store import RedisStore
+from workers.store import RedisStore, Step
 
 CONFIG = ROOT / "config"
 
@@ -78,6 +79,33 @@ def test_store_and_flag_client_find_the_primary_through_the_sentinels(
         assert primary.info("replication")["role"] == "master"
     finally:
         flags.close(timeout_s=1.0)
+        store.close()
+
+
+def test_claims_and_walks_are_acknowledged_by_the_replica(group: SentinelGroup) -> None:
+    """Behind Sentinel (``WAIT 1``) a claim with its read, a walk with its release and
+    dispatch, and a plain claim all succeed: each is acknowledged by the replica."""
+    store = RedisStore(group.url, ns())
+    try:
+        assert store.wait_replicas == 1
+        run_id, _, _ = store.create_run(
+            plan_name="p", plan_json="{}", features=[("f", 0, []), ("g", 1, ["f"])],
+            max_parallel=2, now=time.time(),
+        )  # fmt: skip
+        token, rec = store.claim_record(run_id, "f", "w", 30, now=time.time())
+        assert rec.state is FeatureState.DISABLED and rec.name == "f"
+        steps = [
+            Step(FeatureState.TESTING, 100, 0, "started"),
+            Step(FeatureState.ENABLED, 100, 1, "dwell", dependents=(("g", 1),)),
+        ]
+        results, _ = store.transitions(
+            run_id, "f", steps, token=token, now=time.time(), release=True,
+            dispatch_grace_s=30,
+        )  # fmt: skip
+        assert [r.applied for r in results] == [True, True]
+        assert results[-1].ready == ("g",)
+        assert store.claim(run_id, "g", "w", 30, now=time.time()) > token
+    finally:
         store.close()
 
 

@@ -109,11 +109,10 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
         calls: Sequence[tuple[str, list[str], list[Any]]],
         *,
         then: Sequence[tuple[Any, ...]] = (),
-        transaction: bool = False,
     ) -> list[Any]:
         """Run scripts in one pipeline (one round trip), acknowledged; replies in order, a
         failing script's error as an exception object. ``then``: plain commands queued
-        after the scripts (their replies follow); ``transaction``: all in one MULTI.
+        after the scripts (their replies follow).
 
         EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS round trip
         first. A server that lost its script cache (a restart, a failover) answers NOSCRIPT
@@ -121,7 +120,7 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
         """
 
         def send() -> list[Any]:
-            pipe = self.r.pipeline(transaction=transaction)
+            pipe = self.r.pipeline(transaction=False)
             for name, keys, args in calls:
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
             for command in then:
@@ -374,14 +373,16 @@ class RedisStore(QueuesAuditMixin, ServicesMixin):
         self, run_id: str, name: str, worker: str, ttl_s: float, *, now: float
     ) -> tuple[int, FeatureRecord]:
         """:meth:`claim`, and the feature's record as read under the new lease (one round
-        trip: the claim and an HGETALL in one MULTI). Raises LeaseHeld if held,
-        UnknownFeature if the run has no such feature."""
+        trip: the claim, then an HGETALL, in one pipeline). Raises LeaseHeld if held,
+        UnknownFeature if the run has no such feature.
+
+        Not one MULTI: ``WAIT`` queued inside a MULTI answers at once (0 replicas), and the
+        read need not be atomic with the claim — it comes after it, and every write that
+        could come between is fenced by the new token or checked by version later."""
         call = scripts.claim(self.keys, run_id, name, worker, ttl_s, force=False)
         key = self.keys.feature(run_id, name)
         with translated(self.r):
-            token, fields = self._scripts_pipeline(
-                [("claim", *call)], then=[("HGETALL", key)], transaction=True
-            )
+            token, fields = self._scripts_pipeline([("claim", *call)], then=[("HGETALL", key)])
         if isinstance(token, Exception):
             raise error_of(token, where(self.r))
         return int(token), feature_from_hash(name, fields)

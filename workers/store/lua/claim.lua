@@ -6,9 +6,9 @@
 -- ARGV[1] worker id   ARGV[2] lease ttl (ms)   ARGV[3] "1" = take over a live lease
 --
 -- Returns the new token. Errors: LEASE <holder> (a live lease, not forced), NOFEATURE.
--- To read the feature under the new lease, queue an HGETALL after this script in one
--- MULTI (RedisStore.claim_record): Redis copies a hash read inside a script into a Lua
--- table and back out, which cost four times the rest of this script.
+-- To read the feature under the new lease, queue an HGETALL after this script in the
+-- same pipeline (RedisStore.claim_record), not inside it: Redis copies a hash read in a
+-- script into a Lua table and back out, which cost four times the rest of this script.
 -- Every claim bumps the token, so a writer holding an older one is refused by transition.lua.
 -- Tokens never go below the server clock in microseconds: if Redis restarts having lost
 -- its last writes (AOF everysec), the counter restarts above every token it handed out
