@@ -79,10 +79,11 @@ def random_dag(n: int, seed: int, max_parallel: int, prefix: str = "f") -> dict[
 
 
 def fleet_child(url: str, ns: str, n_clients: int) -> None:
-    """Hold ``n_clients`` FlagClients (a fleet's services); on "go" start counting CPU; on
-    "stop <version>" wait (up to 60 s) for every client to reach that flags version, then
-    print the CPU used, how long the wait took, and each client's version, deltas and
-    reloads."""
+    """Hold ``n_clients`` FlagClients (a fleet's services); on "go" start counting CPU and
+    timing each change from its ``updated_at`` (the transition's time, Redis's clock) to
+    the client installing it; on "stop <version>" wait (up to 60 s) for every client to
+    reach that flags version, then print the CPU used, those latencies' p50/p99/max, and
+    each client's version, deltas and reloads."""
     import structlog
 
     # stdout carries the report: the clients' log lines go to stderr
@@ -93,9 +94,25 @@ def fleet_child(url: str, ns: str, n_clients: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("fleet clients did not connect")
         time.sleep(0.05)
+    # the run's first publish of its features (DISABLED, one burst) and its promotions
+    latencies: dict[str, list[float]] = {"DISABLED": [], "ENABLED": []}
+
+    def timed(changed: frozenset[str], client: FlagClient) -> None:
+        now, flags = time.time(), client.snapshot().flags
+        for name in changed:
+            flag = flags.get(name)
+            if flag is not None and flag.state.value in latencies:
+                latencies[flag.state.value].append(now - flag.updated_at)
+
+    def percentiles(xs: list[float]) -> list[float]:
+        xs.sort()
+        return [xs[int(q * (len(xs) - 1))] if xs else float("nan") for q in (0.5, 0.99, 1.0)]
+
     gc.freeze()  # one process stands in for many services: see bench/flags.py
     print("ready", flush=True)
     sys.stdin.readline()  # go
+    for c in clients:
+        c.add_listener(lambda changed, c=c: timed(changed, c))
     cpu0 = time.process_time()
     final = int(sys.stdin.readline().split()[1])  # stop <version>
     asked = time.monotonic()
@@ -103,14 +120,13 @@ def fleet_child(url: str, ns: str, n_clients: int) -> None:
         if time.monotonic() - asked > 60:
             break
         time.sleep(0.01)
-    caught_up_s = time.monotonic() - asked
     cpu = time.process_time() - cpu0
     health = [c.health() for c in clients]
     print(
         json.dumps(
             {
                 "cpu_s": cpu,
-                "caught_up_s": caught_up_s,
+                "latency_s": {state: percentiles(xs) for state, xs in latencies.items()},
                 "versions": [h.snapshot_version for h in health],
                 "deltas": sum(h.deltas for h in health),
                 "reloads": sum(h.reloads for h in health),
@@ -338,10 +354,20 @@ def main() -> int:
                 " (all traffic, workers' included); clients' CPU"
                 f" {client_cpu / (changes * fleet.clients) * 1e3:.3f} ms per change per client;"
                 f" {len(versions) - behind} of {len(versions)} clients at the final version"
-                f" {v1} {max(rep['caught_up_s'] for rep in reports) * 1e3:,.0f} ms after the"
-                f" run ended ({sum(rep['reloads'] for rep in reports)} full reads, one each"
-                " to start)"
+                f" {v1} ({sum(rep['reloads'] for rep in reports)} full reads, one each to"
+                " start)"
             )
+            for state, what in (
+                ("ENABLED", "a promotion"),
+                ("DISABLED", f"the start's {n:,} new features (one burst)"),
+            ):
+                lat = [rep["latency_s"][state] for rep in reports]  # p50, p99, max each
+                print(
+                    f"    {what} reaching a client (transition -> installed): p50"
+                    f" {max(x[0] for x in lat) * 1e3:.1f} ms, p99"
+                    f" {max(x[1] for x in lat) * 1e3:.1f} ms, max"
+                    f" {max(x[2] for x in lat) * 1e3:.0f} ms (the worse process's)"
+                )
             return behind > 0 or status is not RunStatus.SUCCEEDED
 
         failed = False
