@@ -67,6 +67,43 @@ def test_store_scripts_publish_the_change_and_log_it(redis_url: str, namespace: 
     store.close()
 
 
+def test_a_runs_new_features_go_out_as_one_message(redis_url: str, namespace: str) -> None:
+    """create_run with three new features: three versions and three change-log entries,
+    one batch message; a client applies it as three deltas (no re-read), and a client that
+    re-reads on every message ends at the same snapshot."""
+    keys = Keys(namespace)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.flags_channel)
+    assert eventually(lambda: pubsub.get_message(timeout=0.1) is None)
+    store = RedisStore(redis_url, namespace)
+    with (
+        FlagClient(redis_url, namespace, poll_interval_s=60) as client,
+        FlagClient(redis_url, namespace, poll_interval_s=60, apply_deltas=False) as full,
+    ):
+        store.create_run(
+            plan_name="p", plan_json="{}", features=[("x", 0, []), ("y", 1, []), ("z", 2, [])],
+            max_parallel=1, now=time.time(),
+        )  # fmt: skip
+        messages = []
+        while (msg := pubsub.get_message(timeout=0.5)) is not None:
+            messages.append(json.loads(msg["data"]))
+        assert len(messages) == 1
+        assert messages[0]["features"] == ["x", "y", "z"] and messages[0]["version"] == 3
+        assert [entry_id for entry_id, _ in raw.xrange(keys.flags_log)] == ["1-0", "2-0", "3-0"]
+        assert eventually(lambda: client.snapshot().version == 3)
+        assert eventually(lambda: full.snapshot().version == 3)
+        assert (client.health().deltas, client.health().reloads) == (3, 1)
+        assert full.health().reloads == 2
+        assert (
+            _as_dict(client)
+            == _as_dict(full)
+            == {k: json.loads(v) for k, v in raw.hgetall(keys.flags).items()}
+        )
+    pubsub.close()
+    store.close()
+
+
 class _World:
     """The Redis truth and the messages in flight, for the property test."""
 

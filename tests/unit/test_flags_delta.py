@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from immutables import Map
 
 from workers.core.states import FeatureState
-from workers.flags._delta import Change, encode_change, fold, parse_change
+from workers.flags._delta import Change, encode_change, fold, parse_change, parse_changes
 from workers.flags._model import Flag, FlagSnapshot, compile_rules, flag_from_mapping
 
 FEATURES = ["a", "b", "c", "d"]
@@ -62,6 +62,41 @@ def test_messages_that_are_not_changes() -> None:
     no_name = json.dumps({"state": "ENABLED", "version": 3, "updated_at": 1.0})
     for raw in (b"garbage", b"\xff", old, bad_state, no_name, "[1]", "null"):
         assert parse_change(raw) is None, raw
+
+
+def test_a_batch_is_its_changes_in_version_order() -> None:
+    """A batch of n features at ``version`` is n changes at version - n + 1 .. version, in
+    the order listed; a single change parses to a list of one."""
+    raw = json.dumps(
+        {"features": ["a", "b", "c"], "state": "DISABLED", "percent": 0, "version": 12,
+         "updated_at": 5.0}
+    )  # fmt: skip
+    assert parse_changes(raw) == [
+        Change(name, Flag(FeatureState.DISABLED, 0, version, 5.0))
+        for name, version in (("a", 10), ("b", 11), ("c", 12))
+    ]
+    flag = _flag(FeatureState.TESTING, 30, 7)
+    assert parse_changes(encode_change("checkout", flag)) == [Change("checkout", flag)]
+
+
+def test_batches_that_are_not_changes() -> None:
+    """An empty batch, names that are not strings, a version below the count, no
+    updated_at, a bad state, and anything not a change at all are hints (None)."""
+    base = {"features": ["a", "b"], "state": "DISABLED", "percent": 0, "version": 4,
+            "updated_at": 1.0}  # fmt: skip
+    bad = [
+        {**base, "features": []},
+        {**base, "features": ["a", 3]},
+        {**base, "features": "ab"},
+        {**base, "version": 1},
+        {**base, "version": "4"},
+        {k: v for k, v in base.items() if k != "updated_at"},
+        {**base, "state": "ON"},
+    ]
+    for message in bad:
+        assert parse_changes(json.dumps(message)) is None, message
+    for raw in (b"garbage", "[1]", "null", json.dumps({"state": "ENABLED"})):
+        assert parse_changes(raw) is None, raw
 
 
 @settings(max_examples=200, deadline=None)

@@ -15,6 +15,16 @@ snapshot; one above ``v + 1`` means it missed something (a gap). A message witho
 ``updated_at`` (an older publisher) or that does not parse is not a change, only a hint
 to re-read.
 
+A run that publishes many new features at once (``create_run``: each new feature
+DISABLED, each with its own version and change-log entry) sends them as one **batch**::
+
+    {"features": ["checkout", "search", ...], "state": "DISABLED", "percent": 0,
+     "version": 1042, "updated_at": 1767000000.25}
+
+the ``n`` features listed changed to that value at versions ``version - n + 1`` ..
+``version``, in the order listed (the change log still holds one entry per version). A
+client that does not know the form takes it as a hint and re-reads.
+
 Pure: no I/O. Folding ``k`` changes costs O(k log32 n) on the persistent maps: the other
 entries are shared with the previous snapshot, never copied or re-parsed.
 """
@@ -31,7 +41,7 @@ from immutables import Map
 from workers.core.states import FeatureState
 from workers.flags._model import Flag, FlagSnapshot, flag_from_mapping
 
-__all__ = ["Change", "Folded", "encode_change", "fold", "parse_change"]
+__all__ = ["Change", "Folded", "encode_change", "fold", "parse_change", "parse_changes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,41 @@ def parse_change(raw: str | bytes) -> Change | None:
     if flag.version <= 0:
         return None
     return Change(feature, flag)
+
+
+def parse_changes(raw: str | bytes) -> list[Change] | None:
+    """The changes a message carries — one, or a batch's in version order — or ``None``
+    when it is not a change (a hint). Never raises."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, TypeError):
+        return None
+    if type(data) is not dict:
+        return None
+    if "features" not in data:
+        change = parse_change(raw)
+        return None if change is None else [change]
+    names, version = data.get("features"), data.get("version")
+    if (
+        type(names) is not list
+        or not names
+        or any(type(name) is not str for name in names)
+        or type(version) is not int
+        or version < len(names)
+        or "updated_at" not in data
+    ):
+        return None
+    try:
+        flag = flag_from_mapping(data)
+    except ValueError:
+        return None
+    first = version - len(names) + 1
+    if first <= 0:
+        return None
+    return [
+        Change(name, Flag(flag.state, flag.percent, first + i, flag.updated_at))
+        for i, name in enumerate(names)
+    ]
 
 
 def encode_change(feature: str, flag: Flag) -> str:

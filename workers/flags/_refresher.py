@@ -5,7 +5,8 @@ Protocol (see ``docs/flags.md`` for the message format and :mod:`workers.keys`):
 1. Subscribe to ``<ns>:flags`` and wait for the confirmation, then read the hash and the
    version counter in one MULTI (a **full read**): nothing published before the
    subscription can be missed.
-2. Each message carries one change and the version it produced. Every message waiting
+2. Each message carries one change and the version it produced (or a batch of them: a
+   run publishing its new features, see :mod:`workers.flags._delta`). Every message waiting
    is drained first, so a burst is folded into one new snapshot (coalescing). A change at
    the next version is applied in O(1) (:func:`~workers.flags._delta.fold`); one at or
    below the snapshot's version is already in it.
@@ -42,7 +43,7 @@ import redis
 import structlog
 from immutables import Map
 
-from workers.flags._delta import Change, fold, parse_change
+from workers.flags._delta import Change, fold, parse_change, parse_changes
 from workers.flags._model import Flag, FlagSnapshot, compile_rules, parse_flag
 from workers.flags._subscription import Subscription
 from workers.store.keys import Keys
@@ -231,11 +232,11 @@ class Refresher:
                 # know: either way, re-read
                 resync = True
             elif kind == "message":
-                change = parse_change(msg["data"]) if self.apply_deltas else None
-                if change is None:
+                parsed = parse_changes(msg["data"]) if self.apply_deltas else None
+                if parsed is None:
                     resync = True
                 else:
-                    changes.append(change)
+                    changes.extend(parsed)
         if resync:
             # whatever the burst held was published before this read: it is included
             self.full_read(client)

@@ -144,15 +144,18 @@ class Keyspace:
         return flag.get("state") if isinstance(flag, dict) else None
 
 
-def publish(ks: Keyspace, name: str, state: str, pct: int, now: float) -> int:
-    """The published flag, its version counter and the change notification; returns the
-    new flags version."""
+def publish(
+    ks: Keyspace, name: str, state: str, pct: int, now: float, *, notify: bool = True
+) -> int:
+    """The published flag, its version counter and (``notify``) the change notification;
+    returns the new flags version."""
     ks.flags_version += 1
     fv = ks.flags_version
     value = {"state": state, "percent": pct, "version": fv, "updated_at": _number(now)}
     ks.flags[name] = json.dumps(value)
-    # the change message: the new value plus the feature (docs/flags.md)
-    ks.published.append({"feature": name, **value})
+    if notify:
+        # the change message: the new value plus the feature (docs/flags.md)
+        ks.published.append({"feature": name, **value})
     return fv
 
 
@@ -192,9 +195,14 @@ def create_run(
             )
     run_id = run_id or new_run_id(now)
     enabled = [n for n, _, _ in features if ks.flag_state(n) == _E]
-    for name, _, _ in features:
-        if name not in ks.flags:
-            publish(ks, name, _D, 0, now)
+    new = [name for name, _, _ in features if name not in ks.flags]
+    for name in new:
+        publish(ks, name, _D, 0, now, notify=len(new) == 1)
+    if len(new) > 1:  # one message for all of them (create_run.lua)
+        ks.published.append(
+            {"features": new, "state": _D, "percent": 0, "version": ks.flags_version,
+             "updated_at": _number(now)}
+        )  # fmt: skip
     stamp = repr(now)
     ks.runs[run_id] = {
         "run_id": run_id, "plan": plan_name, "status": _RUNNING, "started_at": stamp,

@@ -24,7 +24,8 @@
 --       | {"OVERLAP", other run id, feature}.
 -- A feature whose published flag is already ENABLED starts ENABLED (nothing to recover).
 -- A feature with no published flag is published DISABLED now, atomically with the run,
--- so a service whose coded default is "on" never turns it on while it waits.
+-- so a service whose coded default is "on" never turns it on while it waits: each gets
+-- its own flags version and change-log entry, and all of them go out as one message.
 -- With a request id: a known one returns its run and changes nothing (even when that run
 -- has finished); otherwise the run this start returns (created or already active) is
 -- recorded under it.
@@ -46,17 +47,20 @@ end
 local enabled = {}
 local out = {'CREATED', ARGV[1]}
 local n_enabled = 0
+local new, first_change, last_fv, at = {}, nil, nil, tonumber(ARGV[3])
 for _, f in ipairs(feats) do
   local raw = redis.call('HGET', KEYS[8], f[1])
   if not raw then
-    -- the change message and log entry exactly as transition.lua writes them
+    -- each new feature: its own version and log entry, exactly as transition.lua writes
+    -- them; the message is sent once, for all of them, after the loop
     local fv = redis.call('INCR', KEYS[9])
-    local at = tonumber(ARGV[3])
     redis.call('HSET', KEYS[8], f[1], cjson.encode({state = 'DISABLED', percent = 0,
       version = fv, updated_at = at}))
     local change = cjson.encode({feature = f[1], state = 'DISABLED', percent = 0,
       version = fv, updated_at = at})
-    redis.call('PUBLISH', ARGV[9], change)
+    table.insert(new, f[1])
+    last_fv = fv
+    if #new == 1 then first_change = change end
     local clog = KEYS[11] or (KEYS[8] .. ':log')
     local logged = redis.pcall('XADD', clog, 'MAXLEN', '~', '1000', fv .. '-0',
       'change', change)
@@ -73,6 +77,15 @@ for _, f in ipairs(feats) do
       table.insert(out, f[1])
     end
   end
+end
+-- one message for the new features (docs/flags.md): a single change for one, else the
+-- batch form (versions last - n + 1 .. last, in the order of "features"); 10,000 new
+-- features are one message per subscriber, not 10,000
+if #new == 1 then
+  redis.call('PUBLISH', ARGV[9], first_change)
+elseif #new > 1 then
+  redis.call('PUBLISH', ARGV[9], cjson.encode({features = new, state = 'DISABLED',
+    percent = 0, version = last_fv, updated_at = at}))
 end
 local now = ARGV[3]
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'plan', ARGV[2], 'status', 'RUNNING',
