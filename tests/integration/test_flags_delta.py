@@ -202,18 +202,23 @@ def test_any_interleaving_ends_equal_to_the_hash(
     assert not refresher.data_loss
 
 
-def test_a_burst_becomes_one_new_snapshot(redis_url: str) -> None:
-    """Messages drained together are folded into one snapshot: listeners hear once."""
-    world = _World(redis_url)
-    client = FlagClient.from_snapshot({}, world.ns)
-    heard: list[frozenset[str]] = []
-    client.add_listener(heard.append)
+def _refresher(world: _World, client: FlagClient) -> Refresher:
     refresher = Refresher(
         client, world.r, world.keys, stop=threading.Event(), first_attempt=threading.Event(),
         poll_interval_s=60, connect_timeout_s=1, socket_timeout_s=1, min_backoff_s=0.1,
         max_backoff_s=1,
     )  # fmt: skip
     refresher.full_read(world.r)
+    return refresher
+
+
+def test_a_burst_becomes_one_new_snapshot(redis_url: str) -> None:
+    """Messages drained together are folded into one snapshot: listeners hear once."""
+    world = _World(redis_url)
+    client = FlagClient.from_snapshot({}, world.ns)
+    heard: list[frozenset[str]] = []
+    client.add_listener(heard.append)
+    refresher = _refresher(world, client)
     heard.clear()
     for name in FEATURES:
         world.write(name, FeatureState.ENABLED, 100, True)
@@ -223,16 +228,6 @@ def test_a_burst_becomes_one_new_snapshot(redis_url: str) -> None:
     assert heard == [frozenset(FEATURES)] and len(snapshots) == 2
     assert refresher.deltas == 3 and refresher.reloads == 1
     assert _as_dict(client) == world.hash_now()
-
-
-def _refresher(world: _World, client: FlagClient) -> Refresher:
-    refresher = Refresher(
-        client, world.r, world.keys, stop=threading.Event(), first_attempt=threading.Event(),
-        poll_interval_s=60, connect_timeout_s=1, socket_timeout_s=1, min_backoff_s=0.1,
-        max_backoff_s=1,
-    )  # fmt: skip
-    refresher.full_read(world.r)
-    return refresher
 
 
 def test_a_counter_ahead_of_messages_on_their_way_is_no_lost_publish(redis_url: str) -> None:
