@@ -60,12 +60,21 @@ class Change:
 _STATES = {state.value: state for state in FeatureState}
 
 
-def parse_change(raw: str | bytes) -> Change | None:
-    """The change a message carries, or ``None`` when it is not one (a hint). Never raises."""
+def _loads(raw: str | bytes) -> object:
+    """The decoded message, or ``None`` when it is not JSON."""
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError, TypeError):
         return None
+
+
+def parse_change(raw: str | bytes) -> Change | None:
+    """The change a message carries, or ``None`` when it is not one (a hint). Never raises."""
+    return _change_from(_loads(raw))
+
+
+def _change_from(data: object) -> Change | None:
+    """:func:`parse_change` of an already decoded message."""
     if type(data) is not dict or "updated_at" not in data:
         return None
     feature = data.get("feature")
@@ -96,14 +105,11 @@ def parse_change(raw: str | bytes) -> Change | None:
 def parse_changes(raw: str | bytes) -> list[Change] | None:
     """The changes a message carries — one, or a batch's in version order — or ``None``
     when it is not a change (a hint). Never raises."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return None
+    data = _loads(raw)
     if type(data) is not dict:
         return None
-    if "features" not in data:
-        change = parse_change(raw)
+    if "features" not in data:  # one change (decoded once: every client reads every one)
+        change = _change_from(data)
         return None if change is None else [change]
     names, version = data.get("features"), data.get("version")
     if (
